@@ -1,0 +1,79 @@
+"""The ``trafficcast`` command line.
+
+The CLI is thin: each subcommand parses its arguments, calls library code and prints a short
+result. User mistakes (bad files, bad values) end in one line on stderr naming the problem and a
+non-zero exit status; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from app.commands import data_cmd, graph_cmd, model_cmd
+
+EXIT_USER_ERROR = 2
+
+_COMMAND_MODULES = (graph_cmd, data_cmd, model_cmd)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean the user gave us something wrong, not that we have a bug."""
+    from data.errors import DataInputError
+    from graph.errors import GraphInputError
+    from models.errors import CheckpointError, ConfigError, TrainingError
+
+    return (
+        DataInputError,
+        GraphInputError,
+        ConfigError,
+        CheckpointError,
+        TrainingError,
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trafficcast",
+        description="Traffic forecasting with DCRNN (Li et al., ICLR 2018).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in _COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        reason = exc.strerror or str(exc)
+        return f"cannot open {exc.filename}: {reason}"
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())  # always one line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        result = args.handler(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except user_error_types() as exc:
+        print(f"error: {_describe(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""CLI subcommands for the sensor graph: ``graph``, ``graph-info`` and ``distances``.
+
+Library code is imported inside the handlers so that ``trafficcast --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_THRESHOLD = 0.1
+DEFAULT_MAX_SNAP_M = 500.0
+_NAMED_ISOLATED = 5
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``graph``, ``graph-info`` and ``distances`` to the ``trafficcast`` parser."""
+    p = subparsers.add_parser(
+        "graph",
+        help="build the DCRNN adjacency (Gaussian kernel of road distances) as .npz",
+        description=(
+            "Build DCRNN's sensor graph: w_ij = exp(-(d_ij/sigma)^2), sigma the standard "
+            "deviation of the finite distances, weights below the threshold set to 0."
+        ),
+    )
+    p.add_argument("--distances", required=True, metavar="D.csv", help="from,to,cost rows (metres)")
+    p.add_argument(
+        "--sensor-ids",
+        required=True,
+        metavar="IDS.txt",
+        help="sensor ids, comma-separated (DCRNN format) or one per line; sets the matrix order",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"weights below this are set to 0 (default {DEFAULT_THRESHOLD})",
+    )
+    p.add_argument("--output", required=True, metavar="ADJ.npz", help="output adjacency (.npz)")
+    p.set_defaults(handler=run_graph)
+
+    p = subparsers.add_parser(
+        "graph-info",
+        help="summarise an adjacency (.npz from 'graph' or DCRNN's adj_mx.pkl)",
+    )
+    p.add_argument("adjacency", metavar="ADJ", help=".npz from 'trafficcast graph' or DCRNN .pkl")
+    p.set_defaults(handler=run_graph_info)
+
+    p = subparsers.add_parser(
+        "distances",
+        help="compute sensor-to-sensor road distances (from,to,cost) from a road network",
+        description=(
+            "Shortest road distances between sensors over a road table "
+            "(from_node,to_node,length_m[,oneway]); or, with --straight-line, great-circle "
+            "distances (an approximation that ignores roads)."
+        ),
+    )
+    p.add_argument(
+        "--roads",
+        metavar="ROADS.csv",
+        help="road segments: from_node,to_node,length_m[,oneway]",
+    )
+    p.add_argument(
+        "--sensors",
+        required=True,
+        metavar="SENSORS.csv",
+        help="sensor_id plus node_id and/or latitude,longitude",
+    )
+    p.add_argument(
+        "--nodes",
+        metavar="NODES.csv",
+        help="node_id,latitude,longitude: needed to snap sensors given by coordinates",
+    )
+    p.add_argument(
+        "--max-snap-m",
+        type=float,
+        default=DEFAULT_MAX_SNAP_M,
+        help=f"warn about sensors farther than this from any road node (default "
+        f"{DEFAULT_MAX_SNAP_M:g})",
+    )
+    p.add_argument(
+        "--straight-line",
+        action="store_true",
+        help="use great-circle distances between sensors instead of roads (approximation)",
+    )
+    p.add_argument("--output", required=True, metavar="D.csv", help="output from,to,cost CSV")
+    p.set_defaults(handler=run_distances)
+
+
+def run_graph(args: argparse.Namespace) -> int:
+    from graph.adjacency import build_adjacency_with_sigma
+    from graph.io import read_distances, read_sensor_ids, save_adjacency
+
+    sensor_ids = read_sensor_ids(args.sensor_ids)
+    distances = read_distances(args.distances)
+    adj, sigma_m = build_adjacency_with_sigma(distances, sensor_ids, args.threshold)
+    save_adjacency(args.output, sensor_ids, adj)
+    print(
+        f"wrote {args.output}: {len(sensor_ids)} sensors, {int((adj != 0).sum())} nonzero "
+        f"weights (threshold {args.threshold:g}, sigma {sigma_m:.1f} m)"
+    )
+    return 0
+
+
+def run_graph_info(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from graph.io import load_adjacency
+
+    sensor_ids, adj = load_adjacency(args.adjacency)
+    num_nodes = len(sensor_ids)
+    nonzero = adj != 0
+    off_diagonal = nonzero & ~np.eye(num_nodes, dtype=bool)
+    connected = off_diagonal.any(axis=0) | off_diagonal.any(axis=1)
+    isolated = [sensor_ids[k] for k in np.flatnonzero(~connected)]
+    symmetric = bool(np.array_equal(adj, adj.T))
+    print(f"{args.adjacency}: {num_nodes} sensors")
+    print(
+        f"nonzero weights: {int(nonzero.sum())} ({int(off_diagonal.sum())} between different "
+        f"sensors, {int(np.diag(nonzero).sum())} self-loops)"
+    )
+    if off_diagonal.any():
+        weights = adj[off_diagonal]
+        print(
+            f"edge weights: min {weights.min():.4g}, mean {weights.mean():.4g}, "
+            f"max {weights.max():.4g}"
+        )
+    print(f"symmetric: {'yes' if symmetric else 'no (directed)'}")
+    named = ", ".join(isolated[:_NAMED_ISOLATED]) + (
+        ", ..." if len(isolated) > _NAMED_ISOLATED else ""
+    )
+    print(f"isolated nodes: {len(isolated)}" + (f" ({named})" if isolated else ""))
+    return 0
+
+
+def run_distances(args: argparse.Namespace) -> int:
+    import warnings
+
+    from graph.distances import (
+        read_road_nodes,
+        read_roads,
+        read_sensor_points,
+        road_distances,
+        straight_line_distances,
+    )
+    from graph.errors import GraphInputError, GraphWarning
+    from graph.io import write_distances
+
+    if args.straight_line and args.roads:
+        raise GraphInputError("give either --roads ROADS.csv or --straight-line, not both")
+    if not args.straight_line and not args.roads:
+        raise GraphInputError("give --roads ROADS.csv (or --straight-line for an approximation)")
+    sensors = read_sensor_points(args.sensors)
+    if args.straight_line:
+        warnings.warn(
+            "straight-line distances are an approximation: they ignore one-way streets and "
+            "road layout",
+            GraphWarning,
+            stacklevel=2,
+        )
+        distances = straight_line_distances(sensors)
+        how = "straight-line"
+    else:
+        roads = read_roads(args.roads)
+        nodes = read_road_nodes(args.nodes) if args.nodes else None
+        distances = road_distances(roads, sensors, nodes, max_snap_m=args.max_snap_m)
+        how = "road"
+    write_distances(args.output, distances)
+    num_sensors = len(sensors)
+    between = int((distances["from"] != distances["to"]).sum())
+    print(
+        f"wrote {args.output}: {len(distances)} {how} distances between {num_sensors} sensors "
+        f"({between} of {num_sensors * (num_sensors - 1)} ordered pairs of different sensors "
+        "connected)"
+    )
+    return 0

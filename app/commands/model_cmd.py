@@ -1,0 +1,101 @@
+"""``trafficcast train``, ``evaluate`` and ``predict``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train DCRNN (and the baselines) on speeds and a road graph",
+        description="Train DCRNN on METR-LA-style speeds and write RUN_DIR with the checkpoint and report.json.",
+    )
+    p.add_argument("--data", required=True, help="speeds: .h5 (key df), .csv or .parquet")
+    graph = p.add_mutually_exclusive_group(required=True)
+    graph.add_argument("--distances", help="road distances CSV (from,to,cost)")
+    graph.add_argument(
+        "--adjacency", help="adjacency .npz from `trafficcast graph`, or DCRNN's adj_mx.pkl"
+    )
+    p.add_argument("--config", help="YAML in DCRNN's layout (data:, model:, train:)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument(
+        "--threshold", type=float, default=0.1, help="adjacency threshold with --distances"
+    )
+    p.add_argument("--output", required=True, help="run directory to write")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_train)
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="metrics of a trained run on the test split",
+        description="Score DCRNN and the baselines on the test split (the last 20%% in time).",
+    )
+    p.add_argument("--run", required=True, help="run directory written by `trafficcast train`")
+    p.add_argument(
+        "--data", help="speeds to evaluate on (default: the data the run was trained on)"
+    )
+    p.add_argument("--output", help="report path (default: RUN_DIR/report.json)")
+    p.set_defaults(handler=_evaluate)
+
+    p = subparsers.add_parser(
+        "predict",
+        help="forecast the hour after a chosen time",
+        description="Forecast the horizon after --at from the seq_len steps ending at --at.",
+    )
+    p.add_argument("--run", required=True, help="run directory written by `trafficcast train`")
+    p.add_argument("--data", required=True, help="speeds holding the history up to --at")
+    p.add_argument("--at", required=True, help="the last observed timestamp, e.g. 2012-03-07T22:00")
+    p.add_argument("--output", required=True, help="forecast CSV to write (timestamp x sensor)")
+    p.set_defaults(handler=_predict)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from app.pipeline import load_config, train_run
+
+    config = load_config(args.config, args.epochs)
+    report = train_run(
+        data=args.data,
+        output=args.output,
+        distances=args.distances,
+        adjacency=args.adjacency,
+        config=config,
+        threshold=args.threshold,
+        resume=args.resume,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    _print_table(report)
+    print(f"wrote {args.output}/model.pt and {args.output}/report.json")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from app.pipeline import evaluate_run
+
+    report = evaluate_run(args.run, data=args.data, output=args.output)
+    _print_table(report)
+    print(f"wrote {args.output or args.run + '/report.json'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from app.pipeline import predict_run
+
+    frame = predict_run(args.run, args.data, args.at, args.output)
+    print(
+        f"wrote {args.output}: {frame.shape[0]} steps ({frame.index[0]} to {frame.index[-1]}) "
+        f"x {frame.shape[1]} sensors"
+    )
+    return 0
+
+
+def _print_table(report: dict) -> None:
+    print(f"{'model':<20} {'MAE 15m':>8} {'MAE 30m':>8} {'MAE 60m':>8}")
+    for name, by_h in report["metrics"].items():
+        cells = []
+        for key in ("15min", "30min", "60min"):
+            v = by_h[key]["mae"]
+            cells.append("n/a" if v is None else f"{v:.3f}")
+        print(f"{name:<20} {cells[0]:>8} {cells[1]:>8} {cells[2]:>8}")

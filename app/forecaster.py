@@ -1,0 +1,107 @@
+"""The Forecaster: raw speeds in, forecasts out — what the CLI's ``predict`` and the service use.
+
+It owns everything between a user's readings and the model: the sensor order, the scaler, the time
+features, the model's frequency, and inference under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data import StandardScaler, time_features
+from data.errors import DataInputError
+from models.checkpoint import build_model, load_checkpoint
+
+
+class Forecaster:
+    """Forecasts from a checkpoint payload.
+
+    Shapes: ``forecast(timestamps (seq_len,), speeds (seq_len, N))`` -> ``(horizon, N)`` in data
+    units; ``forecast_batch(speeds (B, seq_len, N), timestamps (B, seq_len))`` -> ``(B, horizon, N)``.
+    Missing readings are NaN or 0.
+    """
+
+    def __init__(self, payload: dict[str, Any], device: str | torch.device = "cpu") -> None:
+        self.payload = payload
+        self.device = torch.device(device)
+        self.model = build_model(payload).to(self.device)
+        self.model.eval()
+        self.scaler = StandardScaler.from_state_dict(payload["scaler"])
+        self.sensor_ids: list[str] = list(payload["sensor_ids"])
+        self.seq_len = int(payload["seq_len"])
+        self.horizon = int(payload["horizon"])
+        self.freq_minutes = int(payload["freq_minutes"])
+        features = payload.get("features", {})
+        self.time_in_day = bool(features.get("time_in_day", True))
+        self.day_in_week = bool(features.get("day_in_week", False))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Forecaster:
+        return cls(load_checkpoint(path), device=device)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> Forecaster:
+        run_dir = Path(run_dir)
+        path = run_dir / "model.pt" if run_dir.is_dir() else run_dir
+        if not path.exists():
+            raise FileNotFoundError(2, "no model checkpoint", str(path))
+        return cls.from_checkpoint(path, device=device)
+
+    @property
+    def freq(self) -> pd.Timedelta:
+        return pd.Timedelta(minutes=self.freq_minutes)
+
+    def future_timestamps(self, last: pd.Timestamp) -> pd.DatetimeIndex:
+        return pd.date_range(last + self.freq, periods=self.horizon, freq=self.freq)
+
+    def features(self, timestamps: pd.DatetimeIndex, speeds: np.ndarray) -> np.ndarray:
+        """Model inputs for one or more windows.
+
+        Shapes: ``timestamps (..., seq_len)`` flattened to one index; ``speeds (..., seq_len, N)``
+        -> ``(..., seq_len, N, F)``.
+        """
+        speeds = np.asarray(speeds, dtype=np.float32)
+        observed = np.isfinite(speeds) & (speeds != 0)
+        scaled = np.where(
+            observed, (np.nan_to_num(speeds) - self.scaler.mean) / self.scaler.std, 0.0
+        )
+        parts = [scaled[..., None].astype(np.float32)]
+        if self.time_in_day or self.day_in_week:
+            tf = time_features(pd.DatetimeIndex(np.ravel(timestamps)), day_of_week=self.day_in_week)
+            if not self.time_in_day:
+                tf = tf[:, 1:]
+            tf = tf.reshape(*speeds.shape[:-1], 1, tf.shape[-1])  # (..., seq_len, 1, F')
+            parts.append(np.broadcast_to(tf, (*speeds.shape, tf.shape[-1])).astype(np.float32))
+        return np.concatenate(parts, axis=-1)
+
+    def check_window(self, timestamps: pd.DatetimeIndex, speeds: np.ndarray) -> None:
+        if len(timestamps) != self.seq_len:
+            raise DataInputError(f"need {self.seq_len} timestamps, got {len(timestamps)}")
+        if speeds.shape != (self.seq_len, len(self.sensor_ids)):
+            raise DataInputError(
+                f"speeds must be {self.seq_len} x {len(self.sensor_ids)} (steps x sensors), got "
+                f"{' x '.join(map(str, speeds.shape))}"
+            )
+        steps = np.diff(timestamps.asi8)
+        if len(steps) and not np.all(steps == self.freq.value):
+            raise DataInputError(f"timestamps must be {self.freq_minutes} minutes apart")
+
+    @torch.inference_mode()
+    def forecast_batch(self, speeds: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(self.features(timestamps, speeds)).to(self.device)
+        pred = self.model(x)[..., 0]  # (B, H, N), scaled
+        return (pred * self.scaler.std + self.scaler.mean).cpu().numpy()
+
+    def forecast(
+        self, timestamps: pd.DatetimeIndex, speeds: np.ndarray
+    ) -> tuple[np.ndarray, pd.DatetimeIndex]:
+        timestamps = pd.DatetimeIndex(timestamps)
+        speeds = np.asarray(speeds, dtype=np.float32)
+        self.check_window(timestamps, speeds)
+        out = self.forecast_batch(speeds[None], np.asarray(timestamps)[None])[0]
+        return out, self.future_timestamps(timestamps[-1])

@@ -1,0 +1,48 @@
+"""trafficcast data pipeline: speed readers, calendar features, scaling, windows, synthetic data.
+
+Imports numpy, pandas, scipy and torch only; never ``graph``, ``models`` or ``app``.
+"""
+
+from __future__ import annotations
+
+from data.bundled import (
+    SAMPLE_DIR,
+    read_sensor_locations,
+    sample_adjacency_pkl_path,
+    sample_locations_path,
+    sample_sensor_ids_path,
+    sample_speeds_path,
+)
+from data.errors import DataInputError, DataWarning
+from data.features import day_of_week, time_features, time_of_day
+from data.io import SpeedData, atomic_write, read_speeds, write_speeds
+from data.scaler import StandardScaler
+from data.synthetic import SyntheticDataset, make_synthetic, write_synthetic
+from data.windows import WindowBatches, gather, num_windows, split_counts, split_windows
+
+__all__ = [
+    "SAMPLE_DIR",
+    "DataInputError",
+    "DataWarning",
+    "SpeedData",
+    "StandardScaler",
+    "SyntheticDataset",
+    "WindowBatches",
+    "atomic_write",
+    "day_of_week",
+    "gather",
+    "make_synthetic",
+    "num_windows",
+    "read_sensor_locations",
+    "read_speeds",
+    "sample_adjacency_pkl_path",
+    "sample_locations_path",
+    "sample_sensor_ids_path",
+    "sample_speeds_path",
+    "split_counts",
+    "split_windows",
+    "time_features",
+    "time_of_day",
+    "write_speeds",
+    "write_synthetic",
+]

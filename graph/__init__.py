@@ -1,0 +1,68 @@
+"""The sensor graph: road distances -> DCRNN adjacency -> diffusion supports.
+
+Pure functions, arrays in and arrays out. ``adj[i, j]`` is always the weight of the road from
+sensor i to sensor j, in the order of the sensor ids.
+"""
+
+from __future__ import annotations
+
+from graph.adjacency import build_adjacency, build_adjacency_with_sigma, distance_matrix
+from graph.distances import (
+    haversine_m,
+    read_road_nodes,
+    read_roads,
+    read_sensor_points,
+    road_distances,
+    straight_line_distances,
+)
+from graph.errors import GraphInputError, GraphWarning
+from graph.io import (
+    atomic_write,
+    load_adjacency,
+    read_distances,
+    read_sensor_ids,
+    save_adjacency,
+    write_distances,
+)
+from graph.pickle_safe import RestrictedUnpickler, load_dcrnn_adj_pkl, load_pickle_restricted
+from graph.transitions import (
+    FILTER_TYPES,
+    compute_supports,
+    random_walk_matrix,
+    reverse_random_walk_matrix,
+    scaled_laplacian,
+    to_edge_index,
+    to_torch_sparse_coo,
+    to_torch_sparse_csr,
+)
+
+__all__ = [
+    "FILTER_TYPES",
+    "GraphInputError",
+    "GraphWarning",
+    "RestrictedUnpickler",
+    "atomic_write",
+    "build_adjacency",
+    "build_adjacency_with_sigma",
+    "compute_supports",
+    "distance_matrix",
+    "haversine_m",
+    "load_adjacency",
+    "load_dcrnn_adj_pkl",
+    "load_pickle_restricted",
+    "random_walk_matrix",
+    "read_distances",
+    "read_road_nodes",
+    "read_roads",
+    "read_sensor_ids",
+    "read_sensor_points",
+    "reverse_random_walk_matrix",
+    "road_distances",
+    "save_adjacency",
+    "scaled_laplacian",
+    "straight_line_distances",
+    "to_edge_index",
+    "to_torch_sparse_coo",
+    "to_torch_sparse_csr",
+    "write_distances",
+]

@@ -1,0 +1,303 @@
+"""Reading and writing the graph files: sensor ids, road distances, adjacency matrices.
+
+Sensor ids are strings everywhere: "773869" stays "773869" and "007" keeps its zeros, so every
+CSV is read with ``dtype=str`` and numbers are parsed only where a number is meant (``cost``).
+Writes are atomic (temp file in the same directory, fsync, ``os.replace``) so that a crash never
+leaves a half-written matrix where a good one used to be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pandas as pd
+
+from graph.errors import GraphInputError
+from graph.pickle_safe import load_dcrnn_adj_pkl
+
+__all__ = [
+    "atomic_write",
+    "load_adjacency",
+    "read_distances",
+    "read_sensor_ids",
+    "save_adjacency",
+    "write_distances",
+]
+
+DISTANCE_COLUMNS = ("from", "to", "cost")
+
+
+def _first_duplicate(values: Sequence[str]) -> str | None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
+
+
+def read_sensor_ids(path: str | os.PathLike[str]) -> list[str]:
+    """Read sensor ids: comma-separated (DCRNN's ``graph_sensor_ids.txt``) or one per line.
+
+    Whitespace around ids and empty items (a trailing comma or newline) are dropped.
+
+    Raises:
+        GraphInputError: the file holds no id, or an id appears twice (the first one is named).
+    """
+    source = os.fspath(path)
+    with open(path, encoding="utf-8-sig") as handle:  # -sig: drop a BOM from spreadsheet exports
+        text = handle.read()
+    items = (item.strip() for item in text.replace("\r", "\n").replace("\n", ",").split(","))
+    ids = [item for item in items if item]
+    if not ids:
+        raise GraphInputError(f"{source}: empty file, expected sensor ids")
+    duplicate = _first_duplicate(ids)
+    if duplicate is not None:
+        raise GraphInputError(f"{source}: duplicate sensor id '{duplicate}'")
+    return ids
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_distances(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read road distances: CSV rows ``from,to,cost`` with or without that header.
+
+    The header is detected by the first row's third field not being a number. With a header the
+    columns are found by name (extra columns are ignored); without one the file must have exactly
+    three columns. ``cost`` is a distance in metres (DCRNN's unit), finite and ``>= 0``.
+
+    Returns:
+        DataFrame with columns ``from`` (str), ``to`` (str), ``cost`` (float64), one row per line.
+
+    Raises:
+        GraphInputError: empty file, missing column, empty id, or a cost that is not a finite
+            non-negative number (the line number and value are named).
+    """
+    source = os.fspath(path)
+    try:
+        raw = pd.read_csv(
+            path,
+            header=None,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            skip_blank_lines=False,  # keep blank lines so that row index + 1 is the line number
+            encoding="utf-8-sig",
+        )
+    except pd.errors.EmptyDataError as exc:
+        raise GraphInputError(f"{source}: empty file, expected rows from,to,cost") from exc
+    except pd.errors.ParserError as exc:
+        reason = " ".join(str(exc).split())
+        raise GraphInputError(f"{source}: not a from,to,cost CSV ({reason})") from exc
+    raw = raw.fillna("")  # short rows are padded with missing values
+    raw = raw.apply(lambda column: column.str.strip())
+    lines = pd.RangeIndex(1, len(raw) + 1)
+    raw.index = lines
+    raw = raw[(raw != "").any(axis=1)]  # blank lines
+    if raw.empty:
+        raise GraphInputError(f"{source}: empty file, expected rows from,to,cost")
+
+    first = raw.iloc[0].tolist()
+    has_header = len(first) >= 3 and not _is_number(first[2])
+    if has_header:
+        names = [str(name).strip().lower() for name in first]
+        for column in DISTANCE_COLUMNS:
+            if column not in names:
+                found = ", ".join(name for name in names if name)
+                raise GraphInputError(f"{source}: missing column '{column}' (found: {found})")
+        raw.columns = names
+        raw = raw.iloc[1:]
+        if raw.empty:
+            raise GraphInputError(f"{source}: header only, no distance rows")
+        raw = raw[list(DISTANCE_COLUMNS)]
+    else:
+        if raw.shape[1] < 3:
+            missing = DISTANCE_COLUMNS[raw.shape[1] :]
+            raise GraphInputError(
+                f"{source}: missing column '{missing[0]}' (found {raw.shape[1]} columns, "
+                "expected from,to,cost)"
+            )
+        if raw.shape[1] > 3:
+            raise GraphInputError(
+                f"{source}: {raw.shape[1]} columns without a header, expected from,to,cost"
+            )
+        raw.columns = list(DISTANCE_COLUMNS)
+
+    for column in ("from", "to"):
+        empty = raw.index[raw[column] == ""]
+        if len(empty):
+            raise GraphInputError(f"{source}: line {empty[0]}: empty '{column}' sensor id")
+    cost = pd.to_numeric(raw["cost"], errors="coerce").astype("float64")
+    bad = ~np.isfinite(cost.to_numpy()) | (cost.to_numpy() < 0)
+    if bad.any():
+        line = raw.index[bad][0]
+        value = raw.at[line, "cost"]
+        raise GraphInputError(
+            f"{source}: line {line}: cost {value!r} is not a finite number >= 0 (metres)"
+        )
+    return pd.DataFrame(
+        {
+            "from": raw["from"].astype(str).to_numpy(),
+            "to": raw["to"].astype(str).to_numpy(),
+            "cost": cost.to_numpy(dtype=np.float64),
+        }
+    ).astype({"from": str, "to": str})
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
+    """Open a temp file beside ``path``; on success fsync it and ``os.replace`` it onto ``path``.
+
+    On an exception the temp file is removed and ``path`` is left untouched.
+
+    Raises:
+        GraphInputError: the directory of ``path`` does not exist.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise GraphInputError(f"{target}: directory {directory} does not exist")
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        # mkstemp creates 0600; give the result the mode a plain open() would (0666 - umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_distances(path: str | os.PathLike[str], distances: pd.DataFrame) -> None:
+    """Write ``from,to,cost`` rows with a header, atomically (the format :func:`read_distances`
+    reads back)."""
+    frame = distances.loc[:, list(DISTANCE_COLUMNS)]
+    with atomic_write(path, "w") as handle:
+        # repr-precision floats: a round trip through the file changes no distance.
+        frame.to_csv(handle, index=False, lineterminator="\n", float_format=None)
+
+
+def save_adjacency(
+    path: str | os.PathLike[str], sensor_ids: Sequence[str], adj_mx: np.ndarray
+) -> None:
+    """Write an adjacency ``.npz`` (no pickles inside), atomically.
+
+    Keys: ``sensor_ids`` as a numpy unicode array (``<U..``, not object, so that it loads with
+    ``allow_pickle=False``) and ``adj_mx`` as float32.
+
+    Shapes:
+        adj_mx: ``(N, N)`` with ``N == len(sensor_ids)``.
+
+    Raises:
+        GraphInputError: the name does not end in ``.npz``, the matrix is not N×N for the N ids,
+            or ids repeat.
+    """
+    target = os.fspath(path)
+    if not target.lower().endswith(".npz"):
+        raise GraphInputError(f"{target}: adjacency output must be a .npz file")
+    ids = [str(s) for s in sensor_ids]
+    adj = np.asarray(adj_mx, dtype=np.float32)
+    if adj.ndim != 2 or adj.shape != (len(ids), len(ids)):
+        raise GraphInputError(
+            f"{target}: adj_mx has shape {adj.shape}, expected ({len(ids)}, {len(ids)}) for "
+            f"{len(ids)} sensor ids"
+        )
+    duplicate = _first_duplicate(ids)
+    if duplicate is not None:
+        raise GraphInputError(f"{target}: duplicate sensor id '{duplicate}'")
+    buffer = io.BytesIO()
+    # np.str_ array: '<U..' dtype, never object; an empty list still gets a unicode dtype.
+    np.savez(buffer, sensor_ids=np.array(ids, dtype=np.str_), adj_mx=adj)
+    with atomic_write(target, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+def _load_npz(source: str) -> tuple[list[str], np.ndarray]:
+    try:
+        with np.load(source, allow_pickle=False) as npz:
+            missing = [key for key in ("sensor_ids", "adj_mx") if key not in npz.files]
+            if missing:
+                found = ", ".join(npz.files) or "nothing"
+                raise GraphInputError(f"{source}: missing key '{missing[0]}' (found: {found})")
+            ids_array = npz["sensor_ids"]
+            adj = npz["adj_mx"]
+    except GraphInputError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise GraphInputError(f"{source}: not a readable .npz adjacency ({reason})") from exc
+    if ids_array.ndim != 1 or ids_array.dtype.kind not in "UiuS":
+        raise GraphInputError(
+            f"{source}: sensor_ids must be a 1-D string array, got {ids_array.dtype} "
+            f"of shape {ids_array.shape}"
+        )
+    if ids_array.dtype.kind == "S":
+        ids = [v.decode("utf-8", errors="replace") for v in ids_array.tolist()]
+    else:
+        ids = [str(v) for v in ids_array.tolist()]
+    if adj.dtype.kind not in "biuf":
+        raise GraphInputError(f"{source}: adj_mx has dtype {adj.dtype}, expected numbers")
+    return ids, adj
+
+
+def load_adjacency(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
+    """Load an adjacency: a ``.npz`` from :func:`save_adjacency` or DCRNN's ``adj_mx.pkl``.
+
+    The pickle goes through :func:`graph.pickle_safe.load_dcrnn_adj_pkl` (restricted unpickler);
+    the ``.npz`` is loaded with ``allow_pickle=False``.
+
+    Shapes:
+        returns ids (N) and ``adj_mx`` ``(N, N)`` float32.
+
+    Raises:
+        GraphInputError: unknown extension, missing keys, non-square matrix, a matrix size that
+            does not match the ids, duplicate ids, non-finite weights, or an unsafe pickle.
+    """
+    source = os.fspath(path)
+    suffix = Path(source).suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        ids, _, adj = load_dcrnn_adj_pkl(source)
+        return ids, adj
+    if suffix != ".npz":
+        raise GraphInputError(
+            f"{source}: unknown adjacency format '{suffix or '(no extension)'}' "
+            "(expected .npz from 'trafficcast graph' or DCRNN's .pkl)"
+        )
+    if not os.path.exists(source):
+        raise FileNotFoundError(2, "No such file or directory", source)
+    ids, adj = _load_npz(source)
+    if adj.ndim != 2 or adj.shape[0] != adj.shape[1]:
+        raise GraphInputError(f"{source}: adj_mx has shape {adj.shape}, expected a square matrix")
+    if adj.shape[0] != len(ids):
+        raise GraphInputError(
+            f"{source}: adj_mx is {adj.shape[0]}x{adj.shape[1]} but there are {len(ids)} sensor ids"
+        )
+    duplicate = _first_duplicate(ids)
+    if duplicate is not None:
+        raise GraphInputError(f"{source}: duplicate sensor id '{duplicate}'")
+    adj = np.ascontiguousarray(adj, dtype=np.float32)
+    if not np.isfinite(adj).all():
+        raise GraphInputError(f"{source}: adj_mx contains NaN or infinite weights")
+    return ids, adj

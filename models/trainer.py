@@ -1,0 +1,377 @@
+"""The training loop shared by DCRNN and FC-LSTM.
+
+* Masked MAE on unscaled values (0 / missing targets excluded), Adam, the learning rate decayed by
+  ``lr_decay_ratio`` at each epoch in ``steps`` (``MultiStepLR``'s rule, computed from the epoch
+  number so that a resumed run gets exactly the same rate), floored at ``min_learning_rate``.
+* Gradient-norm clipping at ``max_grad_norm``; scheduled sampling with the paper's inverse-sigmoid
+  decay ``k / (k + exp(step / k))`` over global steps, in training only.
+* Early stopping on validation MAE after ``patience`` epochs without improvement; the best
+  weights are kept and restored at the end.
+* Exploding gradients, DCRNN's best-known failure: a non-finite loss or gradient never reaches the
+  weights. The trainer restores the state of the start of the epoch, halves the learning rate,
+  says so, and re-runs the epoch; after ``max_recoveries`` such events it stops with
+  :class:`TrainingError`.
+* Repeatable: one ``torch.Generator`` seeded from ``seed`` draws the shuffles and the
+  teacher-forcing coins; its state is saved with the rest, so ``resume`` continues an interrupted
+  run to the same result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from models.errors import TrainingError
+from models.metrics import MaskedMetrics, masked_mae_loss
+
+
+@dataclass
+class Batch:
+    """One batch of windows.
+
+    Shapes: ``x (B, T, N, F)`` scaled inputs; ``y (B, H, N, 1)`` scaled targets (for teacher
+    forcing); ``y_raw (B, H, N)`` targets in data units; ``y_mask (B, H, N)`` True where observed.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    y_raw: torch.Tensor
+    y_mask: torch.Tensor
+
+
+class BatchSource(Protocol):
+    """Where the trainer gets its windows from (the data pipeline implements it)."""
+
+    def num_batches(self, split: str) -> int: ...
+
+    def batches(self, split: str, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Batches of ``split`` ("train" shuffled with ``generator``; "val"/"test" in order)."""
+        ...
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 100
+    base_lr: float = 0.01
+    epsilon: float = 1e-3
+    weight_decay: float = 0.0
+    steps: list[int] = field(default_factory=lambda: [20, 30, 40, 50])
+    lr_decay_ratio: float = 0.1
+    min_learning_rate: float = 2e-6
+    max_grad_norm: float = 5.0
+    patience: int = 50
+    use_curriculum_learning: bool = True
+    cl_decay_steps: int = 2000
+    max_recoveries: int = 3
+    seed: int = 0
+
+
+def teacher_forcing_probability(global_step: int, decay_steps: int) -> float:
+    """The paper's inverse-sigmoid decay: ``k / (k + exp(step / k))``."""
+    k = float(decay_steps)
+    exponent = global_step / k
+    if exponent > 700:  # exp overflows; the probability is 0 to double precision
+        return 0.0
+    return k / (k + math.exp(exponent))
+
+
+def learning_rate(settings: TrainSettings, epoch: int, recovery_factor: float = 1.0) -> float:
+    """MultiStepLR's rate at 0-based ``epoch``, times the recovery factor, floored."""
+    decays = sum(1 for milestone in settings.steps if milestone <= epoch)
+    rate = settings.base_lr * settings.lr_decay_ratio**decays * recovery_factor
+    return max(rate, settings.min_learning_rate)
+
+
+class _NonFinite(Exception):
+    pass
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_mae: float
+    epochs_run: int
+    stopped_early: bool
+    recoveries: int
+    wall_time_s: float
+    history: list[dict[str, Any]]
+
+
+class Trainer:
+    """Trains ``model`` on a :class:`BatchSource`.
+
+    Args:
+        model: maps ``(x, targets, teacher_forcing_prob, generator)`` to scaled predictions.
+        source: the batches.
+        settings: see :class:`TrainSettings`.
+        inverse_transform: scaled predictions -> data units (the scaler's inverse).
+        state_path: where the resumable state is written after every epoch (atomically); None
+            keeps nothing on disk.
+        log: receives one line per epoch and every recovery.
+        progress: show a tqdm bar per epoch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        source: BatchSource,
+        settings: TrainSettings,
+        inverse_transform: Callable[[torch.Tensor], torch.Tensor],
+        state_path: Path | None = None,
+        log: Callable[[str], None] = print,
+        progress: bool = True,
+        name: str = "model",
+    ) -> None:
+        self.model = model
+        self.source = source
+        self.settings = settings
+        self.inverse_transform = inverse_transform
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.log = log
+        self.progress = progress
+        self.name = name
+        self.optimizer = torch.optim.Adam(
+            model.parameters(),
+            lr=settings.base_lr,
+            eps=settings.epsilon,
+            weight_decay=settings.weight_decay,
+        )
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.epoch = 0
+        self.global_step = 0
+        self.best_val_mae = math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+        self.recoveries = 0
+        self.recovery_factor = 1.0
+        self.history: list[dict[str, Any]] = []
+        self.elapsed_s = 0.0
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_val_mae": self.best_val_mae,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "recoveries": self.recoveries,
+            "recovery_factor": self.recovery_factor,
+            "history": self.history,
+            "elapsed_s": self.elapsed_s,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_val_mae = float(state["best_val_mae"])
+        self.best_epoch = int(state["best_epoch"])
+        self.best_state = state["best_state"]
+        self.bad_epochs = int(state["bad_epochs"])
+        self.recoveries = int(state["recoveries"])
+        self.recovery_factor = float(state["recovery_factor"])
+        self.history = list(state["history"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
+
+    def save_state(self) -> None:
+        if self.state_path is None:
+            return
+        atomic_torch_save(self.state_dict(), self.state_path)
+
+    def load_state(self) -> bool:
+        """Load the resumable state if there is one; True if loaded."""
+        if self.state_path is None or not self.state_path.exists():
+            return False
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        self.load_state_dict(state)
+        return True
+
+    # ---- training --------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        if resume and self.load_state():
+            self.log(f"{self.name}: resumed after epoch {self.epoch} (step {self.global_step})")
+        s = self.settings
+        stopped_early = False
+        while self.epoch < s.epochs:
+            if self.bad_epochs >= s.patience:
+                stopped_early = True
+                break
+            snapshot = self._snapshot()
+            started = time.perf_counter()
+            try:
+                train_mae = self._train_epoch()
+            except _NonFinite as exc:
+                self._recover(snapshot, str(exc))
+                continue
+            val_mae = self.evaluate_mae("val")
+            seconds = time.perf_counter() - started
+            self.elapsed_s += seconds
+            improved = val_mae < self.best_val_mae
+            if improved:
+                self.best_val_mae = val_mae
+                self.best_epoch = self.epoch
+                self.best_state = {
+                    k: v.detach().clone() for k, v in self.model.state_dict().items()
+                }
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.history.append(
+                {
+                    "epoch": self.epoch + 1,
+                    "train_mae": train_mae,
+                    "val_mae": val_mae,
+                    "lr": lr,
+                    "seconds": round(seconds, 3),
+                    "global_step": self.global_step,
+                }
+            )
+            self.log(
+                f"{self.name} epoch {self.epoch + 1}/{s.epochs}: train MAE {train_mae:.4f}, "
+                f"val MAE {val_mae:.4f}{' (best)' if improved else ''}, lr {lr:.2g}, {seconds:.1f} s"
+            )
+            self.epoch += 1
+            self.save_state()
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return TrainResult(
+            best_epoch=self.best_epoch + 1,
+            best_val_mae=self.best_val_mae,
+            epochs_run=self.epoch,
+            stopped_early=stopped_early,
+            recoveries=self.recoveries,
+            wall_time_s=self.elapsed_s,
+            history=self.history,
+        )
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "global_step": self.global_step,
+        }
+
+    def _recover(self, snapshot: dict[str, Any], why: str) -> None:
+        self.recoveries += 1
+        if self.recoveries > self.settings.max_recoveries:
+            raise TrainingError(
+                f"{self.name}: training diverged ({why}) {self.recoveries} times even after lowering "
+                f"the learning rate; try a lower train.base_lr or train.max_grad_norm"
+            )
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.generator.set_state(snapshot["generator"])
+        self.global_step = snapshot["global_step"]
+        self.recovery_factor *= 0.5
+        self.log(
+            f"{self.name} epoch {self.epoch + 1}: {why}; restored the state of the epoch's start, "
+            f"halved the learning rate (recovery {self.recoveries}/{self.settings.max_recoveries})"
+        )
+
+    def _train_epoch(self) -> float:
+        s = self.settings
+        self.model.train()
+        lr = learning_rate(s, self.epoch, self.recovery_factor)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches: Iterable[Batch] = self.source.batches("train", self.generator)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                batches,
+                total=self.source.num_batches("train"),
+                desc=f"{self.name} epoch {self.epoch + 1}",
+                leave=False,
+                dynamic_ncols=True,
+            )
+            batches = bar
+        total, count = 0.0, 0
+        for batch in batches:
+            prob = (
+                teacher_forcing_probability(self.global_step, s.cl_decay_steps)
+                if s.use_curriculum_learning
+                else 0.0
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            pred = self.model(batch.x, batch.y, prob, self.generator)
+            loss = masked_mae_loss(self.inverse_transform(pred[..., 0]), batch.y_raw, batch.y_mask)
+            if not torch.isfinite(loss):
+                raise _NonFinite(f"non-finite loss at step {self.global_step}")
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
+            if not torch.isfinite(norm):
+                raise _NonFinite(f"non-finite gradient at step {self.global_step}")
+            self.optimizer.step()
+            self.global_step += 1
+            value = float(loss.detach())
+            total += value
+            count += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{value:.3f}")
+        if bar is not None:
+            bar.close()
+        return total / max(count, 1)
+
+    @torch.inference_mode()
+    def evaluate_mae(self, split: str) -> float:
+        """Masked MAE over all horizon steps of ``split`` (data units)."""
+        self.model.eval()
+        abs_sum, n = 0.0, 0.0
+        for batch in self.source.batches(split):
+            pred = self.inverse_transform(self.model(batch.x)[..., 0])
+            mask = batch.y_mask & (batch.y_raw != 0)
+            abs_sum += float((pred - batch.y_raw).abs()[mask].sum())
+            n += float(mask.sum())
+        return abs_sum / n if n else math.nan
+
+    @torch.inference_mode()
+    def evaluate(self, split: str) -> MaskedMetrics:
+        self.model.eval()
+        metrics = None
+        for batch in self.source.batches(split):
+            pred = self.inverse_transform(self.model(batch.x)[..., 0])
+            if metrics is None:
+                metrics = MaskedMetrics(pred.shape[1])
+            metrics.update(pred, batch.y_raw, batch.y_mask)
+        if metrics is None:
+            raise TrainingError(f"no {split} windows to evaluate")
+        return metrics
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same directory, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
