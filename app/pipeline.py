@@ -47,7 +47,24 @@ from models.fc_lstm import FCLSTM
 from models.metrics import MaskedMetrics
 from models.trainer import Batch, Trainer, TrainSettings
 
-HORIZON_KEYS = {"15min": 3, "30min": 6, "60min": 12}
+REPORT_MINUTES = {"15min": 15, "30min": 30, "60min": 60}
+
+
+def horizon_steps(freq_minutes: int, horizon: int) -> dict[str, int | None]:
+    """The horizon step of each report key (``15min`` is step 3 of 5-minute data); None where
+    the time is not a whole number of steps or lies beyond the model's horizon."""
+    steps: dict[str, int | None] = {}
+    for key, minutes in REPORT_MINUTES.items():
+        step, rest = divmod(minutes, freq_minutes)
+        steps[key] = step if rest == 0 and 1 <= step <= horizon else None
+    return steps
+
+
+def trace_steps(horizon: int) -> tuple[int, int]:
+    """The two horizon steps drawn in the forecast-vs-actual plot: about 15 minutes and the last."""
+    return min(3, horizon), horizon
+
+
 MODEL_ORDER = ("dcrnn", "persistence", "historical_average", "fc_lstm")
 
 
@@ -566,7 +583,10 @@ def evaluate_run(
     )
     fallback = np.float32(mean)
     plot_sensors = _plot_sensors(speeds, train_rows)
-    traces: dict[str, dict[int, list[np.ndarray]]] = {name: {3: [], 12: []} for name in metrics}
+    short_step, long_step = trace_steps(horizon)
+    traces: dict[str, dict[int, list[np.ndarray]]] = {
+        name: {short_step: [], long_step: []} for name in metrics
+    }
     trace_starts: list[np.ndarray] = []
     with torch.inference_mode():
         for starts in source.starts_batches("test"):
@@ -583,7 +603,7 @@ def evaluate_run(
             y_raw, y_mask = batch.y_raw.cpu(), batch.y_mask.cpu()
             for name, pred in preds.items():
                 metrics[name].update(pred, y_raw, y_mask)
-                for step in (3, 12):
+                for step in traces[name]:
                     traces[name][step].append(pred[:, step - 1, plot_sensors].numpy())
             trace_starts.append(starts)
 
@@ -618,7 +638,8 @@ def evaluate_run(
     for name in MODEL_ORDER:
         if name in metrics:
             report["metrics"][name] = {
-                key: _clean(metrics[name].at(step)) for key, step in HORIZON_KEYS.items()
+                key: _clean(metrics[name].at(step)) if step is not None else _NO_METRICS
+                for key, step in horizon_steps(speeds.freq_minutes, horizon).items()
             }
     report["mae_by_step"] = {
         name: _clean_list(metrics[name].mae_by_step()) for name in report["metrics"]
@@ -630,6 +651,9 @@ def evaluate_run(
     if plots:
         _write_plots(out_path.parent, report, speeds, prepared, traces, trace_starts, plot_sensors)
     return report
+
+
+_NO_METRICS: dict[str, float | None] = {"mae": None, "rmse": None, "mape_pct": None}
 
 
 def _clean(d: dict[str, float]) -> dict[str, float | None]:
@@ -667,7 +691,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     for name, by_h in report["metrics"].items():
         row = [name]
         for metric in ("mae", "rmse", "mape_pct"):
-            row += [fmt(by_h[h][metric]) for h in HORIZON_KEYS]
+            row += [fmt(by_h[h][metric]) for h in REPORT_MINUTES]
         lines.append("| " + " | ".join(row) + " |")
     training = (report.get("model") or {}).get("training")
     if training:
@@ -723,10 +747,11 @@ def _write_plots(
     )
     for row, sensor_pos in enumerate(sensors):
         ax = axes[row, 0]
-        for step, style in ((3, "-"), (12, "--")):
+        short_step, long_step = trace_steps(prepared.horizon)
+        for step, style in ((short_step, "-"), (long_step, "--")):
             target_rows = starts[keep] + prepared.seq_len + step - 1
             times = speeds.index[target_rows]
-            if step == 3:
+            if step == short_step:
                 actual = np.where(
                     speeds.mask[target_rows, sensor_pos],
                     speeds.values[target_rows, sensor_pos],

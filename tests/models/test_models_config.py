@@ -1,0 +1,146 @@
+"""The run configuration: DCRNN's YAML layout accepted, unknown keys and bad values refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from models import ConfigError, RunConfig
+
+# DCRNN's data/model/dcrnn_la.yaml (the METR-LA configuration of the original code), as published.
+DCRNN_LA_YAML = """\
+---
+base_dir: data/model
+log_level: INFO
+data:
+  batch_size: 64
+  dataset_dir: data/METR-LA
+  test_batch_size: 64
+  val_batch_size: 64
+  graph_pkl_filename: data/sensor_graph/adj_mx.pkl
+
+model:
+  cl_decay_steps: 2000
+  filter_type: dual_random_walk
+  horizon: 12
+  input_dim: 2
+  l1_decay: 0
+  max_diffusion_step: 2
+  num_nodes: 207
+  num_rnn_layers: 2
+  output_dim: 1
+  rnn_units: 64
+  seq_len: 12
+  use_curriculum_learning: true
+
+train:
+  base_lr: 0.01
+  dropout: 0
+  epoch: 0
+  epochs: 100
+  epsilon: 1.0e-3
+  global_step: 0
+  lr_decay_ratio: 0.1
+  max_grad_norm: 5
+  max_to_keep: 100
+  min_learning_rate: 2.0e-06
+  optimizer: adam
+  patience: 50
+  steps: [20, 30, 40, 50]
+  test_every_n_epochs: 10
+"""
+
+
+def test_dcrnn_original_yaml_is_accepted(tmp_path):
+    path = tmp_path / "dcrnn_la.yaml"
+    path.write_text(DCRNN_LA_YAML)
+    config = RunConfig.from_yaml(path)
+    m, t, d = config.model, config.train, config.data
+    assert (m.rnn_units, m.num_rnn_layers, m.max_diffusion_step) == (64, 2, 2)
+    assert (m.seq_len, m.horizon, m.num_nodes, m.input_dim) == (12, 12, 207, 2)
+    assert m.filter_type == "dual_random_walk" and m.use_curriculum_learning is True
+    assert m.cl_decay_steps == 2000
+    assert t.steps == [20, 30, 40, 50] and t.epochs == 100 and t.patience == 50
+    assert t.base_lr == 0.01 and t.epsilon == 1e-3 and t.min_learning_rate == 2e-6
+    assert isinstance(t.max_grad_norm, float) and t.max_grad_norm == 5.0
+    assert (d.batch_size, d.val_batch_size, d.test_batch_size) == (64, 64, 64)
+    assert d.graph_pkl_filename == "data/sensor_graph/adj_mx.pkl"
+
+
+def test_resolved_config_round_trips():
+    config = RunConfig.from_dict({"model": {"rnn_units": 16, "max_diffusion_step": 0}})
+    again = RunConfig.from_dict(config.to_dict())
+    assert again == config and again.model.rnn_units == 16 and again.model.max_diffusion_step == 0
+
+
+def test_empty_config_gives_the_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert RunConfig.from_yaml(path) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({"model": {"rnn_unit": 64}}, "'rnn_unit'"),
+        ({"train": {"base_lr": 0.01, "learning_rate": 0.1}}, "'learning_rate'"),
+        ({"modle": {"rnn_units": 64}}, "'modle'"),
+    ],
+)
+def test_unknown_keys_are_refused_by_name(raw, named):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict(raw, source="cfg.yaml")
+    message = str(info.value)
+    assert message.startswith("cfg.yaml: ") and "unknown" in message and named in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("model", "filter_type", "foo", "model.filter_type = 'foo'"),
+        ("train", "base_lr", -1, "train.base_lr = -1.0"),
+        ("model", "max_diffusion_step", -1, "model.max_diffusion_step = -1"),
+        ("model", "num_rnn_layers", 0, "model.num_rnn_layers = 0"),
+        ("train", "steps", [30, 20], "train.steps = [30, 20]"),
+        ("data", "batch_size", 0, "data.batch_size = 0"),
+        ("model", "rnn_units", "sixty-four", "model.rnn_units = 'sixty-four' must be an integer"),
+        ("model", "use_curriculum_learning", "yes", "must be true or false"),
+        ("train", "base_lr", float("nan"), "train.base_lr = nan must be finite"),
+        ("train", "optimizer", "sgd", "train.optimizer = 'sgd' only adam is supported"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(section, key, value, expected):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({section: {key: value}}, source="cfg.yaml")
+    assert expected in str(info.value)
+
+
+def test_invalid_yaml_is_one_line_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_yaml(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_import_models_pulls_in_no_web_stack():
+    code = textwrap.dedent(
+        """
+        import sys
+        import models, models.trainer, models.checkpoint, models.config
+        web = ("fastapi", "starlette", "uvicorn", "pydantic_settings", "app")
+        print(",".join(sorted(m for m in web if m in sys.modules)))
+        print("torch" in sys.modules)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    loaded, torch_loaded = result.stdout.splitlines()
+    assert loaded == ""
+    assert torch_loaded == "True"  # the probe did import the package

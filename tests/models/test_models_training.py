@@ -1,0 +1,275 @@
+"""The training loop: learning at all, beating persistence, resuming exactly, recovering from NaN."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from data import SpeedData, StandardScaler, gather, make_synthetic, split_windows, time_features
+from graph import build_adjacency, compute_supports, to_torch_sparse_csr
+from models import DCRNN, TrainingError
+from models.baselines import persistence_forecast
+from models.metrics import MaskedMetrics, masked_mae_loss
+from models.trainer import (
+    Batch,
+    Trainer,
+    TrainSettings,
+    learning_rate,
+    teacher_forcing_probability,
+)
+
+
+class SyntheticSource:
+    """A :class:`models.trainer.BatchSource` over synthetic speeds: scaled speed + time of day.
+
+    Shapes: ``features (T, N, 2)``; batches as :class:`models.trainer.Batch`.
+    """
+
+    def __init__(self, speeds: SpeedData, seq_len: int, horizon: int, batch_size: int) -> None:
+        self.speeds, self.seq_len, self.horizon, self.batch_size = (
+            speeds,
+            seq_len,
+            horizon,
+            batch_size,
+        )
+        self.splits = split_windows(speeds.num_steps, seq_len, horizon)
+        train_rows = int(self.splits["train"][-1]) + seq_len + horizon
+        self.scaler = StandardScaler().fit(speeds.values[:train_rows], speeds.mask[:train_rows])
+        values = torch.from_numpy(speeds.values)
+        self.mask = torch.from_numpy(speeds.mask)
+        self.targets = values
+        scaled = torch.where(self.mask, self.scaler.transform(values), torch.zeros(()))
+        tod = torch.from_numpy(time_features(speeds.index)).expand(-1, speeds.num_sensors)
+        self.features = torch.stack([scaled, tod], dim=-1).float()  # (T, N, 2)
+
+    def num_batches(self, split: str) -> int:
+        return math.ceil(len(self.splits[split]) / self.batch_size)
+
+    def batches(self, split: str, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        starts = self.splits[split]
+        if split == "train" and generator is not None:
+            starts = starts[torch.randperm(len(starts), generator=generator).numpy()]
+        for i in range(0, len(starts), self.batch_size):
+            yield self.batch(starts[i : i + self.batch_size])
+
+    def batch(self, starts: np.ndarray) -> Batch:
+        s, h = self.seq_len, self.horizon
+        return Batch(
+            x=gather(self.features, starts, 0, s),
+            y=gather(self.features[..., :1], starts, s, h),
+            y_raw=gather(self.targets, starts, s, h),
+            y_mask=gather(self.mask, starts, s, h),
+        )
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scaler.inverse_transform(x)
+
+    def supports(self, adj: np.ndarray) -> list[torch.Tensor]:
+        return [to_torch_sparse_csr(p) for p in compute_supports(adj, "dual_random_walk")]
+
+
+def _small(num_sensors=4, num_days=1, freq_minutes=15, seq_len=4, horizon=3, batch_size=16):
+    data = make_synthetic(
+        num_sensors=num_sensors, num_days=num_days, seed=5, freq_minutes=freq_minutes
+    )
+    source = SyntheticSource(data.speeds, seq_len, horizon, batch_size)
+    adj = build_adjacency(data.distances, data.sensor_ids)
+    return source, source.supports(adj)
+
+
+def _dcrnn(source: SyntheticSource, supports, seed: int = 0, cls=DCRNN, **extra) -> DCRNN:
+    torch.manual_seed(seed)
+    return cls(
+        num_nodes=source.speeds.num_sensors,
+        input_dim=2,
+        supports=supports,
+        hidden_dim=extra.pop("hidden_dim", 8),
+        num_layers=extra.pop("num_layers", 1),
+        max_diffusion_step=2,
+        seq_len=source.seq_len,
+        horizon=source.horizon,
+        **extra,
+    )
+
+
+def _quiet_trainer(model, source, settings, **kwargs) -> tuple[Trainer, list[str]]:
+    lines: list[str] = []
+    trainer = Trainer(
+        model, source, settings, source.inverse, log=lines.append, progress=False, **kwargs
+    )
+    return trainer, lines
+
+
+# ---- schedules -------------------------------------------------------------------------------
+def test_teacher_forcing_schedule_is_the_inverse_sigmoid():
+    assert teacher_forcing_probability(0, 2000) == pytest.approx(2000 / 2001)
+    # k / (k + e^(step/k)) at step = k ln k is exactly 1/2.
+    assert teacher_forcing_probability(round(2000 * math.log(2000)), 2000) == pytest.approx(
+        0.5, abs=1e-4
+    )
+    assert teacher_forcing_probability(10**9, 2000) == 0.0  # no overflow
+
+
+def test_learning_rate_follows_the_milestones_and_floor():
+    s = TrainSettings(base_lr=0.01, steps=[2, 4], lr_decay_ratio=0.1, min_learning_rate=2e-4)
+    assert [learning_rate(s, e) for e in range(5)] == pytest.approx([0.01, 0.01, 1e-3, 1e-3, 2e-4])
+    assert learning_rate(s, 0, recovery_factor=0.5) == pytest.approx(0.005)
+
+
+# ---- learning --------------------------------------------------------------------------------
+def test_overfits_one_batch():
+    source, supports = _small(num_sensors=5)
+    model = _dcrnn(source, supports, hidden_dim=16)
+    batch = source.batch(source.splits["train"][:8])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    losses = []
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = masked_mae_loss(model(batch.x)[..., 0], batch.y[..., 0], batch.y_mask)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[0] > 0.3  # scaled units: the untrained model is far off
+    assert min(losses[-10:]) < losses[0] / 10
+
+
+def test_tiny_training_falls_and_beats_persistence():
+    # 15-minute data: an hour ahead is 4 steps and 3 hours is 12, where the rush-hour shape the
+    # model learns from the time of day matters more than the last reading.
+    data = make_synthetic(num_sensors=8, num_days=7, seed=1, freq_minutes=15)
+    source = SyntheticSource(data.speeds, seq_len=12, horizon=12, batch_size=32)
+    supports = source.supports(build_adjacency(data.distances, data.sensor_ids))
+    model = _dcrnn(source, supports, hidden_dim=16)
+    settings = TrainSettings(epochs=6, base_lr=0.01, steps=[100], use_curriculum_learning=False)
+    trainer, _ = _quiet_trainer(model, source, settings)
+    result = trainer.fit()
+    train_mae = [h["train_mae"] for h in result.history]
+    assert result.epochs_run == 6 and len(train_mae) == 6
+    assert train_mae[-1] < 0.85 * train_mae[0]
+
+    model_mae = trainer.evaluate("test").mae_by_step()
+    persistence = MaskedMetrics(12)
+    for starts in np.array_split(source.splits["test"], 4):
+        rows = starts[:, None] + np.arange(12)
+        pred = persistence_forecast(
+            data.speeds.values[rows], data.speeds.mask[rows], 12, source.scaler.mean
+        )
+        batch = source.batch(starts)
+        persistence.update(torch.from_numpy(pred), batch.y_raw, batch.y_mask)
+    persistence_mae = persistence.mae_by_step()
+    assert all(math.isfinite(v) for v in model_mae)
+    assert np.mean(model_mae) < 0.85 * np.mean(persistence_mae)
+    assert model_mae[-1] < persistence_mae[-1]
+
+
+# ---- resume ----------------------------------------------------------------------------------
+def test_resume_equals_uninterrupted(tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        source, supports = _small()
+        # Curriculum on (the generator draws coins) and a decay milestone after the interruption.
+        settings = dict(base_lr=0.01, steps=[3], use_curriculum_learning=True, cl_decay_steps=5)
+
+        straight = _dcrnn(source, supports)
+        trainer, _ = _quiet_trainer(
+            straight, source, TrainSettings(epochs=4, **settings), state_path=tmp_path / "full.pt"
+        )
+        full = trainer.fit()
+
+        first = _dcrnn(source, supports)
+        part, _ = _quiet_trainer(
+            first, source, TrainSettings(epochs=2, **settings), state_path=tmp_path / "state.pt"
+        )
+        part.fit()
+        # A fresh process would build the model anew: different initial weights on purpose.
+        second = _dcrnn(source, supports, seed=123)
+        resumed_trainer, lines = _quiet_trainer(
+            second, source, TrainSettings(epochs=4, **settings), state_path=tmp_path / "state.pt"
+        )
+        resumed = resumed_trainer.fit(resume=True)
+    finally:
+        torch.set_num_threads(before)
+
+    assert lines[0].startswith("model: resumed after epoch 2")
+    assert resumed.epochs_run == full.epochs_run == 4
+    assert resumed_trainer.global_step == trainer.global_step
+    assert [h["train_mae"] for h in resumed.history] == [h["train_mae"] for h in full.history]
+    assert [h["lr"] for h in resumed.history] == [0.01, 0.01, 0.01, 0.001]
+    assert resumed.best_epoch == full.best_epoch
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+    # The last epoch's weights and Adam moments (in the state files) agree too, not only the best.
+    state_full = torch.load(tmp_path / "full.pt", weights_only=True)
+    state_resumed = torch.load(tmp_path / "state.pt", weights_only=True)
+    for key, value in state_full["model"].items():
+        assert torch.equal(value, state_resumed["model"][key]), key
+    for i, moments in state_full["optimizer"]["state"].items():
+        assert torch.equal(
+            moments["exp_avg_sq"], state_resumed["optimizer"]["state"][i]["exp_avg_sq"]
+        )
+    assert torch.equal(state_full["generator"], state_resumed["generator"])
+    # The run did change the weights: equality is not that of two untouched models.
+    initial = _dcrnn(source, supports).state_dict()["projection.weight"]
+    assert not torch.equal(state_full["model"]["projection.weight"], initial)
+
+
+# ---- divergence ------------------------------------------------------------------------------
+class NaNDCRNN(DCRNN):
+    """A DCRNN whose training forward returns NaN on chosen calls (1-based), or on all of them."""
+
+    def __init__(self, *args, nan_calls: set[int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.nan_calls = nan_calls
+        self.training_calls = 0
+
+    def forward(self, x, targets=None, teacher_forcing_prob=0.0, generator=None):
+        out = super().forward(x, targets, teacher_forcing_prob, generator)
+        if self.training:
+            self.training_calls += 1
+            if self.nan_calls is None or self.training_calls in self.nan_calls:
+                return out * float("nan")
+        return out
+
+
+def test_planted_nan_loss_is_recovered():
+    source, supports = _small()
+    batches_per_epoch = source.num_batches("train")
+    assert batches_per_epoch >= 3
+    model = _dcrnn(source, supports, cls=NaNDCRNN, nan_calls={3})
+    settings = TrainSettings(epochs=2, base_lr=0.01, steps=[100], max_recoveries=3)
+    trainer, lines = _quiet_trainer(model, source, settings)
+    result = trainer.fit()
+
+    recoveries = [line for line in lines if "restored" in line]
+    assert len(recoveries) == 1
+    assert "non-finite loss at step 2" in recoveries[0]
+    assert "halved the learning rate" in recoveries[0]
+    assert result.recoveries == 1 and trainer.recovery_factor == 0.5
+    assert [h["lr"] for h in result.history] == [0.005, 0.005]
+    assert result.epochs_run == 2
+    # The two steps taken before the NaN were undone: the epoch re-ran from its start.
+    assert trainer.global_step == 2 * batches_per_epoch
+    assert model.training_calls == 2 * batches_per_epoch + 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(result.best_val_mae)
+
+
+def test_nan_every_time_stops_with_training_error():
+    source, supports = _small()
+    model = _dcrnn(source, supports, cls=NaNDCRNN, nan_calls=None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = TrainSettings(epochs=3, base_lr=0.01, max_recoveries=2)
+    trainer, lines = _quiet_trainer(model, source, settings)
+    with pytest.raises(TrainingError, match=r"diverged \(non-finite loss at step 0\) 3 times"):
+        trainer.fit()
+    assert len([line for line in lines if "restored" in line]) == 2
+    assert "recovery 2/2" in lines[-1]
+    # NaN never reached the weights.
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
