@@ -11,11 +11,11 @@ import argparse
 import sys
 import warnings
 
-from app.commands import data_cmd, graph_cmd, model_cmd
+from app.commands import data_cmd, graph_cmd, model_cmd, serve_cmd
 
 EXIT_USER_ERROR = 2
 
-_COMMAND_MODULES = (graph_cmd, data_cmd, model_cmd)
+_COMMAND_MODULES = (graph_cmd, data_cmd, model_cmd, serve_cmd)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

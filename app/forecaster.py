@@ -87,7 +87,7 @@ class Forecaster:
                 f"speeds must be {self.seq_len} x {len(self.sensor_ids)} (steps x sensors), got "
                 f"{' x '.join(map(str, speeds.shape))}"
             )
-        steps = np.diff(timestamps.asi8)
+        steps = np.diff(timestamps.as_unit("ns").asi8)
         if len(steps) and not np.all(steps == self.freq.value):
             raise DataInputError(f"timestamps must be {self.freq_minutes} minutes apart")
 

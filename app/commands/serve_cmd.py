@@ -1,0 +1,72 @@
+"""``trafficcast serve``: the REST service and dashboard (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve forecasts over REST, with a dashboard at /",
+        description=(
+            "Run the forecast service. With no arguments it serves the bundled METR-LA week with "
+            "the bundled model (trained on first start if absent). Every setting can also come "
+            "from the environment: TRAFFICCAST_RUN_DIR, TRAFFICCAST_API_KEYS=k1,k2, "
+            "TRAFFICCAST_OBSERVATIONS_DB, TRAFFICCAST_TORCH_THREADS, TRAFFICCAST_MICROBATCH_WINDOW_MS, ..."
+        ),
+    )
+    p.add_argument("--run", metavar="RUN_DIR", help="run directory from `trafficcast train`")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.set_defaults(handler=run_serve)
+
+
+def build_settings(args: argparse.Namespace):
+    """Settings from the environment, overridden by the command line; one-line errors."""
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+    from models.errors import CheckpointError, ConfigError
+
+    overrides = {"run_dir": args.run, "host": args.host, "port": args.port}
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(
+            f"setting {where} (--{where.replace('_', '-')} or TRAFFICCAST_{where.upper()}): "
+            f"{first['msg']} (got {first.get('input')!r})"
+        ) from None
+    run_dir = settings.run_dir
+    model = run_dir / "model.pt" if run_dir.is_dir() else run_dir
+    if not model.exists() and not (settings.serves_bundled_run and settings.train_if_missing):
+        if not run_dir.exists():
+            raise CheckpointError(f"{run_dir}: no such run directory")
+        raise CheckpointError(
+            f"{run_dir}: no model.pt in the run directory (train one with "
+            f"`trafficcast train ... --output {run_dir}`)"
+        )
+    return settings
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from app.service import create_app
+
+    settings = build_settings(args)
+    model = settings.run_dir / "model.pt"
+    if settings.serves_bundled_run and not model.exists():
+        print(
+            "no bundled model yet: training it on the bundled METR-LA week first (a few minutes); "
+            "/readyz answers 503 until it is ready"
+        )
+    # The service's own messages (seeding, training failures) beside uvicorn's, in its format.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    print(f"serving on http://{settings.host}:{settings.port}/ (dashboard), API docs at /docs")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0

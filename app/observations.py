@@ -1,0 +1,119 @@
+"""The live observation store: speed readings in an embedded SQLite database (WAL mode).
+
+One row per ``(sensor_id, ts)``: a re-sent reading replaces the stored one, so clients may retry a
+batch safely. Timestamps are stored as integer seconds since the epoch of the naive (wall-clock)
+time the model was trained on; missing readings are NULL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    sensor_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    speed REAL,
+    PRIMARY KEY (sensor_id, ts)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
+"""
+
+
+def to_epoch_seconds(stamps: pd.DatetimeIndex) -> np.ndarray:
+    """Naive timestamps as int64 seconds since 1970-01-01 (the column the store keys on).
+
+    Shapes: ``(T,)`` -> ``(T,)``.
+    """
+    return np.asarray(stamps.as_unit("ns").asi8 // 1_000_000_000, dtype=np.int64)
+
+
+class ObservationStore:
+    """Readings of the model's sensors, kept across restarts in one SQLite file.
+
+    One connection guarded by a lock: the service writes from a thread pool, and SQLite's own
+    locking then only matters for other processes, which WAL lets read while we write.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable across application crashes in WAL mode; only a power cut may lose the
+        # last transactions, which clients re-send (writes are idempotent).
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self._conn.commit()
+        # Bumped on every write: the forecast cache keys on it so late readings are seen.
+        self.generation = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def add(self, sensor_ids: Sequence[str], stamps: pd.DatetimeIndex, speeds: np.ndarray) -> int:
+        """Store a block of readings; NaN means missing. Returns the number of rows written.
+
+        Shapes: ``speeds (T, N)`` for ``stamps (T,)`` and ``sensor_ids (N,)``.
+        """
+        seconds = to_epoch_seconds(stamps)
+        values = np.asarray(speeds, dtype=np.float64)
+        rows = [
+            (sid, int(ts), None if not np.isfinite(v) else float(v))
+            for t, ts in enumerate(seconds)
+            for sid, v in zip(sensor_ids, values[t], strict=True)
+        ]
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO readings (sensor_id, ts, speed) VALUES (?, ?, ?)", rows
+            )
+            self.generation += 1
+        return len(rows)
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
+    def latest_timestamp(self) -> pd.Timestamp | None:
+        """The latest time with at least one real reading (0 and NULL are missing)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT MAX(ts) FROM readings WHERE speed IS NOT NULL AND speed != 0"
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return pd.Timestamp(int(row[0]), unit="s")
+
+    def window(
+        self, sensor_ids: Sequence[str], end: pd.Timestamp, steps: int, freq_minutes: int
+    ) -> tuple[pd.DatetimeIndex, np.ndarray]:
+        """The ``steps`` grid times ending at ``end`` and the readings there, NaN where missing.
+
+        Shapes: returns ``stamps (steps,)``, ``speeds (steps, N)`` in ``sensor_ids`` order.
+        """
+        stamps = pd.date_range(end=end, periods=steps, freq=pd.Timedelta(minutes=freq_minutes))
+        seconds = to_epoch_seconds(stamps)
+        out = np.full((steps, len(sensor_ids)), np.nan, dtype=np.float32)
+        column = {sid: k for k, sid in enumerate(sensor_ids)}
+        row_of = {int(s): k for k, s in enumerate(seconds)}
+        with self._lock:
+            cursor = self._conn.execute(
+                "SELECT sensor_id, ts, speed FROM readings WHERE ts >= ? AND ts <= ? "
+                "AND speed IS NOT NULL",
+                (int(seconds[0]), int(seconds[-1])),
+            )
+            rows = cursor.fetchall()
+        for sid, ts, speed in rows:
+            k, t = column.get(sid), row_of.get(int(ts))
+            if k is not None and t is not None:
+                out[t, k] = speed
+        return stamps, out

@@ -1,0 +1,95 @@
+"""Service settings: pydantic-settings with the ``TRAFFICCAST_`` environment prefix.
+
+Settings are built per app (``create_app(Settings(...))``), never read at import time, so tests and
+the CLI each make an app with their own values. Every field can come from the environment, e.g.
+``TRAFFICCAST_RUN_DIR=runs/la TRAFFICCAST_API_KEYS=k1,k2 trafficcast serve``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The bundled run: a checkpoint trained by `trafficcast train` on the bundled METR-LA week, with
+# its report. When it is absent, the service trains it on first start from the bundled config.
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+BUNDLED_RUN_DIR = BUNDLED_DIR / "metr-la-week"
+BUNDLED_CONFIG = BUNDLED_DIR / "metr-la-week.yaml"
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; defaults serve the bundled METR-LA week."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRAFFICCAST_",
+        extra="forbid",
+        env_parse_none_str="none",
+        validate_default=True,
+    )
+
+    run_dir: Path = Field(
+        BUNDLED_RUN_DIR,
+        description="run directory with model.pt (and report.json); the bundled run by default",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # NoDecode: the environment gives "k1,k2" rather than a JSON list (split below).
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="keys accepted in X-API-Key; none configured means writes are disabled",
+    )
+    observations_db: Path = Path("trafficcast-observations.sqlite3")
+    torch_threads: int | None = Field(None, ge=1)
+    max_body_bytes: int = Field(MIB, ge=1024)
+    max_sensors_per_request: int = Field(5000, ge=1)
+    max_timestamps_per_request: int = Field(2016, ge=1)
+    # Forecasts arriving within this many milliseconds share one forward pass; 0 turns it off.
+    microbatch_window_ms: float = Field(3.0, ge=0.0, le=1000.0)
+    microbatch_max_size: int = Field(64, ge=1)
+    inference_workers: int = Field(1, ge=1)
+    locations_path: Path | None = Field(
+        None, description="sensor coordinates CSV; default: the bundled METR-LA locations"
+    )
+    # "auto": the bundled week when serving the bundled model; a path: that speed file; None: off.
+    seed_observations: Path | Literal["auto"] | None = "auto"
+    seed_days: float = Field(1.0, gt=0.0)
+    # Naive timestamps may be local time anywhere (UTC-12..UTC+14): allow a day of slack.
+    max_future_minutes: int = Field(24 * 60, ge=0)
+    # GET /v1/forecast needs at least this fraction of the window's readings to be present.
+    min_window_coverage: float = Field(0.5, ge=0.0, le=1.0)
+    max_history_steps: int = Field(2016, ge=1)
+    train_if_missing: bool = Field(
+        True, description="train the bundled run on first start when its model.pt is absent"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [k.strip() for k in text.split(",") if k.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_empty_keys(cls, value: list[str]) -> list[str]:
+        if any(not k for k in value):
+            raise ValueError("an API key must not be empty")
+        return value
+
+    @property
+    def serves_bundled_run(self) -> bool:
+        return self.run_dir.resolve() == BUNDLED_RUN_DIR.resolve()
+
+    @property
+    def writes_enabled(self) -> bool:
+        return bool(self.api_keys)

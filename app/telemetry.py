@@ -1,0 +1,130 @@
+"""Prometheus metrics of one app, in a registry of its own (tests build many apps per process).
+
+``MetricsMiddleware`` counts requests by route template (``/v1/forecast``, never the raw URL, so
+the label set stays bounded), method and status, and times them.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    """The service's metrics; ``render()`` gives the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "trafficcast_http_requests",
+            "HTTP requests by route template, method and status code",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "trafficcast_http_request_duration_seconds",
+            "HTTP request latency by route template and method",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.forecasts = Counter(
+            "trafficcast_forecasts_served",
+            "Forecasts answered, by endpoint (post: client history, get: stored observations)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.cache = Counter(
+            "trafficcast_forecast_cache",
+            "GET /v1/forecast cache lookups by result",
+            ["result"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "trafficcast_inference_batch_size",
+            "Windows per forward pass (micro-batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+        self.inference = Histogram(
+            "trafficcast_inference_seconds",
+            "Time of one forward pass",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.observations = Counter(
+            "trafficcast_observations_ingested",
+            "Readings written to the observation store",
+            registry=r,
+        )
+        self.model_info = Info("trafficcast_model", "The serving model", registry=r)
+        self.ready = Gauge("trafficcast_ready", "1 once a model is loaded and serving", registry=r)
+        for result in ("hit", "miss"):
+            self.cache.labels(result=result)
+        for endpoint in ("post", "get"):
+            self.forecasts.labels(endpoint=endpoint)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no body buffering) recording every HTTP request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            # The template, not the URL: /static/x.js and unknown paths must not explode labels.
+            template = getattr(route, "path", None) or "<unmatched>"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(route=template, method=method, status=str(status)).inc()
+            self.metrics.latency.labels(route=template, method=method).observe(
+                time.perf_counter() - started
+            )
