@@ -228,6 +228,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    # mkstemp creates 0600; give the result the mode a plain open() would (0666 - umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
