@@ -88,17 +88,22 @@ class Supports:
 
     def __init__(self, supports: list[torch.Tensor]) -> None:
         self.matrices = supports
-        self.transposes = [
-            s.t().to_sparse_csr() if s.layout == torch.sparse_csr else s.t().contiguous()
-            for s in supports
-        ]
+        self._transposes: list[torch.Tensor] | None = None  # made on first need (training only)
 
     def __len__(self) -> int:
         return len(self.matrices)
 
+    def transpose(self, i: int) -> torch.Tensor:
+        if self._transposes is None:
+            self._transposes = [
+                s.t().to_sparse_csr() if s.layout == torch.sparse_csr else s.t().contiguous()
+                for s in self.matrices
+            ]
+        return self._transposes[i]
+
     def matmul(self, i: int, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:
-            return _SparseMatmul.apply(self.matrices[i], self.transposes[i], x)
+            return _SparseMatmul.apply(self.matrices[i], self.transpose(i), x)
         return sparse_matmul(self.matrices[i], x)
 
 
