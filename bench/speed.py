@@ -1,0 +1,157 @@
+"""DCRNN speed benchmark: one JSON line per figure, the machine's matmul peak measured in the same run.
+
+Not a test. Examples::
+
+    python bench/speed.py                      # the bundled week (207 sensors), paper's model
+    python bench/speed.py --sensors 1000       # a synthetic graph of 1,000 sensors
+    python bench/speed.py --threads 1 --steps 3
+
+Figures (``{"metric": ..., "value": ..., ...}``):
+``matmul_peak_gflops`` (fp32 2048^3), ``train_windows_per_s``, ``fraction_of_peak`` (the weight
+matmuls' FLOPs of a training step / its time / the measured peak), ``forecast_ms_batch1`` (median of 100),
+``forecast_s_batch64``, ``peak_rss_gb`` (this process, after the training steps).
+Timings on a shared machine are noisy: compare figures from one run, as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data import make_synthetic, sample_adjacency_pkl_path  # noqa: E402
+from graph import (  # noqa: E402
+    build_adjacency,
+    compute_supports,
+    load_adjacency,
+    to_torch_sparse_csr,
+)
+from models.dcrnn import DCRNN  # noqa: E402
+
+
+def load_graph(sensors: int) -> tuple[np.ndarray, int, str]:
+    """The bundled METR-LA adjacency, or a synthetic road graph of ``sensors`` sensors."""
+    if sensors <= 0:
+        _, adj = load_adjacency(sample_adjacency_pkl_path())
+        return adj, adj.shape[0], "metr-la-week"
+    synthetic = make_synthetic(num_sensors=sensors, num_days=1, seed=0)
+    adj = build_adjacency(synthetic.distances, synthetic.sensor_ids)
+    return adj, sensors, "synthetic"
+
+
+def emit(metric: str, value: float, **extra) -> None:
+    print(json.dumps({"metric": metric, "value": round(float(value), 4), **extra}), flush=True)
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times) / 1e9
+
+
+def weight_matmul_flops(model: DCRNN, batch: int) -> float:
+    """FLOPs of the weight matmuls of one training step (forward + backward = 3 x forward).
+
+    Counted from the shapes (FlopCounterMode counts a sparse support matmul as a dense one, which
+    would inflate the figure): per DCGRU step ``2·N·B·M·(F·3H + H·2H + H·H)``, plus the output
+    projection; 207 sensors, 64 units, 2 layers, K = 2 and the dual random walk give 1.85 GFLOP
+    per window forward, 5.5 forward + backward, the figure the performance issue quotes.
+    """
+    n, h, m = model.num_nodes, model.hidden_dim, model.num_terms
+    forward = 0.0
+    for cells, steps in (
+        (model.encoder_cells, model.seq_len),
+        (model.decoder_cells, model.horizon),
+    ):
+        for cell in cells:
+            per_step = 2 * n * batch * m * (cell.input_dim * 3 * h + h * 2 * h + h * h)
+            forward += per_step * steps
+    forward += 2 * n * batch * h * model.output_dim * model.horizon
+    return 3 * forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sensors", type=int, default=0, help="synthetic graph size (0: the bundled week)"
+    )
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    common = {"threads": torch.get_num_threads(), "dtype": "fp32"}
+
+    peak = matmul_peak_gflops()
+    emit("matmul_peak_gflops", peak, **common)
+
+    adj, num_nodes, label = load_graph(args.sensors)
+    common["sensors"] = num_nodes
+    common["data"] = label
+    supports = [to_torch_sparse_csr(s) for s in compute_supports(adj, "dual_random_walk")]
+    model = DCRNN(num_nodes, 2, 1, supports, hidden_dim=64, num_layers=2, max_diffusion_step=2)
+    x = torch.randn(args.batch, 12, num_nodes, 2)
+    y = torch.randn(args.batch, 12, num_nodes, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x, y, 0.5)
+        (out - y).abs().mean().backward()
+        optimizer.step()
+
+    step()  # warm-up
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    emit("train_windows_per_s", args.batch / step_s, batch=args.batch, **common)
+    flops = weight_matmul_flops(model, args.batch)
+    emit(
+        "fraction_of_peak",
+        flops / step_s / 1e9 / peak,
+        gflop_per_window=round(flops / args.batch / 1e9, 2),
+        **common,
+    )
+    emit("peak_rss_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, **common)
+
+    model.eval()
+    with torch.inference_mode():
+        one = x[:1]
+        model(one)
+        lat = []
+        for _ in range(100):
+            start = time.perf_counter()
+            model(one)
+            lat.append(time.perf_counter() - start)
+        emit("forecast_ms_batch1", 1000 * statistics.median(lat), **common)
+        model(x)
+        batch_times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            model(x)
+            batch_times.append(time.perf_counter() - start)
+        emit("forecast_s_batch64", statistics.median(batch_times), batch=args.batch, **common)
+
+
+if __name__ == "__main__":
+    main()
