@@ -18,6 +18,32 @@ from data.errors import DataInputError
 from models.checkpoint import build_model, load_checkpoint
 
 
+def model_inputs(
+    speeds: np.ndarray,
+    observed: np.ndarray,
+    timestamps: pd.DatetimeIndex | np.ndarray,
+    scaler: StandardScaler,
+    time_in_day: bool,
+    day_in_week: bool,
+) -> np.ndarray:
+    """The model's input features: the scaled speed (missing = 0, i.e. the mean), then the time
+    features. The one place that defines them, for training, evaluation and serving alike.
+
+    Shapes: ``speeds``, ``observed`` ``(..., T, N)``; ``timestamps`` ``(..., T)`` (flattened to
+    one index) -> ``(..., T, N, F)`` float32.
+    """
+    speeds = np.asarray(speeds, dtype=np.float32)
+    scaled = np.where(observed, (np.nan_to_num(speeds) - scaler.mean) / scaler.std, 0.0)
+    parts = [scaled[..., None].astype(np.float32)]
+    if time_in_day or day_in_week:
+        tf = time_features(pd.DatetimeIndex(np.ravel(timestamps)), day_of_week=day_in_week)
+        if not time_in_day:
+            tf = tf[:, 1:]
+        tf = tf.reshape(*speeds.shape[:-1], 1, tf.shape[-1])  # (..., T, 1, F')
+        parts.append(np.broadcast_to(tf, (*speeds.shape, tf.shape[-1])).astype(np.float32))
+    return np.concatenate(parts, axis=-1)
+
+
 class Forecaster:
     """Forecasts from a checkpoint payload.
 
@@ -60,24 +86,12 @@ class Forecaster:
         return pd.date_range(last + self.freq, periods=self.horizon, freq=self.freq)
 
     def features(self, timestamps: pd.DatetimeIndex, speeds: np.ndarray) -> np.ndarray:
-        """Model inputs for one or more windows.
-
-        Shapes: ``timestamps (..., seq_len)`` flattened to one index; ``speeds (..., seq_len, N)``
-        -> ``(..., seq_len, N, F)``.
-        """
+        """Model inputs for one or more windows (NaN or 0 = missing): see :func:`model_inputs`."""
         speeds = np.asarray(speeds, dtype=np.float32)
         observed = np.isfinite(speeds) & (speeds != 0)
-        scaled = np.where(
-            observed, (np.nan_to_num(speeds) - self.scaler.mean) / self.scaler.std, 0.0
+        return model_inputs(
+            speeds, observed, timestamps, self.scaler, self.time_in_day, self.day_in_week
         )
-        parts = [scaled[..., None].astype(np.float32)]
-        if self.time_in_day or self.day_in_week:
-            tf = time_features(pd.DatetimeIndex(np.ravel(timestamps)), day_of_week=self.day_in_week)
-            if not self.time_in_day:
-                tf = tf[:, 1:]
-            tf = tf.reshape(*speeds.shape[:-1], 1, tf.shape[-1])  # (..., seq_len, 1, F')
-            parts.append(np.broadcast_to(tf, (*speeds.shape, tf.shape[-1])).astype(np.float32))
-        return np.concatenate(parts, axis=-1)
 
     def check_window(self, timestamps: pd.DatetimeIndex, speeds: np.ndarray) -> None:
         if len(timestamps) != self.seq_len:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from app.forecaster import model_inputs
 from app.fsutil import atomic_write_json, atomic_write_text
 from data import (
     SpeedData,
@@ -35,7 +36,6 @@ from data import (
     gather,
     read_speeds,
     split_windows,
-    time_features,
 )
 from data.errors import DataInputError
 from models.baselines import HistoricalAverage, persistence_forecast
@@ -122,15 +122,11 @@ def prepare_data(
     if scaler is None:
         train_rows = int(splits["train"][-1]) + m.seq_len + m.horizon
         scaler = StandardScaler().fit(speeds.values[:train_rows], speeds.mask[:train_rows])
-    scaled = torch.where(mask, scaler.transform(values), torch.zeros(()))  # (T, N)
-    parts = [scaled.unsqueeze(-1)]
-    if d.add_time_in_day or d.add_day_in_week:
-        tf = time_features(speeds.index, day_of_week=d.add_day_in_week)  # (T, F')
-        if not d.add_time_in_day:
-            tf = tf[:, 1:]
-        tf_t = torch.from_numpy(np.ascontiguousarray(tf, dtype=np.float32))
-        parts.append(tf_t.unsqueeze(1).expand(-1, speeds.num_sensors, -1))
-    features = torch.cat(parts, dim=-1).contiguous()  # (T, N, F)
+    features = torch.from_numpy(
+        model_inputs(
+            speeds.values, speeds.mask, speeds.index, scaler, d.add_time_in_day, d.add_day_in_week
+        )
+    )  # (T, N, F)
     minutes = speeds.index.hour * 60 + speeds.index.minute
     slots = (np.asarray(minutes) // speeds.freq_minutes).astype(np.int64)
     return PreparedData(
