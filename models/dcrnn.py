@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers import DCGRUCell, Supports, diffuse, num_diffusion_terms
+from models.layers import DCGRUCell, Supports, diffusion_conv, num_diffusion_terms
 
 
 def sparse_to_buffers(support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -154,28 +154,28 @@ class DCRNN(nn.Module):
     ) -> torch.Tensor:
         batch, seq_len, n, _ = x.shape
         supports = Supports(self.supports())
-        k = self.max_diffusion_step
-        hidden = self.hidden_dim
 
-        # ---- encoder: layer by layer, each layer's input projection for all steps at once.
-        inputs_diffused = diffuse(x.permute(2, 1, 0, 3), supports, k)  # (N, T, B, M·F)
-        states: list[torch.Tensor] = []
-        states_diffused: list[torch.Tensor] = []
-        for layer, cell in enumerate(self.encoder_cells):
-            # unbind, not x_proj[:, t]: the backward of T slices would fill T full-size zero
-            # gradients; unbind's backward stacks once.
-            x_proj = cell.project_input(inputs_diffused).unbind(1)  # T x (N, B, 3H)
-            h = x.new_zeros(n, batch, hidden)
-            h_diffused = x.new_zeros(n, batch, self.num_terms * hidden)  # diffusion of zeros
-            step_diffused = []
-            for t in range(seq_len):
-                h = cell(x_proj[t], h, h_diffused, supports)  # (N, B, H)
-                h_diffused = diffuse(h, supports, k)  # (N, B, M·H): this layer's next step ...
-                step_diffused.append(h_diffused)  # ... and the next layer's input at step t
-            states.append(h)
-            states_diffused.append(h_diffused)
-            if layer + 1 < self.num_layers:
-                inputs_diffused = torch.stack(step_diffused, dim=1)  # (N, T, B, M·H)
+        # A state H of layer l at step t is diffused once, for two uses: the gates of layer l at
+        # step t+1 and the input of layer l+1 at step t. One diffusion convolution with the two
+        # weights side by side (see _state_conv) computes both contributions.
+        layers = self.num_layers
+        enc, dec = self.encoder_cells, self.decoder_cells
+
+        # ---- encoder, step-major; layer 0's input contribution for all steps at once.
+        x_proj = enc[0].project_input(x.permute(2, 1, 0, 3), supports)  # (N, T, B, 3H)
+        x_proj = x_proj.transpose(0, 1).contiguous().unbind(0)  # T x (N, B, 3H), plain views
+        states: list[torch.Tensor | None] = [None] * layers
+        h_gates: list[torch.Tensor | None] = [None] * layers
+        for t in range(seq_len):
+            layer_input = x_proj[t]
+            last = t == seq_len - 1
+            for layer in range(layers):
+                h = enc[layer](layer_input, states[layer], supports, h_gates[layer])
+                states[layer] = h
+                # gates: the encoder's own next step, or the decoder's first step after the last
+                gates_cell = dec[layer] if last else enc[layer]
+                above = enc[layer + 1] if layer + 1 < layers else None
+                h_gates[layer], layer_input = self._state_conv(h, supports, gates_cell, above)
 
         # ---- decoder: step by step, each step's output feeding the next.
         use_truth = self._teacher_forcing_draws(targets, teacher_forcing_prob, generator)
@@ -184,18 +184,46 @@ class DCRNN(nn.Module):
         decoder_input = x.new_zeros(n, batch, self.output_dim)  # the GO symbol
         outputs = []
         for t in range(self.horizon):
-            layer_input_diffused = diffuse(decoder_input, supports, k)  # (N, B, M·out)
-            for layer, cell in enumerate(self.decoder_cells):
-                x_proj = cell.project_input(layer_input_diffused)  # (N, B, 3H)
-                h = cell(x_proj, states[layer], states_diffused[layer], supports)
+            layer_input = dec[0].project_input(decoder_input, supports)  # (N, B, 3H)
+            last = t == self.horizon - 1
+            for layer in range(layers):
+                h = dec[layer](layer_input, states[layer], supports, h_gates[layer])
                 states[layer] = h
-                states_diffused[layer] = diffuse(h, supports, k)
-                layer_input_diffused = states_diffused[layer]
+                above = dec[layer + 1] if layer + 1 < layers else None
+                h_gates[layer], layer_input = self._state_conv(
+                    h, supports, None if last else dec[layer], above
+                )
             out = self.projection(h)  # (N, B, out)
             outputs.append(out)
             decoder_input = truth[t] if use_truth is not None and bool(use_truth[t]) else out
         # (horizon, N, B, out) -> (B, horizon, N, out)
         return torch.stack(outputs, dim=0).permute(2, 0, 1, 3)
+
+    def _state_conv(
+        self,
+        h: torch.Tensor,
+        supports: Supports,
+        gates_cell: DCGRUCell | None,
+        above: DCGRUCell | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One diffusion of the state ``h`` for its next uses.
+
+        Returns ``gates_cell``'s hidden contribution to its gates (``(N, B, 2H)``, no bias) and
+        ``above``'s input contribution (``(N, B, 3H)``, bias included); None where not wanted.
+        """
+        k = self.max_diffusion_step
+        two_h = 2 * self.hidden_dim
+        if gates_cell is None and above is None:
+            return None, None
+        if above is None:
+            return diffusion_conv(h, supports, k, gates_cell.weight_hidden_gates), None
+        if gates_cell is None:
+            return None, above.project_input(h, supports)
+        weight = torch.cat([gates_cell.weight_hidden_gates, above.weight_input], dim=1)  # (M·H, 5H)
+        base = torch.cat([above.bias.new_zeros(two_h), above.bias])  # (5H,)
+        both = diffusion_conv(h, supports, k, weight, base)  # (N, B, 5H)
+        h_gates, above_input = both.split([two_h, 3 * self.hidden_dim], dim=-1)
+        return h_gates, above_input
 
     def _teacher_forcing_draws(
         self,

@@ -138,6 +138,139 @@ def diffuse(
     return stacked.reshape(*stacked.shape[:-2], -1)
 
 
+def _walks(supports: Supports, x0: torch.Tensor, max_diffusion_step: int, adjoint: bool = False):
+    """Yield the diffusion terms of ``x0 (N, C)`` in :func:`diffuse`'s order, one at a time.
+
+    With ``adjoint`` the walks use the transposed supports: ``(P^T)^k x0``.
+    """
+    yield x0
+    for i in range(len(supports)):
+        support = supports.transpose(i) if adjoint else supports.matrices[i]
+        xk = x0
+        for _ in range(max_diffusion_step):
+            xk = sparse_matmul(support, xk)  # (N, N) @ (N, C)
+            yield xk
+
+
+class _DiffusionConv(torch.autograd.Function):
+    """``base + Σ_m T_m(x) W_m``: a diffusion convolution whose terms are never stacked.
+
+    ``T_m(x)`` are the diffusion terms of :func:`diffuse` and ``W_m`` the matching row blocks of
+    the weight. Forward multiplies each term into the output as soon as it is made (no
+    concatenation copy, at most two terms alive). Backward needs the terms again for the weight's
+    gradient and recomputes them from ``x`` (a sparse matmul costs a few percent of a weight
+    matmul here), so only ``x`` is kept for the backward pass: 1/M of the memory that saving
+    the stacked terms takes. The input's gradient is ``Σ_m T_m^*(g W_m^T)`` with the adjoint walks
+    ``(P^T)^k``, summed Horner-style per support: ``P^T (g_1 + P^T (g_2 + ...))``.
+    """
+
+    @staticmethod
+    def forward(ctx, x0, weight, base, supports, max_diffusion_step, rows):
+        # x0 (N, C) with C = (rows / N)·F; weight (M·F, O); base None, (O,) or (rows, O).
+        features = weight.shape[0] // num_diffusion_terms(len(supports), max_diffusion_step)
+        out = x0.new_empty(rows, weight.shape[1])
+        for m, term in enumerate(_walks(supports, x0, max_diffusion_step)):
+            w = weight[m * features : (m + 1) * features]  # (F, O)
+            term = term.view(rows, features)  # (N, C) -> (N·*, F)
+            if m > 0:
+                out.addmm_(term, w)
+            elif base is None:
+                torch.mm(term, w, out=out)
+            else:
+                torch.addmm(base, term, w, out=out)
+        ctx.save_for_backward(x0, weight)
+        ctx.supports = supports
+        ctx.max_diffusion_step = max_diffusion_step
+        ctx.rows = rows
+        ctx.base_dim = None if base is None else base.dim()
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x0, weight = ctx.saved_tensors
+        supports, k, rows = ctx.supports, ctx.max_diffusion_step, ctx.rows
+        features = weight.shape[0] // num_diffusion_terms(len(supports), k)
+        grad = grad.contiguous()  # (rows, O)
+        n = x0.shape[0]
+        out_dim = grad.shape[1]
+        grad_x = grad_weight = grad_base = None
+        if out_dim < 2 * features:
+            # Narrow output: walk the gradient instead. With G_m = T_m^*(grad) (the adjoint walks
+            # (P^T)^k of grad, width O), T_m^T grad = x^T G_m and Σ_m T_m^*(grad W_m^T) =
+            # Σ_m G_m W_m^T: S·K sparse matmuls of width O instead of 2·S·K of width F.
+            if ctx.needs_input_grad[1]:
+                grad_weight = torch.empty_like(weight)
+            if ctx.needs_input_grad[0]:
+                grad_x = x0.new_empty(rows, features)
+            x_rows = x0.view(rows, features)
+            for m, g_m in enumerate(_walks(supports, grad.view(n, -1), k, adjoint=True)):
+                block = slice(m * features, (m + 1) * features)
+                g_m = g_m.view(rows, out_dim)
+                if grad_weight is not None:
+                    torch.mm(x_rows.t(), g_m, out=grad_weight[block])
+                if grad_x is not None:
+                    if m == 0:
+                        torch.mm(g_m, weight[block].t(), out=grad_x)
+                    else:
+                        grad_x.addmm_(g_m, weight[block].t())
+            if grad_x is not None:
+                grad_x = grad_x.view(n, -1)
+        else:
+            if ctx.needs_input_grad[1]:
+                grad_weight = torch.empty_like(weight)
+                for m, term in enumerate(_walks(supports, x0, k)):
+                    block = slice(m * features, (m + 1) * features)
+                    torch.mm(term.view(rows, features).t(), grad, out=grad_weight[block])
+            if ctx.needs_input_grad[0]:
+                grad_terms = torch.mm(grad, weight.t())  # (rows, M·F): all terms' gradients
+
+                def term_grad(m: int) -> torch.Tensor:
+                    return grad_terms[:, m * features : (m + 1) * features]  # (rows, F), strided
+
+                grad_x = term_grad(0).contiguous().view(n, -1)  # (N, C)
+                for i in range(len(supports)):
+                    first = 1 + i * k  # the term index of P_i^1
+                    z = term_grad(first + k - 1).contiguous().view(n, -1)
+                    for step in range(k - 1, 0, -1):
+                        z = sparse_matmul(supports.transpose(i), z)
+                        z.view(rows, features).add_(term_grad(first + step - 1))
+                    grad_x.addmm_(supports.transpose(i), z)
+        if ctx.needs_input_grad[2]:
+            grad_base = grad.sum(0) if ctx.base_dim == 1 else grad
+        return grad_x, grad_weight, grad_base, None, None, None
+
+
+def diffusion_conv(
+    x: torch.Tensor,
+    supports: Supports,
+    max_diffusion_step: int,
+    weight: torch.Tensor,
+    base: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The diffusion convolution of Eq. 2 with a weight per term: ``base + diffuse(x) @ weight``.
+
+    The same function as ``diffuse(x, supports, K) @ weight + base`` (a test checks values and
+    gradients), computed without materialising the ``M`` stacked terms (see
+    :class:`_DiffusionConv`).
+
+    Shapes:
+        x: ``(N, *, F)`` nodes first; weight: ``(M·F, O)`` rows grouped by term as in
+        :func:`diffuse`; base: ``(O,)`` (a bias) or ``(N, *, O)``, or None.
+        returns: ``(N, *, O)``.
+    """
+    n = x.shape[0]
+    lead = x.shape[:-1]
+    rows = x[..., 0].numel()
+    x0 = x.reshape(n, -1)  # (N, *·F)
+    if not x0.is_contiguous():
+        x0 = x0.contiguous()
+    if base is not None and base.dim() > 1:
+        base = base.reshape(rows, weight.shape[1])  # (N·*, O), a view where the strides allow
+    out = _DiffusionConv.apply(x0, weight, base, supports, max_diffusion_step, rows)
+    return out.view(*lead, weight.shape[1])
+
+
 class DCGRUCell(nn.Module):
     """A diffusion-convolutional GRU cell (Li et al. 2018, Eq. 3).
 
@@ -147,16 +280,16 @@ class DCGRUCell(nn.Module):
         C = \\tanh(\\Theta_C \\star [X, r \\odot H] + b_C), \\quad H' = u \\odot H + (1 - u) \\odot C
 
     The cell is used in two calls so that shared work is done once: :meth:`project_input` maps the
-    diffused input to its contribution to all three of r, u and C (biases included), for any
-    number of time steps at once; :meth:`forward` takes that contribution, the state and the
-    state's diffusion, and returns the next state.
+    input to its contribution to all three of r, u and C (biases included), for any number of
+    time steps at once; :meth:`forward` takes that contribution and the state (None for a zero
+    state) and returns the next state.
 
     Gate biases start at 1.0 as in the original code (the gates start mostly open to the old state).
 
     Shapes:
-        project_input: ``x_diffused (N, *, M·input_dim)`` -> ``(N, *, 3·hidden_dim)``
-        forward: ``x_proj (N, B, 3·hidden_dim)``, ``h (N, B, hidden_dim)``,
-        ``h_diffused (N, B, M·hidden_dim)`` -> ``(N, B, hidden_dim)``
+        project_input: ``x (N, *, input_dim)`` -> ``(N, *, 3·hidden_dim)``
+        forward: ``x_proj (N, B, 3·hidden_dim)``, ``h (N, B, hidden_dim)`` or None
+        -> ``(N, B, hidden_dim)``
     """
 
     def __init__(
@@ -197,24 +330,37 @@ class DCGRUCell(nn.Module):
             self.bias[: 2 * self.hidden_dim].fill_(self.gate_bias_start)
             self.bias[2 * self.hidden_dim :].zero_()
 
-    def project_input(self, x_diffused: torch.Tensor) -> torch.Tensor:
-        lead = x_diffused.shape[:-1]
-        flat = x_diffused.reshape(-1, x_diffused.shape[-1])  # (N·*, M·F)
-        out = torch.addmm(self.bias, flat, self.weight_input)  # (N·*, 3H)
-        return out.view(*lead, 3 * self.hidden_dim)
+    def project_input(self, x: torch.Tensor, supports: Supports) -> torch.Tensor:
+        """The input's contribution to r, u and C, biases included, for any number of steps."""
+        return diffusion_conv(x, supports, self.max_diffusion_step, self.weight_input, self.bias)
 
     def forward(
         self,
         x_proj: torch.Tensor,
-        h: torch.Tensor,
-        h_diffused: torch.Tensor,
+        h: torch.Tensor | None,
         supports: Supports,
+        h_gates: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        n, b, hidden = h.shape
-        gates = torch.mm(h_diffused.reshape(n * b, -1), self.weight_hidden_gates)  # (N·B, 2H)
-        gates = torch.sigmoid(x_proj[..., : 2 * hidden] + gates.view(n, b, 2 * hidden))
+        """The next state from the input's contribution ``x_proj`` and the state ``h``.
+
+        ``h_gates`` is the state's contribution to the gates, ``Θ_{r,u} ⋆ H`` without bias, when
+        the caller has computed it already (DCRNN computes it together with the layer above's
+        input from one diffusion of ``H``); otherwise it is computed here.
+        """
+        hidden = self.hidden_dim
+        k = self.max_diffusion_step
+        # split, not two slices: the backward of two slices fills two full-size zero gradients
+        x_gates, x_candidate = x_proj.split([2 * hidden, hidden], dim=-1)
+        if h is None:  # a zero state (the encoder's first step): its diffusion terms are zero
+            r, u = torch.sigmoid(x_gates).split(hidden, dim=-1)
+            return (1.0 - u) * torch.tanh(x_candidate)
+        if h_gates is None:
+            # (N, B, 2H): the state's diffusion added to the input's contribution in one pass
+            gates = torch.sigmoid(diffusion_conv(h, supports, k, self.weight_hidden_gates, x_gates))
+        else:
+            gates = torch.sigmoid(x_gates + h_gates)
         r, u = gates.split(hidden, dim=-1)
-        rh_diffused = diffuse(r * h, supports, self.max_diffusion_step)  # (N, B, M·H)
-        candidate = torch.mm(rh_diffused.reshape(n * b, -1), self.weight_hidden_candidate)
-        c = torch.tanh(x_proj[..., 2 * hidden :] + candidate.view(n, b, hidden))
-        return u * h + (1.0 - u) * c
+        c = torch.tanh(
+            diffusion_conv(r * h, supports, k, self.weight_hidden_candidate, x_candidate)
+        )
+        return c + u * (h - c)  # u ⊙ H + (1 - u) ⊙ C
