@@ -35,9 +35,10 @@ SHELL ["/bin/sh", "-eu", "-c"]
 
 RUN python3 -m venv /opt/venv
 
-# torch first, alone, from the CPU source: the project's own `torch==X` pin is then already
-# satisfied and pip never looks at PyPI's CUDA wheel. A local version such as 2.13.0+cpu
-# satisfies ==2.13.0.
+# torch first, alone, from the CPU source, so that the project's own `torch==X` pin is already
+# satisfied when the rest installs and PyPI's CUDA wheel is never chosen (in a wheel directory,
+# 2.13.0+cpu also outranks PyPI's plain 2.13.0; and a local version satisfies ==2.13.0). The
+# check after it fails the build on any other outcome.
 # SC2086: ${src} holds an option and its value and must split into two words.
 # hadolint ignore=SC2086
 RUN if [ -n "${TORCH_FIND_LINKS}" ]; then src="--find-links ${TORCH_FIND_LINKS}"; \
