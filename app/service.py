@@ -441,7 +441,8 @@ class Service:
         old = self.install(model)
         self.failed_version = None
         self.retire(old)
-        self.metrics.swaps.labels(result="ok").inc()
+        if old is not None:  # the first load is not a swap
+            self.metrics.swaps.labels(result="ok").inc()
         log.info(
             "now serving registry version %s (model %s; was %s)",
             pointer.version,
