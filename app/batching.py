@@ -49,6 +49,15 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self.accepting = True
+
+    async def close(self) -> None:
+        """Take no new work, finish what is queued, then stop: how a swapped-out model's batcher
+        retires without failing the requests already waiting on it."""
+        self.accepting = False
+        if self._task is not None and not self._task.done():
+            await self._queue.join()
+        await self.stop()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
@@ -74,26 +83,33 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            if self.window_s > 0 and self.max_size > 1:
-                await asyncio.sleep(self.window_s)
-            while len(batch) < self.max_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            # A client that went away cancelled its future; do not spend a forward pass on it.
-            batch = [item for item in batch if not item.future.done()]
-            if not batch:
-                continue
-            speeds = np.stack([item.speeds for item in batch])  # (B, seq_len, N)
-            stamps = np.stack([item.timestamps for item in batch])  # (B, seq_len)
+            taken = [await self._queue.get()]
             try:
-                out = await loop.run_in_executor(self.executor, self.fn, speeds, stamps)
-            except Exception as exc:  # every waiter gets the error, the worker keeps serving
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
-            for k, item in enumerate(batch):
+                if self.window_s > 0 and self.max_size > 1:
+                    await asyncio.sleep(self.window_s)
+                while len(taken) < self.max_size and not self._queue.empty():
+                    taken.append(self._queue.get_nowait())
+                await self._answer(loop, taken)
+            finally:
+                for _ in taken:
+                    self._queue.task_done()
+
+    async def _answer(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        # A client that went away cancelled its future; do not spend a forward pass on it.
+        batch = [item for item in batch if not item.future.done()]
+        if not batch:
+            return
+        speeds = np.stack([item.speeds for item in batch])  # (B, seq_len, N)
+        stamps = np.stack([item.timestamps for item in batch])  # (B, seq_len)
+        try:
+            out = await loop.run_in_executor(self.executor, self.fn, speeds, stamps)
+        except Exception as exc:  # every waiter gets the error, the worker keeps serving
+            for item in batch:
                 if not item.future.done():
-                    item.future.set_result(out[k])
+                    item.future.set_exception(exc)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        for k, item in enumerate(batch):
+            if not item.future.done():
+                item.future.set_result(out[k])

@@ -11,15 +11,23 @@ import argparse
 import sys
 import warnings
 
-from app.commands import data_cmd, graph_cmd, model_cmd, serve_cmd
+from app.commands import (
+    data_cmd,
+    graph_cmd,
+    model_cmd,
+    registry_cmd,
+    retrain_cmd,
+    serve_cmd,
+)
 
 EXIT_USER_ERROR = 2
 
-_COMMAND_MODULES = (graph_cmd, data_cmd, model_cmd, serve_cmd)
+_COMMAND_MODULES = (graph_cmd, data_cmd, model_cmd, serve_cmd, retrain_cmd, registry_cmd)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean the user gave us something wrong, not that we have a bug."""
+    from app.registry import RegistryError
     from data.errors import DataInputError
     from graph.errors import GraphInputError
     from models.errors import CheckpointError, ConfigError, TrainingError
@@ -30,6 +38,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         ConfigError,
         CheckpointError,
         TrainingError,
+        RegistryError,
         FileNotFoundError,
         IsADirectoryError,
         PermissionError,

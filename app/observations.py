@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.errors import DataInputError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     sensor_id TEXT NOT NULL,
@@ -117,3 +119,34 @@ class ObservationStore:
             if k is not None and t is not None:
                 out[t, k] = speed
         return stamps, out
+
+
+def read_readings(path: str | Path) -> pd.DataFrame:
+    """Every real reading in a store file, opened read-only (the retraining job's view).
+
+    Returns a frame with columns ``sensor_id`` (str), ``timestamp`` (naive datetime64[ns]) and
+    ``speed`` (float); NULL and 0 (missing readings) are left out.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    # mode=ro: the job must never create or change the service's database.
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    try:
+        rows = conn.execute(
+            "SELECT sensor_id, ts, speed FROM readings WHERE speed IS NOT NULL AND speed != 0"
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise DataInputError(f"{path}: not a trafficcast observation store ({exc})") from exc
+    finally:
+        conn.close()
+    frame = pd.DataFrame(rows, columns=["sensor_id", "ts", "speed"])
+    return pd.DataFrame(
+        {
+            "sensor_id": frame["sensor_id"].astype(str),
+            "timestamp": pd.to_datetime(frame["ts"].astype(np.int64), unit="s").astype(
+                "datetime64[ns]"
+            ),
+            "speed": frame["speed"].astype(np.float64),
+        }
+    )

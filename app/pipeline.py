@@ -385,8 +385,12 @@ def train_run(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = log_stderr,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train DCRNN (and FC-LSTM) on ``data``, write the run directory, return the report."""
+    """Train DCRNN (and FC-LSTM) on ``data``, write the run directory, return the report.
+
+    ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a resumed
+    run's own state takes precedence over it."""
     config = config or RunConfig()
     set_threads(config.train.threads)
     device = resolve_device(config.train.device)
@@ -425,6 +429,8 @@ def train_run(
         torch_supports(adj, config.model.filter_type) if config.model.max_diffusion_step > 0 else []
     )
     model, kwargs = build_dcrnn(config, speeds.num_sensors, prepared.input_dim, supports)
+    if init_from is not None:
+        warm_start(model, init_from)
     model.to(device)
     epoch_log = _EpochLog(run_dir / "train_log.jsonl", log)
     trainer = Trainer(
@@ -479,6 +485,24 @@ def train_run(
 
     report = evaluate_run(run_dir, speeds=speeds, device=device)
     return report
+
+
+def warm_start(model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Copy a checkpoint's learned weights into ``model``; its graph supports are left alone,
+    since the new model's graph may be newer."""
+    state = load_checkpoint(checkpoint)["state_dict"]
+    own = dict(model.named_parameters())
+    missing = [k for k in own if k not in state]
+    misfit = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or misfit:
+        raise ConfigError(
+            f"{checkpoint}: cannot warm-start from it: "
+            + (f"it lacks {missing[0]}" if missing else f"{misfit[0]} has another shape")
+            + " (the model's size or sensors changed; retrain without the warm start)"
+        )
+    with torch.no_grad():
+        for name, param in own.items():
+            param.copy_(state[name])
 
 
 class _EpochLog:

@@ -121,6 +121,21 @@ class SensorList(_Strict):
     sensors: list[SensorInfo]
 
 
+class RegistryInfo(_Strict):
+    path: str
+    version: str | None = Field(..., description="the registry version being served")
+    promoted_at: str | None
+    reason: str | None
+    poll_s: float
+    checked_at: str | None = Field(..., description="when the service last read current.json")
+
+
+class SwapError(_Strict):
+    version: str
+    error: str
+    at: str
+
+
 class ModelInfo(_Strict):
     version: str = Field(..., description="content hash of the checkpoint")
     trained_at: str | None
@@ -132,6 +147,15 @@ class ModelInfo(_Strict):
         ..., description="test metrics from the run's report.json, when present"
     )
     training: dict[str, Any] | None
+    loaded_at: str | None = None
+    registry: RegistryInfo | None = Field(
+        None, description="where the model came from, when serving a registry"
+    )
+    last_swap_error: SwapError | None = Field(
+        None,
+        description="the last promoted version that could not be served, and why (the "
+        "previous model kept serving)",
+    )
 
 
 class Status(_Strict):

@@ -14,6 +14,9 @@ with 413 before it is parsed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -51,10 +54,12 @@ from app.schemas import (
     ModelInfo,
     ObservationBatch,
     ObservationResult,
+    RegistryInfo,
     SensorInfo,
     SensorList,
     Status,
     StoredForecastResponse,
+    SwapError,
     iso,
 )
 from app.settings import BUNDLED_CONFIG, Settings
@@ -223,7 +228,26 @@ class BodyLimitMiddleware:
 # State
 # --------------------------------------------------------------------------------------------
 @dataclass
+class LoadedModel:
+    """One servable model and everything derived from it. Immutable once built: a hot swap
+    replaces the service's reference to it, and a request keeps the one it started with."""
+
+    forecaster: Forecaster
+    version: str  # content hash of the checkpoint
+    report: dict[str, Any] | None
+    sensor_index: dict[str, int]
+    locations: dict[str, tuple[float, float]]
+    source: Path
+    loaded_at: str
+    registry_version: str | None = None
+    promoted_at: str | None = None
+    reason: str | None = None
+    batcher: MicroBatcher | None = None
+
+
+@dataclass
 class CachedForecast:
+    model: LoadedModel
     generation: int
     last_observation: pd.Timestamp
     future: pd.DatetimeIndex
@@ -240,49 +264,93 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.forecaster: Forecaster | None = None
-        self.model_version = ""
-        self.report: dict[str, Any] | None = None
-        self.locations: dict[str, tuple[float, float]] = {}
-        self.sensor_index: dict[str, int] = {}
+        self.model: LoadedModel | None = None
         self.store: ObservationStore | None = None
         self.executor: ThreadPoolExecutor | None = None
-        self.batcher: MicroBatcher | None = None
         self.cache: CachedForecast | None = None
         self.cache_lock: asyncio.Lock | None = None
         self.status = "starting"
         self.load_error: str | None = None
         self._trainer: threading.Thread | None = None
+        # Hot swap from a registry: the last failed version (not retried until the pointer moves
+        # on), why it failed, and when the pointer was last read.
+        self.swap_error: SwapError | None = None
+        self.failed_version: str | None = None
+        self.registry_checked_at: str | None = None
+        self._retired: set[asyncio.Task] = set()
 
     @property
     def ready(self) -> bool:
-        return self.forecaster is not None
+        return self.model is not None
+
+    @property
+    def forecaster(self) -> Forecaster | None:
+        return None if self.model is None else self.model.forecaster
 
     # ---- loading -----------------------------------------------------------------------
-    def load(self) -> None:
-        """Load the checkpoint, report, locations; seed the store. Runs once, at startup."""
-        run_dir = self.settings.run_dir
-        model_path = run_dir / "model.pt" if run_dir.is_dir() else run_dir
-        forecaster = Forecaster.from_run(run_dir)
-        self.model_version = _file_hash(model_path)
-        self.report = _read_report(model_path.parent / "report.json")
-        self.locations = self._read_locations(forecaster.sensor_ids)
-        self.sensor_index = {sid: k for k, sid in enumerate(forecaster.sensor_ids)}
-        self._seed(forecaster)
+    def build(self, source: Path, smoke: bool = False, **registry: Any) -> LoadedModel:
+        """Load a checkpoint with its report and locations (blocking; run off the event loop).
+
+        ``smoke``: also run one forecast on the latest stored window (or, with no stored data,
+        a window of the scaler's mean speed) and refuse a model whose forecast is not finite.
+        """
+        model_path = source / "model.pt" if source.is_dir() else source
+        forecaster = Forecaster.from_run(source)
+        if smoke:
+            self._smoke(forecaster)
+        return LoadedModel(
+            forecaster=forecaster,
+            version=_file_hash(model_path),
+            report=_read_report(model_path.parent / "report.json"),
+            sensor_index={sid: k for k, sid in enumerate(forecaster.sensor_ids)},
+            locations=self._read_locations(forecaster.sensor_ids),
+            source=source,
+            loaded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **registry,
+        )
+
+    def _smoke(self, f: Forecaster) -> None:
+        stamps = None
+        window = None
+        latest = self.store.latest_timestamp() if self.store is not None else None
+        if latest is not None:
+            stamps, window = self.store.window(f.sensor_ids, latest, f.seq_len, f.freq_minutes)
+        if window is None or not np.isfinite(window).any():
+            end = pd.Timestamp.now().floor(f"{f.freq_minutes}min")
+            stamps = pd.date_range(end=end, periods=f.seq_len, freq=f.freq)
+            window = np.full((f.seq_len, len(f.sensor_ids)), f.scaler.mean, dtype=np.float32)
+        out = f.forecast_batch(window[None], np.asarray(stamps, dtype="datetime64[ns]")[None])
+        if out.shape != (1, f.horizon, len(f.sensor_ids)):
+            raise RuntimeError(f"smoke forecast: shape {out.shape}, expected {f.horizon} steps")
+        if not np.all(np.isfinite(out)):
+            bad = int((~np.isfinite(out)).sum())
+            raise RuntimeError(f"smoke forecast: {bad} of {out.size} values are not finite")
+
+    def install(self, model: LoadedModel) -> LoadedModel | None:
+        """Make ``model`` the serving one (one reference assignment); returns the old one."""
+        f = model.forecaster
         self.metrics.model_info.info(
             {
-                "version": self.model_version,
-                "trained_at": str(forecaster.payload.get("trained_at") or ""),
-                "sensors": str(len(forecaster.sensor_ids)),
-                "seq_len": str(forecaster.seq_len),
-                "horizon": str(forecaster.horizon),
-                "freq_minutes": str(forecaster.freq_minutes),
-                "run_dir": str(run_dir),
+                "version": model.version,
+                "registry_version": model.registry_version or "",
+                "trained_at": str(f.payload.get("trained_at") or ""),
+                "sensors": str(len(f.sensor_ids)),
+                "seq_len": str(f.seq_len),
+                "horizon": str(f.horizon),
+                "freq_minutes": str(f.freq_minutes),
+                "run_dir": str(model.source),
             }
         )
-        self.forecaster = forecaster  # last: readiness flips only when everything is in place
+        old, self.model = self.model, model  # last: readiness flips when everything is in place
         self.status = "ready"
         self.metrics.ready.set(1)
+        return old
+
+    def load(self) -> None:
+        """Load the run directory's checkpoint, report, locations; seed the store (at startup)."""
+        model = self.build(self.settings.run_dir)
+        self._seed(model.forecaster)
+        self.install(model)
 
     def _read_locations(self, sensor_ids: list[str]) -> dict[str, tuple[float, float]]:
         from data import read_sensor_locations, sample_locations_path
@@ -326,6 +394,83 @@ class Service:
         self.metrics.observations.inc(written)
         log.info("seeded the observation store with %d readings from %s", written, path)
 
+    # ---- registry: hot swap ------------------------------------------------------------
+    async def check_registry(self) -> None:
+        """Swap to the registry's current version if it is a new one.
+
+        The version is verified against its manifest, loaded and smoke-tested off the event loop;
+        only then is the serving reference swapped. Requests already running keep the model they
+        started with. On failure the old model keeps serving, and ``/v1/model`` and the log say
+        why; that version is not retried until the pointer moves on.
+        """
+        from app.registry import Registry
+
+        assert self.settings.registry is not None
+        registry = Registry(self.settings.registry)
+        loop = asyncio.get_running_loop()
+        pointer = await loop.run_in_executor(None, registry.current)
+        self.registry_checked_at = _now()
+        if pointer is None:
+            if self.model is None:
+                self.status = (
+                    f"no version promoted in the registry {registry.root} yet "
+                    "(run `trafficcast retrain`)"
+                )
+            return
+        serving = self.model.registry_version if self.model is not None else None
+        if pointer.version in (serving, self.failed_version):
+            return
+        try:
+            model = await loop.run_in_executor(None, self._load_version, registry, pointer)
+        except Exception as exc:  # any failure: the old model keeps serving
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            self.failed_version = pointer.version
+            self.swap_error = SwapError(version=pointer.version, error=reason, at=_now())
+            self.metrics.swaps.labels(result="failed").inc()
+            if self.model is None:
+                self.status = f"registry version {pointer.version} cannot be served: {reason}"
+            log.error(
+                "swap to registry version %s failed; still serving %s: %s",
+                pointer.version,
+                serving or "nothing",
+                reason,
+            )
+            return
+        if self.model is None:
+            await loop.run_in_executor(None, self._seed, model.forecaster)
+        old = self.install(model)
+        self.failed_version = None
+        self.retire(old)
+        if old is not None:  # the first load is not a swap
+            self.metrics.swaps.labels(result="ok").inc()
+        log.info(
+            "now serving registry version %s (model %s; was %s)",
+            pointer.version,
+            model.version,
+            serving or "nothing",
+        )
+
+    def _load_version(self, registry: Any, pointer: Any) -> LoadedModel:
+        problems = registry.verify_version(pointer.version)
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        return self.build(
+            registry.version_dir(pointer.version),
+            smoke=True,
+            registry_version=pointer.version,
+            promoted_at=pointer.promoted_at,
+            reason=pointer.reason,
+        )
+
+    async def watch_registry(self) -> None:
+        """Poll the registry pointer every ``registry_poll_s`` seconds; never gives up."""
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_s)
+            try:
+                await self.check_registry()
+            except Exception as exc:  # e.g. a pointer edited by hand: say so, keep polling
+                log.warning("cannot read the registry %s: %s", self.settings.registry, exc)
+
     def train_then_load(self) -> None:
         """First start without the bundled checkpoint: train it (with a progress bar), then load."""
         from app.pipeline import load_config, train_run
@@ -348,25 +493,54 @@ class Service:
             self.status = self.load_error
 
     # ---- inference ---------------------------------------------------------------------
-    def _forward(self, speeds: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    def _forward(self, model: LoadedModel, speeds: np.ndarray, stamps: np.ndarray) -> np.ndarray:
         """One forward pass. Shapes: ``(B, seq_len, N)``, ``(B, seq_len)`` -> ``(B, H, N)``."""
-        assert self.forecaster is not None
         import time
 
         started = time.perf_counter()
-        out = self.forecaster.forecast_batch(speeds, stamps)
+        out = model.forecaster.forecast_batch(speeds, stamps)
         self.metrics.inference.observe(time.perf_counter() - started)
         return out
 
-    async def infer(self, speeds: np.ndarray, stamps: pd.DatetimeIndex) -> np.ndarray:
-        """Forecast one window off the event loop. Shapes: ``(seq_len, N)`` -> ``(H, N)``."""
+    def _batcher(self, model: LoadedModel) -> MicroBatcher | None:
+        """The model's own micro-batcher, started on first use (on the event loop): one per
+        model, so a batch never mixes windows of two models during a swap."""
+        s = self.settings
+        if s.microbatch_window_ms <= 0 or s.microbatch_max_size <= 1 or self.executor is None:
+            return None
+        if model.batcher is None and model is self.model:
+            model.batcher = MicroBatcher(
+                functools.partial(self._forward, model),
+                self.executor,
+                s.microbatch_window_ms,
+                s.microbatch_max_size,
+                on_batch=self.metrics.batch_size.observe,
+            )
+            model.batcher.start()
+        return model.batcher
+
+    def retire(self, model: LoadedModel | None) -> None:
+        """Let a swapped-out model's batcher finish its queued requests, then stop it."""
+        if model is not None and model.batcher is not None:
+            task = asyncio.get_running_loop().create_task(model.batcher.close())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def infer(
+        self, model: LoadedModel, speeds: np.ndarray, stamps: pd.DatetimeIndex
+    ) -> np.ndarray:
+        """Forecast one window with ``model`` off the event loop. Shapes: ``(seq_len, N)`` ->
+        ``(H, N)``."""
         times = np.asarray(stamps, dtype="datetime64[ns]")
-        if self.batcher is not None:
-            out = await self.batcher.submit(speeds, times)
-        else:
+        batcher = self._batcher(model)
+        if batcher is not None and batcher.accepting:
+            out = await batcher.submit(speeds, times)
+        else:  # unbatched, or a request that began just before its model was swapped out
             loop = asyncio.get_running_loop()
             out = (
-                await loop.run_in_executor(self.executor, self._forward, speeds[None], times[None])
+                await loop.run_in_executor(
+                    self.executor, self._forward, model, speeds[None], times[None]
+                )
             )[0]
             self.metrics.batch_size.observe(1)
         if not np.all(np.isfinite(out)):
@@ -375,18 +549,18 @@ class Service:
             )
         return out
 
-    async def stored_forecast(self) -> tuple[CachedForecast, bool]:
-        """The forecast from the latest stored window: computed once per store state, then cached."""
-        assert self.forecaster is not None and self.store is not None
-        assert self.cache_lock is not None
-        f, store = self.forecaster, self.store
+    async def stored_forecast(self, model: LoadedModel) -> tuple[CachedForecast, bool]:
+        """The forecast from the latest stored window: computed once per store state and model,
+        then cached."""
+        assert self.store is not None and self.cache_lock is not None
+        f, store = model.forecaster, self.store
         cached = self.cache
-        if cached is not None and cached.generation == store.generation:
+        if cached is not None and cached.generation == store.generation and cached.model is model:
             return cached, True
         async with self.cache_lock:
             generation = store.generation  # read before the data: a later write invalidates
             cached = self.cache
-            if cached is not None and cached.generation == generation:
+            if cached is not None and cached.generation == generation and cached.model is model:
                 return cached, True
             latest = await run_in_threadpool(store.latest_timestamp)
             if latest is None:
@@ -406,11 +580,15 @@ class Service:
                     f"hold {coverage:.0%} of their readings, {need:.0%} needed; POST more "
                     "readings to /v1/observations",
                 )
-            forecast = await self.infer(window, stamps)
+            forecast = await self.infer(model, window, stamps)
             self.cache = CachedForecast(
-                generation, latest, f.future_timestamps(latest), forecast, coverage
+                model, generation, latest, f.future_timestamps(latest), forecast, coverage
             )
             return self.cache, False
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _file_hash(path: Path) -> str:
@@ -494,7 +672,7 @@ def _listing(items: list[str], limit: int = 5) -> str:
     return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
 
 
-def _check_sensors(service: Service, sensors: list[str]) -> list[int]:
+def _check_sensors(service: Service, model: LoadedModel, sensors: list[str]) -> list[int]:
     """Positions of ``sensors`` in the model's order, refusing too many, duplicates and unknowns."""
     cap = service.settings.max_sensors_per_request
     if len(sensors) > cap:
@@ -511,16 +689,17 @@ def _check_sensors(service: Service, sensors: list[str]) -> list[int]:
         raise ApiError(
             422, f"sensors: listed more than once: {_listing(dups)}", field="sensors", value=dups
         )
-    unknown = [s for s in sensors if s not in service.sensor_index]
+    index = model.sensor_index
+    unknown = [s for s in sensors if s not in index]
     if unknown:
         raise ApiError(
             422,
             f"sensors: unknown to the model: {_listing(unknown)} "
-            f"(GET /v1/sensors lists the {len(service.sensor_index)} it knows)",
+            f"(GET /v1/sensors lists the {len(index)} it knows)",
             field="sensors",
             value=unknown,
         )
-    return [service.sensor_index[s] for s in sensors]
+    return [index[s] for s in sensors]
 
 
 def _check_matrix(service: Service, body: ForecastRequest | ObservationBatch) -> np.ndarray:
@@ -585,19 +764,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.inference_workers, thread_name_prefix="inference"
         )
         service.cache_lock = asyncio.Lock()
-        if settings.microbatch_window_ms > 0 and settings.microbatch_max_size > 1:
-            service.batcher = MicroBatcher(
-                service._forward,
-                service.executor,
-                settings.microbatch_window_ms,
-                settings.microbatch_max_size,
-                on_batch=service.metrics.batch_size.observe,
-            )
-            service.batcher.start()
+        watcher: asyncio.Task | None = None
         model_path = (
             settings.run_dir / "model.pt" if settings.run_dir.is_dir() else settings.run_dir
         )
-        if model_path.exists():
+        if settings.registry is not None:
+            try:
+                await service.check_registry()
+            except Exception as exc:  # not ready yet; the watcher keeps trying
+                service.status = f"cannot read the registry {settings.registry}: {exc}"
+                log.warning(service.status)
+            watcher = asyncio.get_running_loop().create_task(
+                service.watch_registry(), name="registry-watcher"
+            )
+        elif model_path.exists():
             service.load()
         elif settings.serves_bundled_run and settings.train_if_missing:
             service._trainer = threading.Thread(
@@ -609,8 +789,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            if service.batcher is not None:
-                await service.batcher.stop()
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            for task in list(service._retired):
+                task.cancel()
+            if service.model is not None and service.model.batcher is not None:
+                await service.model.batcher.stop()
             service.executor.shutdown(wait=False, cancel_futures=True)
             service.store.close()
 
@@ -674,12 +860,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/model", response_model=ModelInfo, tags=["model"], responses=_responses(503))
     async def model_info(service: ReadyService) -> ModelInfo:
-        """The serving model: version, training time, size, and its test metrics."""
-        f = service.forecaster
-        assert f is not None
-        metrics = service.report.get("metrics") if service.report else None
+        """The serving model: version, training time, size, its test metrics; with a registry,
+        the registry version, and the last promoted version that could not be served."""
+        m = service.model
+        assert m is not None
+        f = m.forecaster
+        metrics = m.report.get("metrics") if m.report else None
+        registry = None
+        if service.settings.registry is not None:
+            registry = RegistryInfo(
+                path=str(service.settings.registry),
+                version=m.registry_version,
+                promoted_at=m.promoted_at,
+                reason=m.reason,
+                poll_s=service.settings.registry_poll_s,
+                checked_at=service.registry_checked_at,
+            )
         return ModelInfo(
-            version=service.model_version,
+            version=m.version,
             trained_at=f.payload.get("trained_at"),
             sensors=len(f.sensor_ids),
             seq_len=f.seq_len,
@@ -687,15 +885,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             freq_minutes=f.freq_minutes,
             metrics=metrics if isinstance(metrics, dict) else None,
             training=f.payload.get("training"),
+            loaded_at=m.loaded_at,
+            registry=registry,
+            last_swap_error=service.swap_error,
         )
 
     @app.get("/v1/sensors", response_model=SensorList, tags=["model"], responses=_responses(503))
     async def sensors(service: ReadyService) -> SensorList:
         """The model's sensors, in its order, with coordinates when known."""
-        assert service.forecaster is not None
+        m = service.model
+        assert m is not None
         out = []
-        for sid in service.forecaster.sensor_ids:
-            lat, lon = service.locations.get(sid, (None, None))
+        for sid in m.forecaster.sensor_ids:
+            lat, lon = m.locations.get(sid, (None, None))
             out.append(SensorInfo(id=sid, latitude=lat, longitude=lon))
         return SensorList(sensors=out)
 
@@ -718,8 +920,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def post_forecast(body: ForecastRequest, service: ReadyService) -> ForecastResponse:
         """Forecast the horizon after the history the client sends."""
-        f = service.forecaster
-        assert f is not None
+        m = service.model  # this request's model, even if a swap happens while it runs
+        assert m is not None
+        f = m.forecaster
         if len(body.timestamps) != f.seq_len:
             raise ApiError(
                 422,
@@ -727,17 +930,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 f"(every {f.freq_minutes} minutes)",
                 field="timestamps",
             )
-        columns = _check_sensors(service, body.sensors)
+        columns = _check_sensors(service, m, body.sensors)
         values = _check_matrix(service, body)  # (seq_len, n)
         # pandas 3 keeps datetime's microseconds unit; the checks below work in nanoseconds.
         stamps = pd.DatetimeIndex(body.timestamps).as_unit("ns")
         _check_spacing(stamps, f.freq_minutes)
         window = np.full((f.seq_len, len(f.sensor_ids)), np.nan, dtype=np.float32)
         window[:, columns] = values  # others stay missing
-        forecast = await service.infer(window, stamps)  # (H, N)
+        forecast = await service.infer(m, window, stamps)  # (H, N)
         service.metrics.forecasts.labels(endpoint="post").inc()
         return ForecastResponse(
-            model_version=service.model_version,
+            model_version=m.version,
             sensors=list(body.sensors),
             timestamps=iso(f.future_timestamps(stamps[-1])),
             forecast=forecast[:, columns].astype(np.float64).tolist(),
@@ -760,8 +963,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ] = None,
     ) -> Response:
         """Forecast from the latest stored window; computed once per data state, then cached."""
-        f = service.forecaster
-        assert f is not None
+        m = service.model
+        assert m is not None
+        f = m.forecaster
         if sensors is None:
             ids = list(f.sensor_ids)
         else:
@@ -770,7 +974,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise ApiError(
                     422, "sensors: empty sensor id in the list", field="sensors", value=sensors
                 )
-        columns = _check_sensors(service, ids)
+        columns = _check_sensors(service, m, ids)
         steps = f.horizon if horizon is None else horizon
         if steps > f.horizon:
             raise ApiError(
@@ -779,7 +983,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 field="horizon",
                 value=horizon,
             )
-        entry, hit = await service.stored_forecast()
+        entry, hit = await service.stored_forecast(m)
         service.metrics.cache.labels(result="hit" if hit else "miss").inc()
         service.metrics.forecasts.labels(endpoint="get").inc()
         key = (tuple(ids), steps)
@@ -787,7 +991,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if body is None:
             body = (
                 StoredForecastResponse(
-                    model_version=service.model_version,
+                    model_version=m.version,
                     sensors=ids,
                     timestamps=iso(entry.future[:steps]),
                     forecast=entry.forecast[:steps][:, columns].astype(np.float64).tolist(),
@@ -817,9 +1021,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body: ObservationBatch, service: WriterService
     ) -> ObservationResult:
         """Store readings (needs X-API-Key). A re-sent reading replaces itself: retries are safe."""
-        f, store = service.forecaster, service.store
-        assert f is not None and store is not None
-        _check_sensors(service, body.sensors)
+        m, store = service.model, service.store
+        assert m is not None and store is not None
+        f = m.forecaster
+        _check_sensors(service, m, body.sensors)
         values = _check_matrix(service, body)
         # pandas 3 keeps datetime's microseconds unit; the checks below work in nanoseconds.
         stamps = pd.DatetimeIndex(body.timestamps).as_unit("ns")
@@ -847,9 +1052,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         steps: Annotated[int, Query(ge=1, description="steps back from the latest data")] = 36,
     ) -> HistoryResponse:
         """The stored readings of one sensor: the ``steps`` steps ending at the latest data."""
-        f, store = service.forecaster, service.store
-        assert f is not None and store is not None
-        _check_sensors(service, [sensor])
+        m, store = service.model, service.store
+        assert m is not None and store is not None
+        f = m.forecaster
+        _check_sensors(service, m, [sensor])
         cap = service.settings.max_history_steps
         if steps > cap:
             raise ApiError(422, f"steps: {steps} asked, at most {cap}", field="steps", value=steps)
@@ -876,8 +1082,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
 
+    schema_model: list[LoadedModel | None] = [None]
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
+        if app.openapi_schema is not None and schema_model[0] is service.model:
             return app.openapi_schema
         schema = get_openapi(
             title=app.title,
@@ -890,24 +1098,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             routes=app.routes,
         )
-        if service.forecaster is None:
+        model = service.model
+        if model is None:
             return schema  # not cached: the model's own constraints are added once it loads
-        _constrain_schema(schema, service)
-        app.openapi_schema = schema
+        _constrain_schema(schema, service, model)
+        app.openapi_schema, schema_model[0] = schema, model  # rebuilt after a hot swap
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
-def _constrain_schema(schema: dict[str, Any], service: Service) -> None:
+def _constrain_schema(schema: dict[str, Any], service: Service, model: LoadedModel) -> None:
     """Write the loaded model's own limits into the OpenAPI document.
 
     Its sensor ids, ``seq_len``, ``horizon`` and the request caps are known only once the model is
     loaded, so clients and fuzzers read them from the schema rather than discover them by 422s.
     """
-    f, s = service.forecaster, service.settings
-    assert f is not None
+    f, s = model.forecaster, service.settings
     ids = list(f.sensor_ids)
     max_sensors = min(len(ids), s.max_sensors_per_request)
     comps = schema["components"]["schemas"]

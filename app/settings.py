@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     # GET /v1/forecast needs at least this fraction of the window's readings to be present.
     min_window_coverage: float = Field(0.5, ge=0.0, le=1.0)
     max_history_steps: int = Field(2016, ge=1)
+    # A model registry (`trafficcast retrain` writes it): serve its current version and swap to
+    # each newly promoted one. Takes precedence over run_dir.
+    registry: Path | None = Field(
+        None, description="model registry directory; its current version is served"
+    )
+    registry_poll_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="how often the registry pointer is checked"
+    )
     train_if_missing: bool = Field(
         True, description="train the bundled run on first start when its model.pt is absent"
     )
@@ -88,7 +96,7 @@ class Settings(BaseSettings):
 
     @property
     def serves_bundled_run(self) -> bool:
-        return self.run_dir.resolve() == BUNDLED_RUN_DIR.resolve()
+        return self.registry is None and self.run_dir.resolve() == BUNDLED_RUN_DIR.resolve()
 
     @property
     def writes_enabled(self) -> bool:

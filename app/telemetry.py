@@ -88,6 +88,14 @@ class Metrics:
         )
         self.model_info = Info("trafficcast_model", "The serving model", registry=r)
         self.ready = Gauge("trafficcast_ready", "1 once a model is loaded and serving", registry=r)
+        self.swaps = Counter(
+            "trafficcast_model_swaps",
+            "Hot swaps to a newly promoted registry version, by result",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "failed"):
+            self.swaps.labels(result=result)
         for result in ("hit", "miss"):
             self.cache.labels(result=result)
         for endpoint in ("post", "get"):

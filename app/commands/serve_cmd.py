@@ -16,7 +16,14 @@ def register(subparsers) -> None:
             "TRAFFICCAST_OBSERVATIONS_DB, TRAFFICCAST_TORCH_THREADS, TRAFFICCAST_MICROBATCH_WINDOW_MS, ..."
         ),
     )
-    p.add_argument("--run", metavar="RUN_DIR", help="run directory from `trafficcast train`")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--registry",
+        metavar="DIR",
+        help="model registry from `trafficcast retrain`: serve its current version and swap to "
+        "each newly promoted one (TRAFFICCAST_REGISTRY; poll interval TRAFFICCAST_REGISTRY_POLL_S)",
+    )
+    source.add_argument("--run", metavar="RUN_DIR", help="run directory from `trafficcast train`")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.set_defaults(handler=run_serve)
@@ -29,7 +36,12 @@ def build_settings(args: argparse.Namespace):
     from app.settings import Settings
     from models.errors import CheckpointError, ConfigError
 
-    overrides = {"run_dir": args.run, "host": args.host, "port": args.port}
+    overrides = {
+        "run_dir": args.run,
+        "registry": args.registry,
+        "host": args.host,
+        "port": args.port,
+    }
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -39,6 +51,12 @@ def build_settings(args: argparse.Namespace):
             f"setting {where} (--{where.replace('_', '-')} or TRAFFICCAST_{where.upper()}): "
             f"{first['msg']} (got {first.get('input')!r})"
         ) from None
+    if args.run is not None and settings.registry is not None:
+        settings = settings.model_copy(update={"registry": None})  # --run beats the environment
+    if settings.registry is not None:
+        if settings.registry.exists() and not settings.registry.is_dir():
+            raise ConfigError(f"--registry {settings.registry}: not a directory")
+        return settings  # an empty registry is fine: the service waits for a promotion
     run_dir = settings.run_dir
     model = run_dir / "model.pt" if run_dir.is_dir() else run_dir
     if not model.exists() and not (settings.serves_bundled_run and settings.train_if_missing):
@@ -60,7 +78,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     settings = build_settings(args)
     model = settings.run_dir / "model.pt"
-    if settings.serves_bundled_run and not model.exists():
+    if settings.registry is not None:
+        print(f"serving the current version of the registry {settings.registry}")
+    elif settings.serves_bundled_run and not model.exists():
         print(
             "no bundled model yet: training it on the bundled METR-LA week first (a few minutes); "
             "/readyz answers 503 until it is ready"

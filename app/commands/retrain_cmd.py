@@ -1,0 +1,133 @@
+"""``trafficcast retrain``: the batch retraining job (champion / challenger on a registry)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+REGISTRY_ENV = "TRAFFICCAST_REGISTRY"
+
+
+def registry_argument(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get(REGISTRY_ENV) or None
+    p.add_argument(
+        "--registry",
+        metavar="DIR",
+        default=default,
+        required=default is None,
+        help=f"the model registry directory (default: ${REGISTRY_ENV})",
+    )
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "retrain",
+        help="train a challenger on the latest data; promote it if it beats the champion",
+        description=(
+            "Train a challenger on --data merged with the service's observations, score it and "
+            "the registry's current version (the champion) on the same most recent holdout, and "
+            "promote the challenger only if its mean MAE is lower by --margin. Exit status: "
+            "0 promoted, 3 kept (champion stays), 1 failed, 2 bad input, 4 registry locked by "
+            "another job. A killed job leaves the registry valid; rerun it to resume."
+        ),
+    )
+    registry_argument(p)
+    p.add_argument("--data", required=True, help="speeds: .h5 (key df), .csv or .parquet")
+    p.add_argument(
+        "--observations",
+        metavar="DB",
+        help="the service's observation store (SQLite); its readings win over --data's",
+    )
+    graph = p.add_mutually_exclusive_group()
+    graph.add_argument("--distances", help="road distances CSV (default: the champion's graph)")
+    graph.add_argument("--adjacency", help="adjacency .npz or adj_mx.pkl (default: the champion's)")
+    p.add_argument("--threshold", type=float, default=0.1, help="adjacency threshold")
+    p.add_argument("--config", help="YAML config (default: the champion's config)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.01,
+        help="relative improvement in holdout MAE needed to promote (default 0.01 = 1%%)",
+    )
+    p.add_argument("--force", action="store_true", help="promote the challenger regardless")
+    p.add_argument("--warm-start", action="store_true", help="start from the champion's weights")
+    p.add_argument("--keep", type=int, default=5, help="versions to keep (default 5)")
+    p.add_argument("--summary", help="also write the JSON summary here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.cli import user_error_types
+    from app.registry import Registry, RegistryBusy, now_iso
+    from app.retrain import (
+        EXIT_BAD_INPUT,
+        EXIT_BUSY,
+        EXIT_FAILED,
+        RetrainOptions,
+        run_retrain,
+        write_summary,
+    )
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def path(value: str | None) -> Path | None:
+        return None if value is None else Path(value)
+
+    registry = Path(args.registry)
+    summary_path = path(args.summary)
+    try:
+        opts = RetrainOptions(
+            registry=registry,
+            data=Path(args.data),
+            observations=path(args.observations),
+            config=path(args.config),
+            epochs=args.epochs,
+            distances=path(args.distances),
+            adjacency=path(args.adjacency),
+            threshold=args.threshold,
+            margin=args.margin,
+            force=args.force,
+            warm_start=args.warm_start,
+            keep=args.keep,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+        summary = run_retrain(opts, log)
+    except RegistryBusy as exc:
+        # Not written to the registry: the job holding the lock owns its summary.
+        summary = _failure("busy", EXIT_BUSY, exc, registry)
+        write_summary(summary_path, summary)
+        print(json.dumps(summary, indent=2))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except Exception as exc:
+        from app.cli import _describe
+
+        bad_input = isinstance(exc, user_error_types())
+        code = EXIT_BAD_INPUT if bad_input else EXIT_FAILED
+        summary = _failure("failed", code, exc, registry)
+        summary["finished_at"] = now_iso()
+        write_summary(summary_path, summary)
+        if Registry(registry).exists():
+            write_summary(Registry(registry).summary_path, summary)
+        print(json.dumps(summary, indent=2))
+        if not bad_input:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {_describe(exc)}", file=sys.stderr)
+        return code
+    write_summary(summary_path, summary)
+    print(json.dumps(summary, indent=2))
+    return int(summary["exit_code"])
+
+
+def _failure(status: str, code: int, exc: BaseException, registry: Path) -> dict:
+    from app.cli import _describe
+
+    return {"registry": str(registry), "status": status, "exit_code": code, "error": _describe(exc)}

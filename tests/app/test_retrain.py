@@ -1,0 +1,163 @@
+"""``trafficcast retrain``: first version, promote a better challenger, keep a worse one, --force,
+warm start, merging the service's observations, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.cli import main
+from app.observations import ObservationStore
+from app.registry import Registry
+from app.retrain import merge_observations
+from data import DataInputError, read_speeds
+from tests.conftest import TINY_CONFIG
+
+NO_FC_LSTM = TINY_CONFIG + "  fc_lstm: false\n"
+
+
+@pytest.fixture
+def retrain_env(tiny_run, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(NO_FC_LSTM)
+    return {
+        "data": tiny_run["data"],
+        "distances": tiny_run["distances"],
+        "config": config,
+        "registry": tmp_path / "registry",
+        "tmp": tmp_path,
+    }
+
+
+def retrain(env, *extra: str, capsys=None) -> tuple[int, dict]:
+    summary = env["tmp"] / "summary.json"
+    summary.unlink(missing_ok=True)
+    argv = ["retrain", "--registry", str(env["registry"]), "--data", str(env["data"])]
+    argv += ["--no-progress", "--summary", str(summary), *extra]
+    code = main(argv)
+    return code, json.loads(summary.read_text())
+
+
+def test_promote_keep_force_and_warm_start(retrain_env, capsys) -> None:
+    env = retrain_env
+    registry = Registry(env["registry"])
+
+    # An empty registry: the first challenger is promoted (the graph comes from --distances).
+    code, s = retrain(
+        env, "--distances", str(env["distances"]), "--config", str(env["config"]), "--epochs", "1"
+    )
+    assert (code, s["status"], s["current"]) == (0, "promoted", "v0001")
+    assert s["reason"] == "the registry had no version yet"
+    assert (env["registry"] / "versions" / "v0001" / "graph.npz").is_file()
+    assert not registry.staging_dir.exists()  # a finished job leaves no working directory
+
+    # Two epochs beat one on the same holdout: promoted (no graph or config given: the
+    # champion's are used).
+    code, s = retrain(env, "--epochs", "2")
+    assert (code, s["status"], s["current"]) == (0, "promoted", "v0002")
+    assert s["challenger"]["holdout_mae"] < s["champion"]["holdout_mae"] * 0.99
+    assert s["improvement_pct"] >= 1.0
+    assert registry.current().history == ["v0001"]
+
+    # One epoch again: worse than the two-epoch champion, kept (exit 3); the challenger is stored
+    # as a version but not made current.
+    code, s = retrain(env, "--epochs", "1")
+    assert (code, s["status"], s["current"]) == (3, "kept", "v0002")
+    assert s["challenger"]["version"] == "v0003"
+    assert s["challenger"]["holdout_mae"] > s["champion"]["holdout_mae"]
+    assert s["improvement_pct"] < 0
+    assert "v0003" in registry.versions() and registry.current().version == "v0002"
+    last = json.loads(registry.summary_path.read_text())
+    assert last["status"] == "kept" and last["exit_code"] == 3
+
+    # --force promotes a worse challenger; --warm-start starts it from the champion's weights.
+    code, s = retrain(env, "--epochs", "1", "--force", "--warm-start", "--keep", "3")
+    assert (code, s["status"], s["current"]) == (0, "promoted", "v0004")
+    assert "promoted by --force" in s["reason"] or s["improvement_pct"] >= 1.0
+    manifest = registry.manifest("v0004")
+    assert manifest["warm_start"] is True and manifest["parent"] == "v0002"
+    assert s["pruned"] == ["v0001"] and registry.versions() == ["v0002", "v0003", "v0004"]
+    out = capsys.readouterr()
+    assert "warm start from v0002" in out.err
+
+
+def test_observations_merge_newer_wins(tiny_run, tmp_path) -> None:
+    speeds = read_speeds(tiny_run["data"])
+    ids = speeds.sensor_ids
+    db = tmp_path / "obs.sqlite3"
+    store = ObservationStore(db)
+    last = speeds.index[-1]
+    # Overlap: the last two steps of two sensors get new values; then one hour beyond the file;
+    # and a sensor the file does not have.
+    overlap = speeds.index[-2:]
+    store.add(ids[:2], overlap, np.array([[11.0, 12.0], [13.0, 14.0]]))
+    future = pd.date_range(last + pd.Timedelta(minutes=5), periods=12, freq="5min")
+    store.add(ids, future, np.full((12, len(ids)), 42.0))
+    store.add(["not-a-sensor"], future[:1], np.array([[50.0]]))
+    store.add(ids[2:3], overlap[-1:], np.array([[np.nan]]))  # a NULL never erases a reading
+    store.close()
+
+    merged, info = merge_observations(speeds, db)
+    assert merged.num_steps == speeds.num_steps + 12
+    assert merged.index[-1] == future[-1]
+    np.testing.assert_array_equal(merged.values[-14:-12, :2], [[11.0, 12.0], [13.0, 14.0]])
+    np.testing.assert_array_equal(merged.values[:-14], speeds.values[:-2])
+    assert (
+        merged.values[-13, 2] == speeds.values[-1, 2] and merged.mask[-13, 2] == speeds.mask[-1, 2]
+    )
+    assert np.all(merged.values[-12:] == 42.0) and merged.mask[-12:].all()
+    assert info["overridden"] == int(speeds.mask[-2:, :2].sum())
+    assert info["new_steps"] == 12 and info["ignored_sensors"] == 1
+
+    other = tmp_path / "other.sqlite3"
+    store = ObservationStore(other)
+    store.add(["x1", "x2"], future[:1], np.array([[50.0, 51.0]]))
+    store.close()
+    with pytest.raises(DataInputError, match="none of its 2 sensors"):
+        merge_observations(speeds, other)
+
+
+def test_retrain_with_observations_trains_on_the_merged_data(retrain_env, tmp_path) -> None:
+    env = retrain_env
+    speeds = read_speeds(env["data"])
+    db = tmp_path / "obs.sqlite3"
+    store = ObservationStore(db)
+    future = pd.date_range(speeds.index[-1] + pd.Timedelta(minutes=5), periods=24, freq="5min")
+    store.add(speeds.sensor_ids, future, np.full((24, speeds.num_sensors), 55.0))
+    store.close()
+    code, s = retrain(
+        env,
+        "--distances",
+        str(env["distances"]),
+        "--config",
+        str(env["config"]),
+        "--epochs",
+        "1",
+        "--observations",
+        str(db),
+    )
+    assert code == 0
+    data = s["job"]["data"]
+    assert data["steps"] == speeds.num_steps + 24
+    assert data["end"] == str(future[-1])
+    assert data["observations"]["readings"] == 24 * speeds.num_sensors
+
+
+def test_bad_input_is_one_line_and_exit_2(retrain_env, capsys) -> None:
+    env = retrain_env
+    # No graph anywhere: an empty registry and data that is not METR-LA.
+    code, s = retrain(env, "--config", str(env["config"]), "--epochs", "1")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and s["status"] == "failed" and s["exit_code"] == 2
+    assert err[-1].startswith("error: ") and "--distances" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    code = main(["retrain", "--registry", str(env["registry"]), "--data", "nope.h5"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+    code = main(
+        ["retrain", "--registry", str(env["registry"]), "--data", str(env["data"]), "--margin", "2"]
+    )
+    assert code == 2 and "--margin = 2.0" in capsys.readouterr().err
