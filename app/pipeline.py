@@ -417,17 +417,22 @@ def train_run(
     config = config or RunConfig()
     set_threads(config.train.threads)
     device = resolve_device(config.train.device)
+    job = {"data": data, "output": output, "distances": distances, "adjacency": adjacency,
+           "config": config, "threshold": threshold, "resume": resume}  # fmt: skip
     with distributed_session(process_device(device)) as dist:
         if dist is None:
-            return _train(data, output, distances, adjacency, config, threshold, resume, progress,
-                          log, device, None)  # fmt: skip
+            return _train(**job, progress=progress, log=log, device=device, dist=None)
         if config.train.threads is None and "OMP_NUM_THREADS" not in os.environ:
             # Several ranks share the machine's cores: torch's default (all cores per process)
             # would oversubscribe them. torchrun normally sets OMP_NUM_THREADS=1 already.
             torch.set_num_threads(1)
-        report = _train(data, output, distances, adjacency, config, threshold, resume,
-                        progress and dist.is_main, log if dist.is_main else _silent,
-                        process_device(device), dist)  # fmt: skip
+        report = _train(
+            **job,
+            progress=progress and dist.is_main,
+            log=log if dist.is_main else _silent,
+            device=process_device(device),
+            dist=dist,
+        )
         # Rank 0 wrote and scored the run; the others wait here for its report.
         return dist.broadcast_json(report)  # type: ignore[return-value]
 
