@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ from models.baselines import HistoricalAverage, persistence_forecast
 from models.checkpoint import build_model, load_checkpoint, save_checkpoint
 from models.config import RunConfig
 from models.dcrnn import DCRNN
+from models.distributed import DistContext, distributed_session, process_device, shard_bounds
 from models.errors import CheckpointError, ConfigError
 from models.fc_lstm import FCLSTM
 from models.metrics import MaskedMetrics
@@ -177,9 +179,27 @@ class WindowSource:
         for i in range(0, len(starts), size):
             yield starts[i : i + size]
 
-    def batches(self, split: str, generator: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(
+        self,
+        split: str,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> Iterator[Batch]:
+        """See :class:`models.trainer.BatchSource`: with ``shard = (rank, world_size)`` each
+        global batch (the batch size is global) is cut into contiguous shares differing by at
+        most one window, and a rank with an empty share gets the batch's first window as
+        padding. Every rank draws the same permutation, so the shares partition the epoch."""
         for starts in self.starts_batches(split, generator):
-            yield self.batch_at(starts)
+            if shard is None:
+                yield self.batch_at(starts)
+                continue
+            lo, hi = shard_bounds(len(starts), *shard)
+            if hi > lo:
+                yield self.batch_at(starts[lo:hi])
+            else:
+                batch = self.batch_at(starts[:1])
+                batch.padding = True
+                yield batch
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,10 +410,60 @@ def train_run(
     """Train DCRNN (and FC-LSTM) on ``data``, write the run directory, return the report.
 
     ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a resumed
-    run's own state takes precedence over it."""
+    run's own state takes precedence over it.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this: the ranks train one model
+    together (see :mod:`models.distributed`), rank 0 alone logs and writes RUN_DIR, and every
+    rank returns the same report (rank 0's, sent to the others). A caller that acts on the
+    report, such as promoting the model, must do so on rank 0 only
+    (:func:`models.distributed.is_main_process`).
+    """
     config = config or RunConfig()
     set_threads(config.train.threads)
     device = resolve_device(config.train.device)
+    job = {"data": data, "output": output, "distances": distances, "adjacency": adjacency,
+           "config": config, "threshold": threshold, "resume": resume,
+           "init_from": init_from}  # fmt: skip
+    with distributed_session(process_device(device)) as dist:
+        if dist is None:
+            return _train(**job, progress=progress, log=log, device=device, dist=None)
+        if config.train.threads is None and "OMP_NUM_THREADS" not in os.environ:
+            # Several ranks share the machine's cores: torch's default (all cores per process)
+            # would oversubscribe them. torchrun normally sets OMP_NUM_THREADS=1 already.
+            torch.set_num_threads(1)
+        report = _train(
+            **job,
+            progress=progress and dist.is_main,
+            log=log if dist.is_main else _silent,
+            device=process_device(device),
+            dist=dist,
+        )
+        # Rank 0 wrote and scored the run; the others wait here for its report.
+        return dist.broadcast_json(report)  # type: ignore[return-value]
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _train(
+    data: str | Path,
+    output: str | Path,
+    distances: str | Path | None,
+    adjacency: str | Path | None,
+    config: RunConfig,
+    threshold: float,
+    resume: bool,
+    init_from: str | Path | None,
+    progress: bool,
+    log: Callable[[str], None],
+    device: torch.device,
+    dist: DistContext | None,
+) -> dict[str, Any]:
+    """The body of :func:`train_run`. Distributed, it returns rank 0's report on rank 0 and an
+    empty dict elsewhere; its trainers (and their DDP wrappers) are closed before it returns,
+    so that the process group can be torn down cleanly after."""
+    main = dist is None or dist.is_main
     torch.manual_seed(config.train.seed)
     speeds = read_speeds(data)
     speeds, adj, graph_source = load_graph_for(speeds, distances, adjacency, threshold)
@@ -406,8 +476,9 @@ def train_run(
             f"{' + 7 day-of-week' if config.data.add_day_in_week else ''})"
         )
     run_dir = Path(output)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", _yaml(config.to_dict()))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", _yaml(config.to_dict()))
     d = config.data
     source = WindowSource(
         prepared,
@@ -420,6 +491,17 @@ def train_run(
         f"windows train/val/test {counts['train']}/{counts['val']}/{counts['test']}; "
         f"graph {int(np.count_nonzero(adj))} nonzero weights"
     )
+    if dist is not None:
+        per_rank = ", ".join(
+            str(b - a)
+            for a, b in (
+                shard_bounds(d.batch_size, r, dist.world_size) for r in range(dist.world_size)
+            )
+        )
+        log(
+            f"distributed: {dist.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}"
+            f"), global batch {d.batch_size} split {per_rank}"
+        )
     mean, std = prepared.scaler.mean, prepared.scaler.std
 
     def inverse(x: torch.Tensor) -> torch.Tensor:
@@ -432,7 +514,7 @@ def train_run(
     if init_from is not None:
         warm_start(model, init_from)
     model.to(device)
-    epoch_log = _EpochLog(run_dir / "train_log.jsonl", log)
+    epoch_log = _EpochLog(run_dir / "train_log.jsonl", log) if main else _silent
     trainer = Trainer(
         model,
         source,
@@ -444,13 +526,16 @@ def train_run(
         log=epoch_log,
         progress=progress,
         name="dcrnn",
+        dist=dist,
     )
     started = time.perf_counter()
     result = trainer.fit(resume=resume)
-    save_checkpoint(
-        run_dir / "model.pt",
-        _payload("dcrnn", model, kwargs, config, prepared, str(data), graph_source, result),
-    )
+    trainer.close()
+    if main:
+        save_checkpoint(
+            run_dir / "model.pt",
+            _payload("dcrnn", model, kwargs, config, prepared, str(data), graph_source, result),
+        )
     log(
         f"dcrnn: best val MAE {result.best_val_mae:.4f} at epoch {result.best_epoch} of "
         f"{result.epochs_run} ({time.perf_counter() - started:.0f} s)"
@@ -472,19 +557,23 @@ def train_run(
             log=epoch_log,
             progress=progress,
             name="fc_lstm",
+            dist=dist,
         )
         fc_result = fc_trainer.fit(resume=resume)
-        save_checkpoint(
-            run_dir / "fc_lstm.pt",
-            _payload(
-                "fc_lstm", fc, fc_kwargs, config, prepared, str(data), graph_source, fc_result
-            ),
-        )
-    elif (run_dir / "fc_lstm.pt").exists():
+        fc_trainer.close()
+        if main:
+            save_checkpoint(
+                run_dir / "fc_lstm.pt",
+                _payload(
+                    "fc_lstm", fc, fc_kwargs, config, prepared, str(data), graph_source, fc_result
+                ),
+            )
+    elif main and (run_dir / "fc_lstm.pt").exists():
         (run_dir / "fc_lstm.pt").unlink()
 
-    report = evaluate_run(run_dir, speeds=speeds, device=device)
-    return report
+    if not main:
+        return {}
+    return evaluate_run(run_dir, speeds=speeds, device=device)
 
 
 def warm_start(model: torch.nn.Module, checkpoint: str | Path) -> None:

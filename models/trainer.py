@@ -14,6 +14,13 @@
 * Repeatable: one ``torch.Generator`` seeded from ``seed`` draws the shuffles and the
   teacher-forcing coins; its state is saved with the rest, so ``resume`` continues an interrupted
   run to the same result.
+* Distributed (given a :class:`models.distributed.DistContext`): the model is wrapped in
+  ``DistributedDataParallel`` and every rank walks the same shuffled sequence of global batches
+  (same generator, same coins), taking its own contiguous share of each. The loss is weighted so
+  that DDP's averaged gradient equals the single-process gradient of the whole global batch;
+  validation sums and every stop/recover decision are reduced across ranks, so all ranks agree;
+  only rank 0 logs and writes the state. The state is the same as a single process's, so a run
+  can be resumed with another number of processes.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from models.distributed import DistContext
 from models.errors import TrainingError
 from models.metrics import MaskedMetrics, masked_mae_loss
 
@@ -45,6 +53,9 @@ class Batch:
     y: torch.Tensor
     y_raw: torch.Tensor
     y_mask: torch.Tensor
+    # A stand-in window for a rank whose share of a global batch is empty (fewer windows than
+    # ranks): the rank still takes part in the step, but the window counts nowhere.
+    padding: bool = False
 
 
 class BatchSource(Protocol):
@@ -52,8 +63,18 @@ class BatchSource(Protocol):
 
     def num_batches(self, split: str) -> int: ...
 
-    def batches(self, split: str, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        """Batches of ``split`` ("train" shuffled with ``generator``; "val"/"test" in order)."""
+    def batches(
+        self,
+        split: str,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> Iterator[Batch]:
+        """Batches of ``split`` ("train" shuffled with ``generator``; "val"/"test" in order).
+
+        ``shard = (rank, world_size)`` (distributed training only): of each batch, only that
+        rank's contiguous share; an empty share comes as one ``padding`` window, so that every
+        rank sees the same number of batches.
+        """
         ...
 
 
@@ -115,8 +136,9 @@ class Trainer:
         inverse_transform: scaled predictions -> data units (the scaler's inverse).
         state_path: where the resumable state is written after every epoch (atomically); None
             keeps nothing on disk.
-        log: receives one line per epoch and every recovery.
-        progress: show a tqdm bar per epoch.
+        log: receives one line per epoch and every recovery (rank 0 only when distributed).
+        progress: show a tqdm bar per epoch (rank 0 only).
+        dist: this process's place in a torchrun job; None for a single process.
     """
 
     def __init__(
@@ -129,15 +151,33 @@ class Trainer:
         log: Callable[[str], None] = print,
         progress: bool = True,
         name: str = "model",
+        dist: DistContext | None = None,
     ) -> None:
         self.model = model
         self.source = source
         self.settings = settings
         self.inverse_transform = inverse_transform
         self.state_path = Path(state_path) if state_path is not None else None
-        self.log = log
-        self.progress = progress
+        self.dist = dist
+        main = dist is None or dist.is_main
+        self.log = log if main else _quiet
+        self.progress = progress and main
         self.name = name
+        # What the training step calls: the model itself, or its DDP wrapper (which all-reduces
+        # the gradients during backward). Evaluation and the state always use the bare model.
+        self.net: nn.Module = model
+        if dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = next(model.parameters()).device
+            self.net = DistributedDataParallel(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                # The only buffers are the graph's supports: constant and identical on every
+                # rank (synced once at construction), so re-broadcasting them before each
+                # forward would be wasted traffic.
+                forward_sync_buffers=False,
+            )
         self.optimizer = torch.optim.Adam(
             model.parameters(),
             lr=settings.base_lr,
@@ -190,13 +230,23 @@ class Trainer:
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
 
     def save_state(self) -> None:
-        if self.state_path is None:
+        if self.state_path is None or (self.dist is not None and not self.dist.is_main):
             return
         atomic_torch_save(self.state_dict(), self.state_path)
 
     def load_state(self) -> bool:
-        """Load the resumable state if there is one; True if loaded."""
-        if self.state_path is None or not self.state_path.exists():
+        """Load the resumable state if there is one; True if loaded.
+
+        Distributed, every rank reads the file rank 0 wrote, so RUN_DIR must be on a filesystem
+        all ranks see; if only some ranks find it, the ranks would diverge, and this refuses.
+        """
+        found = self.state_path is not None and self.state_path.exists()
+        if self.dist is not None and not self.dist.all_agree(found):
+            raise TrainingError(
+                f"{self.name}: only some ranks see {self.state_path}; resuming a distributed run "
+                f"needs the run directory on a filesystem shared by all ranks"
+            )
+        if not found:
             return False
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         self.load_state_dict(state)
@@ -261,6 +311,15 @@ class Trainer:
             history=self.history,
         )
 
+    def close(self) -> None:
+        """Drop the DDP wrapper and the optimizer (the model keeps its trained weights).
+
+        Distributed, this must happen before the process group is destroyed: a DDP reducer
+        that outlives its group can abort the process at exit.
+        """
+        self.net = self.model
+        self.optimizer = None  # type: ignore[assignment]
+
     def _snapshot(self) -> dict[str, Any]:
         return {
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -288,11 +347,11 @@ class Trainer:
 
     def _train_epoch(self) -> float:
         s = self.settings
-        self.model.train()
+        self.net.train()
         lr = learning_rate(s, self.epoch, self.recovery_factor)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batches: Iterable[Batch] = self.source.batches("train", self.generator)
+        batches: Iterable[Batch] = self._batches("train", self.generator)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -313,17 +372,27 @@ class Trainer:
                 else 0.0
             )
             self.optimizer.zero_grad(set_to_none=True)
-            pred = self.model(batch.x, batch.y, prob, self.generator)
-            loss = masked_mae_loss(self.inverse_transform(pred[..., 0]), batch.y_raw, batch.y_mask)
-            if not torch.isfinite(loss):
+            pred = self.net(batch.x, batch.y, prob, self.generator)
+            if self.dist is None:
+                loss = masked_mae_loss(
+                    self.inverse_transform(pred[..., 0]), batch.y_raw, batch.y_mask
+                )
+                value = float(loss.detach())
+            else:
+                loss, value = self._sharded_loss(pred, batch)
+            if not math.isfinite(value):
                 raise _NonFinite(f"non-finite loss at step {self.global_step}")
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
-            if not torch.isfinite(norm):
+            bad_norm = not torch.isfinite(norm)
+            if self.dist is not None:
+                # The averaged gradients are the same everywhere; agree anyway, since one rank
+                # stepping while another recovers would split the model in two.
+                bad_norm = self.dist.any(bad_norm)
+            if bad_norm:
                 raise _NonFinite(f"non-finite gradient at step {self.global_step}")
             self.optimizer.step()
             self.global_step += 1
-            value = float(loss.detach())
             total += value
             count += 1
             if bar is not None:
@@ -332,30 +401,75 @@ class Trainer:
             bar.close()
         return total / max(count, 1)
 
+    def _batches(self, split: str, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        if self.dist is None:
+            return self.source.batches(split, generator)
+        return self.source.batches(split, generator, (self.dist.rank, self.dist.world_size))
+
+    def _sharded_loss(self, pred: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, float]:
+        """This rank's share of the global batch's masked MAE, and the global MAE's value.
+
+        The single-process loss is ``sum |err| / count`` over the whole global batch. DDP
+        averages the ranks' gradients, i.e. divides their sum by the world size, so rank r
+        back-propagates ``sum_r |err| * world_size / count`` with ``count`` summed over ranks:
+        the averaged gradient is then exactly the single-process one, however unevenly the
+        observed targets fall across the shares.
+
+        Shapes: ``pred (b, H, N, 1)`` scaled, this rank's ``b`` windows.
+        """
+        assert self.dist is not None
+        pred_raw = self.inverse_transform(pred[..., 0])
+        mask = batch.y_mask.to(pred_raw.dtype)
+        if batch.padding:
+            mask = torch.zeros_like(mask)
+        # Multiplied, as masked_mae_loss does, so a NaN anywhere shows as it would there.
+        abs_sum = (torch.abs(pred_raw - batch.y_raw) * mask).sum()
+        local = torch.stack([abs_sum.detach(), mask.sum()]).to(torch.float64)
+        total_abs, total_count = (float(v) for v in self.dist.all_reduce_sum(local))
+        if total_count == 0:
+            return (pred_raw * 0).sum(), 0.0
+        return abs_sum * (self.dist.world_size / total_count), total_abs / total_count
+
     @torch.inference_mode()
     def evaluate_mae(self, split: str) -> float:
-        """Masked MAE over all horizon steps of ``split`` (data units)."""
+        """Masked MAE over all horizon steps of ``split`` (data units), over all ranks' shares."""
         self.model.eval()
         abs_sum, n = 0.0, 0.0
-        for batch in self.source.batches(split):
+        for batch in self._batches(split):
+            if batch.padding:
+                continue
             pred = self.inverse_transform(self.model(batch.x)[..., 0])
             mask = batch.y_mask & (batch.y_raw != 0)
             abs_sum += float((pred - batch.y_raw).abs()[mask].sum())
             n += float(mask.sum())
+        if self.dist is not None:
+            totals = self.dist.all_reduce_sum(torch.tensor([abs_sum, n], dtype=torch.float64))
+            abs_sum, n = float(totals[0]), float(totals[1])
         return abs_sum / n if n else math.nan
 
     @torch.inference_mode()
     def evaluate(self, split: str) -> MaskedMetrics:
+        """Masked metrics of ``split``; distributed, every rank scores its share and gets the
+        sums of all."""
         self.model.eval()
         metrics = None
-        for batch in self.source.batches(split):
-            pred = self.inverse_transform(self.model(batch.x)[..., 0])
+        for batch in self._batches(split):
             if metrics is None:
-                metrics = MaskedMetrics(pred.shape[1])
+                metrics = MaskedMetrics(batch.y_raw.shape[1])
+            if batch.padding:
+                continue
+            pred = self.inverse_transform(self.model(batch.x)[..., 0])
             metrics.update(pred, batch.y_raw, batch.y_mask)
         if metrics is None:
             raise TrainingError(f"no {split} windows to evaluate")
+        if self.dist is not None:
+            for name in ("abs_sum", "sq_sum", "pct_sum", "count"):
+                setattr(metrics, name, self.dist.all_reduce_sum(getattr(metrics, name)))
         return metrics
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0: one voice per job."""
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

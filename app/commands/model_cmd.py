@@ -54,6 +54,7 @@ def register(subparsers) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from app.pipeline import load_config, train_run
+    from models.distributed import is_main_process
 
     config = load_config(args.config, args.epochs)
     report = train_run(
@@ -66,6 +67,8 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
+    if not is_main_process():
+        return 0  # under torchrun, rank 0 speaks for the job
     _print_table(report)
     print(f"wrote {args.output}/model.pt and {args.output}/report.json")
     return 0
