@@ -22,13 +22,15 @@ the one atomic rename that promotes the new one.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from app.registry import Registry, RegistryError, fault_point, now_iso
 from data import SpeedData, read_speeds, write_speeds
 from data.errors import DataInputError
 from models.config import RunConfig
+from models.distributed import DistContext, distributed_session, env_world_size
 from models.errors import ConfigError
 
 EXIT_PROMOTED = 0
@@ -247,7 +250,73 @@ def _comparable(champion: dict[str, Any], challenger: dict[str, Any]) -> str | N
 
 
 def run_retrain(opts: RetrainOptions, log: Callable[[str], None]) -> dict[str, Any]:
-    """Run the job; returns the summary (``status`` is promoted or kept; errors raise)."""
+    """Run the job; returns the summary (``status`` is promoted or kept; errors raise).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) rank 0 runs the job alone — the lock, the staging
+    directory, publishing, the decision and the promotion — and the other ranks only join its
+    training: rank 0 sends them the training job (as JSON), they run :func:`train_run` with it
+    (which shards the batches), and they return the summary rank 0 sends at the end. If rank 0
+    fails, torchrun stops the others.
+    """
+    if env_world_size() <= 1:
+        return _run_retrain(opts, log, None)
+    with _job_group() as ctx:
+        if ctx.is_main:
+            summary = _run_retrain(opts, log, ctx)
+            ctx.broadcast_json({"summary": summary})
+            return summary
+        from app.pipeline import train_run
+
+        while True:
+            message = ctx.broadcast_json(None)
+            if not isinstance(message, dict) or "summary" in message:
+                return message["summary"] if isinstance(message, dict) else {}
+            job = message["train"]
+            train_run(
+                data=job["data"],
+                output=job["output"],
+                adjacency=job["adjacency"],
+                config=RunConfig.from_dict(job["config"]),
+                resume=True,
+                progress=False,
+                log=lambda _message: None,
+                init_from=job["init_from"],
+            )
+
+
+@contextmanager
+def _job_group() -> Iterator[DistContext]:
+    """The process group of a distributed retrain, for the whole job (not only its training).
+
+    gloo carries the job's own messages (CPU tensors); with CUDA present, nccl carries the
+    training's (``cpu:gloo,cuda:nccl``). :func:`train_run` finds the group and leaves it open.
+    """
+    import torch
+    import torch.distributed as tdist
+
+    owns = not tdist.is_initialized()
+    if owns:
+        tdist.init_process_group(
+            backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        )
+    try:
+        with distributed_session(torch.device("cpu")) as ctx:
+            assert ctx is not None
+            yield ctx
+    except BaseException:
+        if owns:
+            tdist.destroy_process_group()
+        raise
+    if owns:
+        gc.collect()
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
+def _run_retrain(
+    opts: RetrainOptions, log: Callable[[str], None], ctx: DistContext | None
+) -> dict[str, Any]:
+    """The job itself (on rank 0 when distributed: ``ctx`` then reaches the other ranks)."""
     from app.pipeline import evaluate_run, load_config, train_run
     from graph import save_adjacency
     from models.checkpoint import load_checkpoint
@@ -365,6 +434,18 @@ def run_retrain(opts: RetrainOptions, log: Callable[[str], None]) -> dict[str, A
             if opts.warm_start and champion_dir is not None:
                 init_from = champion_dir / "model.pt"
                 log(f"warm start from {champion}")
+            if ctx is not None:  # the other ranks train with this rank
+                ctx.broadcast_json(
+                    {
+                        "train": {
+                            "data": str(staging / "data.h5"),
+                            "output": str(run_dir),
+                            "adjacency": str(staging / "graph.npz"),
+                            "config": config.to_dict(),
+                            "init_from": None if init_from is None else str(init_from),
+                        }
+                    }
+                )
             train_run(
                 data=staging / "data.h5",
                 output=run_dir,

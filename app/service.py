@@ -774,6 +774,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except Exception as exc:  # not ready yet; the watcher keeps trying
                 service.status = f"cannot read the registry {settings.registry}: {exc}"
                 log.warning(service.status)
+            if service.model is None and settings.registry_fallback and model_path.exists():
+                # An empty registry (a fresh deployment): serve run_dir's model until the first
+                # version is promoted; the watcher swaps that in like any other.
+                log.warning(
+                    "registry %s has no servable version yet; serving %s meanwhile",
+                    settings.registry,
+                    model_path,
+                )
+                await asyncio.get_running_loop().run_in_executor(None, service.load)
             watcher = asyncio.get_running_loop().create_task(
                 service.watch_registry(), name="registry-watcher"
             )

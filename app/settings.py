@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     registry: Path | None = Field(
         None, description="model registry directory; its current version is served"
     )
+    registry_fallback: bool = Field(
+        True,
+        description="while the registry has no promoted version, serve run_dir's model (the "
+        "bundled one by default) so the service is ready at once; the first promoted version "
+        "replaces it",
+    )
     registry_poll_s: float = Field(
         5.0, gt=0.0, le=3600.0, description="how often the registry pointer is checked"
     )

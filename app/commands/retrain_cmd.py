@@ -122,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
             traceback.print_exc()
         print(f"error: {_describe(exc)}", file=sys.stderr)
         return code
+    from models.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun: rank 0 reports for the job
+        return int(summary.get("exit_code", 0))
     write_summary(summary_path, summary)
     print(json.dumps(summary, indent=2))
     return int(summary["exit_code"])

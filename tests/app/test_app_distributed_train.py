@@ -195,3 +195,22 @@ def test_window_shards_partition_every_global_batch(inputs, world):
         assert len(padded) == max(0, world - len(batch.x))
         assert all(len(p.x) == 1 for p in padded)
     assert [len(s[-1].x) for s in shards if not s[-1].padding] == [1]  # 186 = 5 x 37 + 1
+
+
+def test_retrain_under_torchrun_trains_on_two_ranks_and_promotes_once(inputs) -> None:
+    # retrain runs unchanged under torchrun: rank 0 holds the lock and the staging directory and
+    # promotes; rank 1 joins the training only. One summary on stdout, one version published.
+    registry = inputs["root"] / "registry"
+    argv = ["retrain", "--registry", str(registry), "--data", str(inputs["data"]),
+            "--adjacency", str(ADJ), "--config", str(inputs["config"]), "--epochs", "1",
+            "--no-progress"]  # fmt: skip
+    proc = torchrun(argv)
+    _assert_clean(proc)
+    assert "distributed: 2 processes (gloo), global batch 37 split 19, 18" in proc.stderr
+    assert proc.stdout.count('"status"') == 1, proc.stdout
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "promoted" and summary["current"] == "v0001"
+    versions = sorted(p.name for p in (registry / "versions").iterdir())
+    assert versions == ["v0001"]
+    assert json.loads((registry / "last-retrain.json").read_text())["status"] == "promoted"
+    assert not (registry / "staging").exists()

@@ -158,3 +158,34 @@ def test_hot_swap_under_concurrent_requests(tiny_run, tmp_path) -> None:
         server.stop()
     log = (tmp_path / "server.log").read_text()
     assert "swap to registry version v0003 failed; still serving v0002" in log
+
+
+def test_empty_registry_serves_the_run_dir_model_until_a_version_is_promoted(
+    service_settings, tiny_run, tmp_path
+) -> None:
+    # A fresh deployment: the registry volume is empty. The service is ready at once with
+    # run_dir's model, and the first promoted version replaces it; without the fallback it waits.
+    from fastapi.testclient import TestClient
+
+    from app.service import create_app
+
+    root = tmp_path / "registry"
+    root.mkdir()
+    waiting = service_settings.model_copy(update={"registry": root, "registry_fallback": False})
+    with TestClient(create_app(waiting)) as client:
+        assert client.get("/readyz").status_code == 503
+    settings = service_settings.model_copy(update={"registry": root, "registry_poll_s": 0.1})
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        first = client.get("/v1/model").json()
+        assert first["registry"] is None or first["registry"].get("version") is None
+        imp = ["registry", "import", "--registry", str(root), "--distances"]
+        assert main([*imp, str(tiny_run["distances"]), str(tiny_run["run"])]) == 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            info = client.get("/v1/model").json()
+            if (info.get("registry") or {}).get("version") == "v0001":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the promoted version was not swapped in: {info}")
