@@ -130,14 +130,16 @@ class DCRNN(nn.Module):
         return num_diffusion_terms(self.num_supports, self.max_diffusion_step)
 
     def supports(self) -> list[torch.Tensor]:
-        """The supports as sparse CSR tensors, rebuilt from the buffers (cheap: no copy)."""
+        """The supports as sparse CSR tensors, rebuilt from the buffers (cheap: small copies)."""
         out = []
         n = self.num_nodes
         for i in range(self.num_supports):
             out.append(
                 torch.sparse_csr_tensor(
-                    getattr(self, f"support{i}_crow"),
-                    getattr(self, f"support{i}_col"),
+                    # int32 indices: the sparse kernel takes them as they are (int64 would be
+                    # converted at every call)
+                    getattr(self, f"support{i}_crow").to(torch.int32),
+                    getattr(self, f"support{i}_col").to(torch.int32),
                     getattr(self, f"support{i}_val"),
                     size=(n, n),
                     check_invariants=False,
