@@ -94,16 +94,18 @@ RUN groupadd --gid 10001 trafficcast \
 COPY --from=build /opt/venv /opt/venv
 
 # Settings by environment (app/settings.py, prefix TRAFFICCAST_); listen on all interfaces
-# inside the container; observations in the /state volume. The model registry lives in the
-# /registry volume: compose sets TRAFFICCAST_REGISTRY=/registry for `serve` and `retrain`.
-# Without it the image serves the bundled METR-LA week model shipped in the package.
+# inside the container; observations in the /state volume; models from the registry in the
+# /registry volume. While the registry has no promoted version (a fresh volume) the service
+# serves the bundled METR-LA week model shipped in the package, and swaps to the first version
+# `trafficcast retrain` promotes (TRAFFICCAST_REGISTRY_FALLBACK=false waits instead).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
     TRAFFICCAST_HOST=0.0.0.0 \
     TRAFFICCAST_PORT=8000 \
-    TRAFFICCAST_OBSERVATIONS_DB=/state/observations.sqlite3
+    TRAFFICCAST_OBSERVATIONS_DB=/state/observations.sqlite3 \
+    TRAFFICCAST_REGISTRY=/registry
 
 VOLUME ["/registry", "/state"]
 WORKDIR /state

@@ -31,10 +31,8 @@ COMPOSE_GPU = ROOT / "compose.gpu.yaml"
 CUDA_BASE = ROOT / "deploy" / "docker" / "cuda-base.Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-# Settings the deployment files name before they exist: the model registry (issue 5) adds
-# `registry` (TRAFFICCAST_REGISTRY) to app/settings.py. Until then pydantic-settings ignores the
-# variable and the service serves the bundled model.
-PENDING_SETTINGS = {"registry"}
+# Settings the deployment files may name before app/settings.py has them (none at present).
+PENDING_SETTINGS: set[str] = set()
 
 
 # --- helpers ----------------------------------------------------------------------------------
