@@ -147,6 +147,20 @@ class DCRNN(nn.Module):
             )
         return out
 
+    def _graph(self) -> Supports:
+        """The supports with their blocks and transposes, kept while the buffers are unchanged
+        (they are constant in training; ``.to()`` or ``load_state_dict`` makes new ones)."""
+        key = tuple(
+            (t.data_ptr(), t._version, str(t.device))
+            for i in range(self.num_supports)
+            for t in (getattr(self, f"support{i}_{part}") for part in ("crow", "col", "val"))
+        )
+        cached = self.__dict__.get("_graph_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, Supports(self.supports()))
+            self.__dict__["_graph_cache"] = cached  # not a submodule, buffer or parameter
+        return cached[1]
+
     def forward(
         self,
         x: torch.Tensor,
@@ -155,13 +169,14 @@ class DCRNN(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         batch, seq_len, n, _ = x.shape
-        supports = Supports(self.supports())
+        supports = self._graph()
 
         # A state H of layer l at step t is diffused once, for two uses: the gates of layer l at
         # step t+1 and the input of layer l+1 at step t. One diffusion convolution with the two
         # weights side by side (see _state_conv) computes both contributions.
         layers = self.num_layers
         enc, dec = self.encoder_cells, self.decoder_cells
+        fused: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
         # ---- encoder, step-major; layer 0's input contribution for all steps at once.
         x_proj = enc[0].project_input(x.permute(2, 1, 0, 3), supports)  # (N, T, B, 3H)
@@ -177,7 +192,9 @@ class DCRNN(nn.Module):
                 # gates: the encoder's own next step, or the decoder's first step after the last
                 gates_cell = dec[layer] if last else enc[layer]
                 above = enc[layer + 1] if layer + 1 < layers else None
-                h_gates[layer], layer_input = self._state_conv(h, supports, gates_cell, above)
+                h_gates[layer], layer_input = self._state_conv(
+                    h, supports, gates_cell, above, fused
+                )
 
         # ---- decoder: step by step, each step's output feeding the next.
         use_truth = self._teacher_forcing_draws(targets, teacher_forcing_prob, generator)
@@ -193,7 +210,7 @@ class DCRNN(nn.Module):
                 states[layer] = h
                 above = dec[layer + 1] if layer + 1 < layers else None
                 h_gates[layer], layer_input = self._state_conv(
-                    h, supports, None if last else dec[layer], above
+                    h, supports, None if last else dec[layer], above, fused
                 )
             out = self.projection(h)  # (N, B, out)
             outputs.append(out)
@@ -207,11 +224,13 @@ class DCRNN(nn.Module):
         supports: Supports,
         gates_cell: DCGRUCell | None,
         above: DCGRUCell | None,
+        fused: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]],
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One diffusion of the state ``h`` for its next uses.
 
         Returns ``gates_cell``'s hidden contribution to its gates (``(N, B, 2H)``, no bias) and
         ``above``'s input contribution (``(N, B, 3H)``, bias included); None where not wanted.
+        ``fused`` caches the side-by-side weights for the forward pass (three pairs per layer).
         """
         k = self.max_diffusion_step
         two_h = 2 * self.hidden_dim
@@ -221,8 +240,13 @@ class DCRNN(nn.Module):
             return diffusion_conv(h, supports, k, gates_cell.weight_hidden_gates), None
         if gates_cell is None:
             return None, above.project_input(h, supports)
-        weight = torch.cat([gates_cell.weight_hidden_gates, above.weight_input], dim=1)  # (M·H, 5H)
-        base = torch.cat([above.bias.new_zeros(two_h), above.bias])  # (5H,)
+        key = (id(gates_cell), id(above))
+        if key not in fused:
+            fused[key] = (
+                torch.cat([gates_cell.weight_hidden_gates, above.weight_input], dim=1),  # (M·H, 5H)
+                torch.cat([above.bias.new_zeros(two_h), above.bias]),  # (5H,)
+            )
+        weight, base = fused[key]
         both = diffusion_conv(h, supports, k, weight, base)  # (N, B, 5H)
         h_gates, above_input = both.split([two_h, 3 * self.hidden_dim], dim=-1)
         return h_gates, above_input

@@ -84,11 +84,18 @@ class _SparseMatmul(torch.autograd.Function):
 
 
 class Supports:
-    """The graph supports of one forward pass, with their transposes for the backward pass."""
+    """The graph supports of one forward pass, with the block matrices the fused walks use.
+
+    For ``S`` supports the walks of all of them advance together, one sparse matmul per step:
+    the first step multiplies by ``[P_1; ...; P_S]`` (stacked, ``(S·N, N)``), the next ones by
+    ``diag(P_1, ..., P_S)`` (block-diagonal, ``(S·N, S·N)``). Same products, ``S`` times fewer
+    calls. The transposed blocks serve the backward pass. All are made on first need.
+    """
 
     def __init__(self, supports: list[torch.Tensor]) -> None:
         self.matrices = supports
         self._transposes: list[torch.Tensor] | None = None  # made on first need (training only)
+        self._blocks: dict[tuple[str, bool], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.matrices)
@@ -105,6 +112,42 @@ class Supports:
         if x.requires_grad:
             return _SparseMatmul.apply(self.matrices[i], self.transpose(i), x)
         return sparse_matmul(self.matrices[i], x)
+
+    def block(self, kind: str, transposed: bool = False) -> torch.Tensor:
+        """``kind``: ``stack`` ``[P_1; ...]`` (S·N, N), ``row`` ``[P_1, ...]`` (N, S·N) or
+        ``diag`` (S·N, S·N), of the supports or (``transposed``) of their transposes; CSR."""
+        key = (kind, transposed)
+        if key not in self._blocks:
+            self._blocks[key] = self._make_block(kind, transposed)
+        return self._blocks[key]
+
+    def _make_block(self, kind: str, transposed: bool) -> torch.Tensor:
+        n = self.matrices[0].shape[0]
+        count = len(self.matrices)
+        rows, cols, vals = [], [], []
+        for i, p in enumerate(self.matrices):
+            coo = (p.to_sparse_coo() if p.layout != torch.strided else p.to_sparse()).coalesce()
+            r, c = coo.indices()
+            if transposed:
+                r, c = c, r
+            rows.append(r + (i * n if kind in ("stack", "diag") else 0))
+            cols.append(c + (i * n if kind in ("row", "diag") else 0))
+            vals.append(coo.values())
+        shape = {"stack": (count * n, n), "row": (n, count * n), "diag": (count * n, count * n)}
+        coo = torch.sparse_coo_tensor(
+            torch.stack([torch.cat(rows), torch.cat(cols)]),
+            torch.cat(vals),
+            shape[kind],
+            check_invariants=True,
+        ).coalesce()
+        csr = coo.to_sparse_csr()
+        return torch.sparse_csr_tensor(
+            csr.crow_indices().to(torch.int32),
+            csr.col_indices().to(torch.int32),
+            csr.values(),
+            size=shape[kind],
+            check_invariants=False,
+        )
 
 
 def diffuse(
@@ -139,17 +182,24 @@ def diffuse(
 
 
 def _walks(supports: Supports, x0: torch.Tensor, max_diffusion_step: int, adjoint: bool = False):
-    """Yield the diffusion terms of ``x0 (N, C)`` in :func:`diffuse`'s order, one at a time.
+    """Yield ``(m, term)``: the diffusion terms of ``x0 (N, C)``, ``m`` their index in
+    :func:`diffuse`'s order (``x0`` first, then each support's powers ``1..K``).
 
-    With ``adjoint`` the walks use the transposed supports: ``(P^T)^k x0``.
+    The walks of all supports advance together (see :class:`Supports`), so the terms come power
+    by power: ``P_1 x, P_2 x, P_1^2 x, ...``; each is a contiguous ``(N, C)`` block. With
+    ``adjoint`` the walks use the transposed supports: ``(P^T)^k x0``.
     """
-    yield x0
-    for i in range(len(supports)):
-        support = supports.transpose(i) if adjoint else supports.matrices[i]
-        xk = x0
-        for _ in range(max_diffusion_step):
-            xk = sparse_matmul(support, xk)  # (N, N) @ (N, C)
-            yield xk
+    yield 0, x0
+    count, k_max = len(supports), max_diffusion_step
+    if count == 0 or k_max == 0:
+        return
+    n = x0.shape[0]
+    xk = sparse_matmul(supports.block("stack", adjoint), x0)  # (S·N, C): every P_i x0
+    for k in range(1, k_max + 1):
+        if k > 1:
+            xk = sparse_matmul(supports.block("diag", adjoint), xk)  # every P_i^k x0
+        for i in range(count):
+            yield 1 + i * k_max + k - 1, xk[i * n : (i + 1) * n]
 
 
 # Below this many elements of stacked terms (rows x M·F) the forward stacks them and does one
@@ -175,14 +225,15 @@ class _DiffusionConv(torch.autograd.Function):
         features = weight.shape[0] // num_diffusion_terms(len(supports), max_diffusion_step)
         if rows * weight.shape[0] <= _STACK_LIMIT:
             # Small (a forecast of a few windows): fewer, larger operations beat saving a copy.
-            terms = [t.view(rows, features) for t in _walks(supports, x0, max_diffusion_step)]
+            by_index = dict(_walks(supports, x0, max_diffusion_step))
+            terms = [by_index[m].view(rows, features) for m in range(len(by_index))]
             stacked = torch.cat(terms, dim=1) if len(terms) > 1 else terms[0]  # (rows, M·F)
             out = torch.mm(stacked, weight) if base is None else torch.addmm(base, stacked, weight)
             terms = None
         else:
             out = x0.new_empty(rows, weight.shape[1])
             terms = _walks(supports, x0, max_diffusion_step)
-        for m, term in enumerate(terms or ()):
+        for m, term in terms or ():
             w = weight[m * features : (m + 1) * features]  # (F, O)
             term = term.view(rows, features)  # (N, C) -> (N·*, F)
             if m > 0:
@@ -217,7 +268,7 @@ class _DiffusionConv(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 grad_x = x0.new_empty(rows, features)
             x_rows = x0.view(rows, features)
-            for m, g_m in enumerate(_walks(supports, grad.view(n, -1), k, adjoint=True)):
+            for m, g_m in _walks(supports, grad.view(n, -1), k, adjoint=True):
                 block = slice(m * features, (m + 1) * features)
                 g_m = g_m.view(rows, out_dim)
                 if grad_weight is not None:
@@ -232,7 +283,7 @@ class _DiffusionConv(torch.autograd.Function):
         else:
             if ctx.needs_input_grad[1]:
                 grad_weight = torch.empty_like(weight)
-                for m, term in enumerate(_walks(supports, x0, k)):
+                for m, term in _walks(supports, x0, k):
                     block = slice(m * features, (m + 1) * features)
                     torch.mm(term.view(rows, features).t(), grad, out=grad_weight[block])
             if ctx.needs_input_grad[0]:
@@ -242,13 +293,21 @@ class _DiffusionConv(torch.autograd.Function):
                     return grad_terms[:, m * features : (m + 1) * features]  # (rows, F), strided
 
                 grad_x = term_grad(0).contiguous().view(n, -1)  # (N, C)
-                for i in range(len(supports)):
-                    first = 1 + i * k  # the term index of P_i^1
-                    z = term_grad(first + k - 1).contiguous().view(n, -1)
+                count = len(supports)
+                if count and k:
+                    # Horner over all supports at once: z holds one (N, C) block per support.
+                    z = x0.new_empty(count * n, x0.shape[1])  # (S·N, C)
+                    for i in range(count):
+                        z[i * n : (i + 1) * n].view(rows, features).copy_(
+                            term_grad(1 + i * k + k - 1)
+                        )
                     for step in range(k - 1, 0, -1):
-                        z = sparse_matmul(supports.transpose(i), z)
-                        z.view(rows, features).add_(term_grad(first + step - 1))
-                    grad_x.addmm_(supports.transpose(i), z)
+                        z = sparse_matmul(supports.block("diag", True), z)
+                        for i in range(count):
+                            z[i * n : (i + 1) * n].view(rows, features).add_(
+                                term_grad(1 + i * k + step - 1)
+                            )
+                    grad_x.addmm_(supports.block("row", True), z)  # Σ_i P_i^T z_i
         if ctx.needs_input_grad[2]:
             grad_base = grad.sum(0) if ctx.base_dim == 1 else grad
         return grad_x, grad_weight, grad_base, None, None, None
