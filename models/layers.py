@@ -207,6 +207,39 @@ def _walks(supports: Supports, x0: torch.Tensor, max_diffusion_step: int, adjoin
 _STACK_LIMIT = 1 << 20
 
 
+def _conv_forward(
+    x0: torch.Tensor,
+    weight: torch.Tensor,
+    base: torch.Tensor | None,
+    supports: Supports,
+    max_diffusion_step: int,
+    rows: int,
+) -> torch.Tensor:
+    """The arithmetic of :class:`_DiffusionConv`'s forward (also called directly at inference)."""
+    # x0 (N, C) with C = (rows / N)·F; weight (M·F, O); base None, (O,) or (rows, O).
+    features = weight.shape[0] // num_diffusion_terms(len(supports), max_diffusion_step)
+    if rows * weight.shape[0] <= _STACK_LIMIT:
+        # Small (a forecast of a few windows): fewer, larger operations beat saving a copy.
+        by_index = dict(_walks(supports, x0, max_diffusion_step))
+        terms = [by_index[m].view(rows, features) for m in range(len(by_index))]
+        stacked = torch.cat(terms, dim=1) if len(terms) > 1 else terms[0]  # (rows, M·F)
+        out = torch.mm(stacked, weight) if base is None else torch.addmm(base, stacked, weight)
+        terms = None
+    else:
+        out = x0.new_empty(rows, weight.shape[1])
+        terms = _walks(supports, x0, max_diffusion_step)
+    for m, term in terms or ():
+        w = weight[m * features : (m + 1) * features]  # (F, O)
+        term = term.view(rows, features)  # (N, C) -> (N·*, F)
+        if m > 0:
+            out.addmm_(term, w)
+        elif base is None:
+            torch.mm(term, w, out=out)
+        else:
+            torch.addmm(base, term, w, out=out)
+    return out
+
+
 class _DiffusionConv(torch.autograd.Function):
     """``base + Σ_m T_m(x) W_m``: a diffusion convolution whose terms are never stacked.
 
@@ -221,27 +254,7 @@ class _DiffusionConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x0, weight, base, supports, max_diffusion_step, rows):
-        # x0 (N, C) with C = (rows / N)·F; weight (M·F, O); base None, (O,) or (rows, O).
-        features = weight.shape[0] // num_diffusion_terms(len(supports), max_diffusion_step)
-        if rows * weight.shape[0] <= _STACK_LIMIT:
-            # Small (a forecast of a few windows): fewer, larger operations beat saving a copy.
-            by_index = dict(_walks(supports, x0, max_diffusion_step))
-            terms = [by_index[m].view(rows, features) for m in range(len(by_index))]
-            stacked = torch.cat(terms, dim=1) if len(terms) > 1 else terms[0]  # (rows, M·F)
-            out = torch.mm(stacked, weight) if base is None else torch.addmm(base, stacked, weight)
-            terms = None
-        else:
-            out = x0.new_empty(rows, weight.shape[1])
-            terms = _walks(supports, x0, max_diffusion_step)
-        for m, term in terms or ():
-            w = weight[m * features : (m + 1) * features]  # (F, O)
-            term = term.view(rows, features)  # (N, C) -> (N·*, F)
-            if m > 0:
-                out.addmm_(term, w)
-            elif base is None:
-                torch.mm(term, w, out=out)
-            else:
-                torch.addmm(base, term, w, out=out)
+        out = _conv_forward(x0, weight, base, supports, max_diffusion_step, rows)
         ctx.save_for_backward(x0, weight)
         ctx.supports = supports
         ctx.max_diffusion_step = max_diffusion_step
@@ -339,7 +352,12 @@ def diffusion_conv(
         x0 = x0.contiguous()
     if base is not None and base.dim() > 1:
         base = base.reshape(rows, weight.shape[1])  # (N·*, O), a view where the strides allow
-    out = _DiffusionConv.apply(x0, weight, base, supports, max_diffusion_step, rows)
+    if torch.is_grad_enabled() and (
+        x0.requires_grad or weight.requires_grad or (base is not None and base.requires_grad)
+    ):
+        out = _DiffusionConv.apply(x0, weight, base, supports, max_diffusion_step, rows)
+    else:  # inference: the same arithmetic without the autograd bookkeeping
+        out = _conv_forward(x0, weight, base, supports, max_diffusion_step, rows)
     return out.view(*lead, weight.shape[1])
 
 
