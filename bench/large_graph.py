@@ -7,9 +7,10 @@ figures include the data pipeline, the windows made on the fly, validation and t
     python bench/large_graph.py --sensors 1000
     python bench/large_graph.py --sensors 8600 --days 1 --batch 8   # LargeST's California size
 
-Prints one JSON line per figure: ``epoch_s`` (the training epoch's wall time, from the
-trainer's log), ``train_windows_per_s``, ``peak_rss_gb`` (of the training process) and
-``run_s`` (the whole command, data reading and evaluation included).
+Prints one JSON line per figure: ``epoch_s`` (the epoch's wall time as the trainer logs it:
+training plus the validation pass), ``train_windows_per_s`` (training windows / ``epoch_s``, so
+a slight underestimate), ``peak_rss_gb`` (of the training process, evaluation included) and
+``run_s`` (the whole command: data reading, graph, training, evaluation, checkpoint).
 """
 
 from __future__ import annotations
