@@ -5,9 +5,11 @@ Not a test. Examples::
     python bench/speed.py                      # the bundled week (207 sensors), paper's model
     python bench/speed.py --sensors 1000       # a synthetic graph of 1,000 sensors
     python bench/speed.py --threads 1 --steps 3
+    python bench/speed.py --compile            # the same model under torch.compile
 
 Figures (``{"metric": ..., "value": ..., ...}``):
-``matmul_peak_gflops`` (fp32 2048^3), ``train_windows_per_s``, ``fraction_of_peak`` (the weight
+``matmul_peak_gflops`` (fp32 2048^3; bf16 1024^3, to show whether this CPU has bf16 matmul
+hardware), ``train_windows_per_s``, ``fraction_of_peak`` (the weight
 matmuls' FLOPs of a training step / its time / the measured peak), ``forecast_ms_batch1`` (median of 100),
 ``forecast_s_batch64``, ``peak_rss_gb`` (this process, after the training steps).
 Timings on a shared machine are noisy: compare figures from one run, as ratios.
@@ -93,6 +95,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5, help="timed training steps")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--compile", action="store_true", help="run the model under torch.compile (inductor)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,6 +106,10 @@ def main() -> None:
 
     peak = matmul_peak_gflops()
     emit("matmul_peak_gflops", peak, **common)
+    bf16 = matmul_peak_gflops(size=1024, repeats=3, dtype=torch.bfloat16)
+    emit("matmul_peak_gflops", bf16, **{**common, "dtype": "bf16"})
+    if args.compile:
+        common["compiled"] = True
 
     adj, num_nodes, label = load_graph(args.sensors)
     common["sensors"] = num_nodes
@@ -110,14 +119,18 @@ def main() -> None:
     x = torch.randn(args.batch, 12, num_nodes, 2)
     y = torch.randn(args.batch, 12, num_nodes, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    run = torch.compile(model) if args.compile else model
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = model(x, y, 0.5)
+        out = run(x, y, 0.5)
         (out - y).abs().mean().backward()
         optimizer.step()
 
-    step()  # warm-up
+    start = time.perf_counter()
+    step()  # warm-up (and compilation)
+    if args.compile:
+        emit("compile_s_train", time.perf_counter() - start, **common)
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -137,18 +150,21 @@ def main() -> None:
     model.eval()
     with torch.inference_mode():
         one = x[:1]
-        model(one)
+        start = time.perf_counter()
+        run(one)
+        if args.compile:
+            emit("compile_s_forecast", time.perf_counter() - start, **common)
         lat = []
         for _ in range(100):
             start = time.perf_counter()
-            model(one)
+            run(one)
             lat.append(time.perf_counter() - start)
         emit("forecast_ms_batch1", 1000 * statistics.median(lat), **common)
-        model(x)
+        run(x)
         batch_times = []
         for _ in range(3):
             start = time.perf_counter()
-            model(x)
+            run(x)
             batch_times.append(time.perf_counter() - start)
         emit("forecast_s_batch64", statistics.median(batch_times), batch=args.batch, **common)
 
