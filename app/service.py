@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
-import hashlib
 import hmac
 import json
 import logging
@@ -45,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.batching import MicroBatcher
 from app.forecaster import Forecaster
 from app.observations import ObservationStore
+from app.registry import file_sha256, now_iso
 from app.schemas import (
     ErrorBody,
     FieldError,
@@ -300,12 +299,12 @@ class Service:
             self._smoke(forecaster)
         return LoadedModel(
             forecaster=forecaster,
-            version=_file_hash(model_path),
+            version=file_sha256(model_path)[:16],
             report=_read_report(model_path.parent / "report.json"),
             sensor_index={sid: k for k, sid in enumerate(forecaster.sensor_ids)},
             locations=self._read_locations(forecaster.sensor_ids),
             source=source,
-            loaded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            loaded_at=now_iso(),
             **registry,
         )
 
@@ -409,7 +408,7 @@ class Service:
         registry = Registry(self.settings.registry)
         loop = asyncio.get_running_loop()
         pointer = await loop.run_in_executor(None, registry.current)
-        self.registry_checked_at = _now()
+        self.registry_checked_at = now_iso()
         if pointer is None:
             if self.model is None:
                 self.status = (
@@ -425,7 +424,7 @@ class Service:
         except Exception as exc:  # any failure: the old model keeps serving
             reason = " ".join(str(exc).split()) or type(exc).__name__
             self.failed_version = pointer.version
-            self.swap_error = SwapError(version=pointer.version, error=reason, at=_now())
+            self.swap_error = SwapError(version=pointer.version, error=reason, at=now_iso())
             self.metrics.swaps.labels(result="failed").inc()
             if self.model is None:
                 self.status = f"registry version {pointer.version} cannot be served: {reason}"
@@ -585,18 +584,6 @@ class Service:
                 model, generation, latest, f.future_timestamps(latest), forecast, coverage
             )
             return self.cache, False
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def _read_report(path: Path) -> dict[str, Any] | None:
