@@ -121,6 +121,21 @@ class LiveServer:
         self.log.close()
 
 
+def registry_server(root: Path, tmp_path: Path) -> LiveServer:
+    """A real server (not yet started) that serves from the registry at ``root``, checking its
+    pointer every 0.2 s, with an empty observation store."""
+    return LiveServer(
+        {
+            "TRAFFICCAST_REGISTRY": str(root),
+            "TRAFFICCAST_REGISTRY_POLL_S": "0.2",
+            "TRAFFICCAST_OBSERVATIONS_DB": str(tmp_path / "obs.sqlite3"),
+            "TRAFFICCAST_SEED_OBSERVATIONS": "none",
+            "TRAFFICCAST_TORCH_THREADS": "1",
+        },
+        tmp_path / "server.log",
+    )
+
+
 @pytest.fixture
 def live_server(service_run_dir: Path, tmp_path: Path) -> Iterator[LiveServer]:
     """A real server with the tiny model and the last day of the bundled week in its store."""

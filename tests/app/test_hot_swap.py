@@ -20,7 +20,7 @@ from app.registry import Registry
 from data import read_speeds
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import RunConfig
-from tests.app.conftest import LiveServer
+from tests.app.conftest import registry_server
 
 
 def forecast_body(data_path) -> dict:
@@ -81,16 +81,7 @@ def test_hot_swap_under_concurrent_requests(tiny_run, tmp_path) -> None:
     assert registry.versions() == ["v0001", "v0002", "v0003"]
     assert registry.current().version == "v0001"
 
-    server = LiveServer(
-        {
-            "TRAFFICCAST_REGISTRY": str(root),
-            "TRAFFICCAST_REGISTRY_POLL_S": "0.2",
-            "TRAFFICCAST_OBSERVATIONS_DB": str(tmp_path / "obs.sqlite3"),
-            "TRAFFICCAST_SEED_OBSERVATIONS": "none",
-            "TRAFFICCAST_TORCH_THREADS": "1",
-        },
-        tmp_path / "server.log",
-    )
+    server = registry_server(root, tmp_path)
     body = forecast_body(tiny_run["data"])
     results: list[tuple[int, str]] = []
     errors: list[str] = []

@@ -17,7 +17,7 @@ import pytest
 
 from app.cli import main
 from app.registry import FAULT_ENV, Registry
-from tests.app.conftest import LiveServer
+from tests.app.conftest import registry_server
 from tests.app.test_hot_swap import forecast_body, wait_for
 from tests.conftest import TINY_CONFIG
 
@@ -52,16 +52,7 @@ def test_sigkill_at_three_points_leaves_a_valid_registry_and_the_rerun_resumes(
     assert cli(*job, "--distances", str(tiny_run["distances"]), "--config", str(config))[0] == 0
     assert registry.current().version == "v0001"
 
-    server = LiveServer(
-        {
-            "TRAFFICCAST_REGISTRY": str(root),
-            "TRAFFICCAST_REGISTRY_POLL_S": "0.2",
-            "TRAFFICCAST_OBSERVATIONS_DB": str(tmp_path / "obs.sqlite3"),
-            "TRAFFICCAST_SEED_OBSERVATIONS": "none",
-            "TRAFFICCAST_TORCH_THREADS": "1",
-        },
-        tmp_path / "server.log",
-    )
+    server = registry_server(root, tmp_path)
     body = forecast_body(tiny_run["data"])
     try:
         server.wait_ready()
