@@ -176,6 +176,8 @@ host_uids=$(awk '/^Uid:/ {print $2, $3, $4, $5}' "/proc/$pid/status")
 inside=$(podman exec "$name" sh -c 'id -un; tr "\0" " " </proc/1/cmdline')
 say "process: uids (real effective saved fs) $host_uids; inside: $(echo "$inside" | tr '\n' ' ')"
 for u in $host_uids; do [ "$u" != 0 ] || fail "the service process runs as root"; done
+grep -q libtcmalloc_minimal "/proc/$pid/maps" || fail "the service process does not use tcmalloc"
+say "allocator: tcmalloc mapped into the service process"
 podman exec "$name" sh -c 'touch /opt/venv/x 2>/dev/null' && fail "root filesystem is writable"
 podman exec "$name" test -s /state/observations.sqlite3 || fail "no observations database in /state"
 say "filesystem: root read-only, observations database written to the /state volume"
