@@ -92,9 +92,9 @@ RUN groupadd --gid 10001 trafficcast \
     && chown trafficcast:trafficcast /registry /state
 
 # tcmalloc as the allocator of every process (LD_PRELOAD below): PyTorch's CPU training frees
-# and reallocates tensors of many sizes each step, which fragments glibc's heap; with tcmalloc a
-# training step of the paper's model at batch 64 peaks at 1.5 GB instead of 2.5 GB, at the same
-# speed (bench/README.md). `-e LD_PRELOAD=` turns it off.
+# and reallocates tensors of many sizes each step, which fragments glibc's heap; with tcmalloc
+# training peaks at about 40 % less memory at the same speed (bench/README.md).
+# `-e LD_PRELOAD=` turns it off.
 # DL3008: the base image's Debian release fixes the package's version; pinning an exact version
 # would break the build at every point release of that release.
 # hadolint ignore=DL3008
