@@ -253,9 +253,16 @@ class _DiffusionConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x0, weight, base, supports, max_diffusion_step, rows):
+    def forward(ctx, x0, weight, base, supports, max_diffusion_step, rows, x=None, gate=None):
+        # With a gate, x0 is gate ⊙ x (made by the caller, shaped (N, C)): only x and gate are
+        # kept, both alive anyway (the state and a view of the gates' sigmoid), and backward
+        # recomputes the product, so the product's storage is freed after forward.
         out = _conv_forward(x0, weight, base, supports, max_diffusion_step, rows)
-        ctx.save_for_backward(x0, weight)
+        if gate is None:
+            ctx.save_for_backward(x0, weight)
+        else:
+            ctx.save_for_backward(x, weight, gate)
+        ctx.gated = gate is not None
         ctx.supports = supports
         ctx.max_diffusion_step = max_diffusion_step
         ctx.rows = rows
@@ -265,7 +272,14 @@ class _DiffusionConv(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x0, weight = ctx.saved_tensors
+        x = gate = None
+        if ctx.gated:
+            x, weight, gate = ctx.saved_tensors
+            x0 = torch.mul(x, gate).view(x.shape[0], -1)
+            needs_x0 = ctx.needs_input_grad[6] or ctx.needs_input_grad[7]
+        else:
+            x0, weight = ctx.saved_tensors
+            needs_x0 = ctx.needs_input_grad[0]
         supports, k, rows = ctx.supports, ctx.max_diffusion_step, ctx.rows
         features = weight.shape[0] // num_diffusion_terms(len(supports), k)
         grad = grad.contiguous()  # (rows, O)
@@ -278,7 +292,7 @@ class _DiffusionConv(torch.autograd.Function):
             # Σ_m G_m W_m^T: S·K sparse matmuls of width O instead of 2·S·K of width F.
             if ctx.needs_input_grad[1]:
                 grad_weight = torch.empty_like(weight)
-            if ctx.needs_input_grad[0]:
+            if needs_x0:
                 grad_x = x0.new_empty(rows, features)
             x_rows = x0.view(rows, features)
             for m, g_m in _walks(supports, grad.view(n, -1), k, adjoint=True):
@@ -299,7 +313,7 @@ class _DiffusionConv(torch.autograd.Function):
                 for m, term in _walks(supports, x0, k):
                     block = slice(m * features, (m + 1) * features)
                     torch.mm(term.view(rows, features).t(), grad, out=grad_weight[block])
-            if ctx.needs_input_grad[0]:
+            if needs_x0:
                 grad_terms = torch.mm(grad, weight.t())  # (rows, M·F): all terms' gradients
 
                 def term_grad(m: int) -> torch.Tensor:
@@ -323,7 +337,12 @@ class _DiffusionConv(torch.autograd.Function):
                     grad_x.addmm_(supports.block("row", True), z)  # Σ_i P_i^T z_i
         if ctx.needs_input_grad[2]:
             grad_base = grad.sum(0) if ctx.base_dim == 1 else grad
-        return grad_x, grad_weight, grad_base, None, None, None
+        if not ctx.gated:
+            return grad_x, grad_weight, grad_base, None, None, None, None, None
+        grad_product = grad_x.view(x.shape)  # d(gate ⊙ x): the product rule by hand
+        grad_of_x = grad_product * gate if ctx.needs_input_grad[6] else None
+        grad_gate = grad_product * x if ctx.needs_input_grad[7] else None
+        return None, grad_weight, grad_base, None, None, None, grad_of_x, grad_gate
 
 
 def diffusion_conv(
@@ -332,12 +351,14 @@ def diffusion_conv(
     max_diffusion_step: int,
     weight: torch.Tensor,
     base: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The diffusion convolution of Eq. 2 with a weight per term: ``base + diffuse(x) @ weight``.
 
     The same function as ``diffuse(x, supports, K) @ weight + base`` (a test checks values and
     gradients), computed without materialising the ``M`` stacked terms (see
-    :class:`_DiffusionConv`).
+    :class:`_DiffusionConv`). With ``gate`` (shaped as ``x``) it convolves ``gate ⊙ x``, the
+    GRU candidate's ``r ⊙ H``, without keeping that product for backward.
 
     Shapes:
         x: ``(N, *, F)`` nodes first; weight: ``(M·F, O)`` rows grouped by term as in
@@ -347,15 +368,25 @@ def diffusion_conv(
     n = x.shape[0]
     lead = x.shape[:-1]
     rows = x[..., 0].numel()
+    source = x
+    if gate is not None:
+        if gate.shape != x.shape:
+            raise ValueError(f"gate shape {tuple(gate.shape)} differs from x's {tuple(x.shape)}")
+        with torch.no_grad():  # the product's gradient is _DiffusionConv's (product rule)
+            x = torch.mul(x, gate)  # contiguous; not kept for backward (see _DiffusionConv)
     x0 = x.reshape(n, -1)  # (N, *·F)
     if not x0.is_contiguous():
         x0 = x0.contiguous()
     if base is not None and base.dim() > 1:
         base = base.reshape(rows, weight.shape[1])  # (N·*, O), a view where the strides allow
-    if torch.is_grad_enabled() and (
-        x0.requires_grad or weight.requires_grad or (base is not None and base.requires_grad)
-    ):
-        out = _DiffusionConv.apply(x0, weight, base, supports, max_diffusion_step, rows)
+    grad_inputs = (x0, weight, base) if gate is None else (source, gate, weight, base)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in grad_inputs):
+        if gate is None:
+            out = _DiffusionConv.apply(x0, weight, base, supports, max_diffusion_step, rows)
+        else:
+            out = _DiffusionConv.apply(
+                x0, weight, base, supports, max_diffusion_step, rows, source, gate
+            )
     else:  # inference: the same arithmetic without the autograd bookkeeping
         out = _conv_forward(x0, weight, base, supports, max_diffusion_step, rows)
     return out.view(*lead, weight.shape[1])
@@ -450,8 +481,10 @@ class DCGRUCell(nn.Module):
         else:
             gates = torch.sigmoid(x_gates + h_gates)
         r, u = gates.split(hidden, dim=-1)
+        # r ⊙ H convolved without keeping the product for backward (recomputed there from r
+        # and H, which autograd keeps anyway): 1/5 of a training step's saved activations.
         c = torch.tanh(
-            diffusion_conv(r * h, supports, k, self.weight_hidden_candidate, x_candidate)
+            diffusion_conv(h, supports, k, self.weight_hidden_candidate, x_candidate, gate=r)
         )
         # u ⊙ H + (1 - u) ⊙ C as one lerp: its backward needs only c, h and u, which autograd
         # keeps anyway (tanh's output, the state, the sigmoid's output), where c + u * (h - c)

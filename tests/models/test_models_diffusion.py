@@ -168,3 +168,42 @@ def test_diffusion_conv_equals_diffuse_then_matmul(out_dim, filter_type, base_ki
     for got, want in zip(grads_fused, grads_plain, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert grads_fused[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("out_dim", [3, 9])  # both backward branches, as above
+@pytest.mark.parametrize("gate_kind", ["contiguous", "view"])
+def test_gated_diffusion_conv_equals_convolving_the_product(out_dim, gate_kind):
+    # DCGRU's candidate convolves r ⊙ H with gate=r so the product is not kept for backward;
+    # values and gradients (to x, gate, weight, base) must be those of convolving the product.
+    torch.manual_seed(1)
+    supports = [s.to(torch.float64) for s in _supports("dual_random_walk")]
+    x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)  # (N, B, F=2)
+    if gate_kind == "view":  # r is a slice of the gates' sigmoid, as in DCGRU
+        gate = torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True)[..., :2]
+    else:
+        gate = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5 * 2, out_dim, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(3, 4, out_dim, dtype=torch.float64, requires_grad=True)
+    gated = diffusion_conv(x, Supports(supports), 2, weight, base, gate=gate)
+    plain = diffusion_conv(gate * x, Supports(supports), 2, weight, base)
+    torch.testing.assert_close(gated, plain, rtol=1e-12, atol=1e-12)
+    # only x, the weight and the gate are kept: the product (a new tensor) is not saved
+    node = gated.grad_fn.next_functions[0][0]  # through the output's view
+    kept = {t.untyped_storage().data_ptr() for t in node.saved_tensors}
+    inputs_storage = {t.untyped_storage().data_ptr() for t in (x, gate, weight)}
+    assert kept == inputs_storage
+    inputs = [x, gate, weight, base]
+    upstream = torch.randn_like(plain)
+    grads_gated = torch.autograd.grad(gated, inputs, upstream)
+    grads_plain = torch.autograd.grad(plain, inputs, upstream)
+    for got, want in zip(grads_gated, grads_plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert all(g.abs().sum() > 0 for g in grads_gated)
+
+
+def test_gated_diffusion_conv_refuses_a_gate_of_another_shape():
+    supports = Supports(_supports("random_walk"))
+    with pytest.raises(ValueError, match="gate shape"):
+        diffusion_conv(
+            torch.ones(3, 4, 2), supports, 1, torch.ones(3 * 2, 1), gate=torch.ones(3, 4, 1)
+        )
