@@ -93,8 +93,9 @@ RUN groupadd --gid 10001 trafficcast \
 
 # tcmalloc as the allocator of every process (LD_PRELOAD below): PyTorch's CPU training frees
 # and reallocates tensors of many sizes each step, which fragments glibc's heap; with tcmalloc
-# training peaks at about 40 % less memory at the same speed (bench/README.md).
-# `-e LD_PRELOAD=` turns it off.
+# training peaks at about half the memory at the same speed (bench/README.md).
+# `-e LD_PRELOAD= -e TRAFFICCAST_ALLOCATOR=system` turns it off (without the second, the
+# trafficcast commands would find the library and restart under it themselves: app/allocator.py).
 # DL3008: the base image's Debian release fixes the package's version; pinning an exact version
 # would break the build at every point release of that release.
 # hadolint ignore=DL3008

@@ -11,6 +11,7 @@ import argparse
 import sys
 import warnings
 
+from app.allocator import AllocatorError, restart_with_preferred_allocator
 from app.commands import (
     data_cmd,
     graph_cmd,
@@ -21,6 +22,8 @@ from app.commands import (
 )
 
 EXIT_USER_ERROR = 2
+# Commands that train or run models restart once under tcmalloc (app/allocator.py).
+ALLOCATOR_COMMANDS = frozenset({"train", "evaluate", "predict", "serve", "retrain"})
 
 _COMMAND_MODULES = (graph_cmd, data_cmd, model_cmd, serve_cmd, retrain_cmd, registry_cmd)
 
@@ -33,6 +36,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from models.errors import CheckpointError, ConfigError, TrainingError
 
     return (
+        AllocatorError,
         DataInputError,
         GraphInputError,
         ConfigError,
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
     try:
+        if argv is None and args.command in ALLOCATOR_COMMANDS:
+            # Only as the process's own entry point: main([...]) from Python never restarts.
+            restart_with_preferred_allocator()
         result = args.handler(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
