@@ -100,6 +100,17 @@ def restart_plan(
     return new_env
 
 
+def allocator_for(env: Mapping[str, str] | None = None) -> str:
+    """The allocator a heavy command started with ``env`` runs under: tcmalloc, jemalloc, system."""
+    env = os.environ if env is None else env
+    preloaded = preloaded_allocator(env)
+    if preloaded:
+        return preloaded
+    on_linux = sys.platform.startswith("linux")
+    plan = restart_plan(env, library=find_tcmalloc() if on_linux else None)
+    return "system" if plan is None else "tcmalloc"
+
+
 def restart_with_preferred_allocator() -> None:
     """Replace this process by itself under tcmalloc when the setting asks for it.
 

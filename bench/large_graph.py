@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.allocator import allocator_for  # noqa: E402
 from data import make_synthetic, write_synthetic  # noqa: E402
 
 
@@ -66,7 +67,12 @@ def main() -> None:
     if proc.returncode != 0:
         sys.exit(f"train failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
-    common = {"sensors": args.sensors, "batch": args.batch, "threads": args.threads}
+    common = {
+        "sensors": args.sensors,
+        "batch": args.batch,
+        "threads": args.threads,
+        "allocator": allocator_for(),  # what `trafficcast train` restarted under
+    }
     epoch = re.search(r"dcrnn epoch 1/1: .*?, ([0-9.]+) s", proc.stderr)
     windows = re.search(r"windows train/val/test (\d+)/", proc.stderr)
     if epoch:

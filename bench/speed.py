@@ -11,7 +11,9 @@ Figures (``{"metric": ..., "value": ..., ...}``):
 ``matmul_peak_gflops`` (fp32 2048^3; bf16 1024^3, to show whether this CPU has bf16 matmul
 hardware), ``train_windows_per_s``, ``fraction_of_peak`` (the weight
 matmuls' FLOPs of a training step / its time / the measured peak), ``forecast_ms_batch1`` (median of 100),
-``forecast_s_batch64``, ``peak_rss_gb`` (this process, after the training steps).
+``forecast_s_batch64``, ``peak_rss_gb`` (this process, after the training steps). Each line
+names the ``allocator``: the script restarts itself under tcmalloc as the trafficcast commands do
+(``TRAFFICCAST_ALLOCATOR=system`` measures glibc's).
 Timings on a shared machine are noisy: compare figures from one run, as ratios.
 """
 
@@ -30,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.allocator import allocator_for, restart_with_preferred_allocator  # noqa: E402
 from data import make_synthetic, sample_adjacency_pkl_path  # noqa: E402
 from graph import (  # noqa: E402
     build_adjacency,
@@ -99,10 +102,12 @@ def main() -> None:
         "--compile", action="store_true", help="run the model under torch.compile (inductor)"
     )
     args = parser.parse_args()
+    # the allocator the trafficcast commands pick (app/allocator.py): tcmalloc where installed
+    restart_with_preferred_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    common = {"threads": torch.get_num_threads(), "dtype": "fp32"}
+    common = {"threads": torch.get_num_threads(), "dtype": "fp32", "allocator": allocator_for()}
 
     peak = matmul_peak_gflops()
     emit("matmul_peak_gflops", peak, **common)

@@ -19,6 +19,7 @@ from app.allocator import (
     ENV_RESTARTED,
     ENV_SETTING,
     AllocatorError,
+    allocator_for,
     find_tcmalloc,
     preloaded_allocator,
     restart_plan,
@@ -80,6 +81,13 @@ def test_preloaded_allocator_reads_ld_preload():
     assert preloaded_allocator({"LD_PRELOAD": "/x/libtcmalloc.so.4"}) == "tcmalloc"
     assert preloaded_allocator({"LD_PRELOAD": ""}) is None
     assert preloaded_allocator({}) is None
+
+
+def test_allocator_for_reports_what_a_heavy_command_would_run_under():
+    assert allocator_for({"LD_PRELOAD": "/x/libjemalloc.so.2"}) == "jemalloc"
+    assert allocator_for({ENV_SETTING: "system"}) == "system"
+    expected = "tcmalloc" if find_tcmalloc() and sys.platform.startswith("linux") else "system"
+    assert allocator_for({}) == expected
 
 
 def test_a_bad_setting_is_a_one_line_cli_error(tmp_path):
