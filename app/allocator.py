@@ -106,9 +106,13 @@ def allocator_for(env: Mapping[str, str] | None = None) -> str:
     preloaded = preloaded_allocator(env)
     if preloaded:
         return preloaded
+    return "system" if _plan_here(env) is None else "tcmalloc"
+
+
+def _plan_here(env: Mapping[str, str]) -> dict[str, str] | None:
+    """:func:`restart_plan` with this machine's platform and tcmalloc library."""
     on_linux = sys.platform.startswith("linux")
-    plan = restart_plan(env, library=find_tcmalloc() if on_linux else None)
-    return "system" if plan is None else "tcmalloc"
+    return restart_plan(env, library=find_tcmalloc() if on_linux else None)
 
 
 def restart_with_preferred_allocator() -> None:
@@ -118,8 +122,7 @@ def restart_with_preferred_allocator() -> None:
     ``execve`` keeps the PID (process supervisors, ``torchrun`` and signals see the same
     process) and re-runs the interpreter with the original command line.
     """
-    env = dict(os.environ)
-    plan = restart_plan(env, library=find_tcmalloc() if sys.platform.startswith("linux") else None)
+    plan = _plan_here(os.environ)
     if plan is None:
         return
     sys.stdout.flush()

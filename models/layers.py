@@ -381,12 +381,8 @@ def diffusion_conv(
         base = base.reshape(rows, weight.shape[1])  # (N·*, O), a view where the strides allow
     grad_inputs = (x0, weight, base) if gate is None else (source, gate, weight, base)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in grad_inputs):
-        if gate is None:
-            out = _DiffusionConv.apply(x0, weight, base, supports, max_diffusion_step, rows)
-        else:
-            out = _DiffusionConv.apply(
-                x0, weight, base, supports, max_diffusion_step, rows, source, gate
-            )
+        kept = None if gate is None else source  # with a gate, backward rebuilds x0 from these
+        out = _DiffusionConv.apply(x0, weight, base, supports, max_diffusion_step, rows, kept, gate)
     else:  # inference: the same arithmetic without the autograd bookkeeping
         out = _conv_forward(x0, weight, base, supports, max_diffusion_step, rows)
     return out.view(*lead, weight.shape[1])
