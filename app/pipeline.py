@@ -362,6 +362,8 @@ def build_dcrnn(
         "seq_len": m.seq_len,
         "horizon": m.horizon,
     }
+    if m.node_embedding_dim:  # absent from the kwargs when off: older readers still load them
+        kwargs["node_embedding_dim"] = m.node_embedding_dim
     return DCRNN(supports=supports, **kwargs), kwargs
 
 

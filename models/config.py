@@ -47,6 +47,9 @@ class ModelConfig:
     filter_type: str = "dual_random_walk"
     use_curriculum_learning: bool = True
     cl_decay_steps: int = 2000
+    # Not in the paper: a learned vector per sensor appended to every input (0 = off, the paper's
+    # model). See models.dcrnn.DCRNN.
+    node_embedding_dim: int = 0
     output_dim: int = 1
     # Derived from the data; accepted so that DCRNN's files load, checked against the data.
     input_dim: int | None = None
@@ -167,6 +170,13 @@ class RunConfig:
         )
         _check(
             m.cl_decay_steps > 0, source, "model.cl_decay_steps", m.cl_decay_steps, "must be > 0"
+        )
+        _check(
+            0 <= m.node_embedding_dim <= 256,
+            source,
+            "model.node_embedding_dim",
+            m.node_embedding_dim,
+            "must be between 0 and 256",
         )
         _check(m.output_dim == 1, source, "model.output_dim", m.output_dim, "only 1 is supported")
         _check(m.l1_decay == 0, source, "model.l1_decay", m.l1_decay, "is not supported (use 0)")

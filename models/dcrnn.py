@@ -17,9 +17,22 @@ unseeded ``np.random``), all parameters are created in ``__init__`` (the origina
 the first forward, so the optimizer had to be rebuilt after the first batch and its learning-rate
 schedule never applied), and the supports are buffers that move with ``.to()`` and are saved in
 the ``state_dict``.
+
+One addition, off by default: ``node_embedding_dim = d > 0`` gives every sensor a learned vector of
+``d`` values, appended to the input of the first encoder and first decoder layer at every step (as
+if it were ``d`` more input features that never change). The paper's cells share all weights
+across sensors, so a sensor is known only through its own and its neighbours' recent speeds;
+that cannot tell apart two free-flowing sensors of which one jams every weekday at 7:00. Trained
+on months of data the shared dynamics outweigh this; on a week the recurring, sensor-specific
+rush hours dominate the 60-minute error. Because the diffusion convolution is linear in its
+input, the vector's contribution is one ``(N, 3H)`` term per cell, computed once per forward
+(not re-diffused at each step); the model is exactly the one with the vectors concatenated to
+the input (a test checks this).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -59,6 +72,7 @@ class DCRNN(nn.Module):
         num_layers: stacked DCGRU layers (``num_rnn_layers``).
         max_diffusion_step: K.
         seq_len: input steps; horizon: output steps.
+        node_embedding_dim: length of the learned per-sensor vector (0: none, the paper's model).
 
     Shapes:
         x: ``(B, seq_len, N, input_dim)`` scaled inputs.
@@ -78,6 +92,7 @@ class DCRNN(nn.Module):
         max_diffusion_step: int = 2,
         seq_len: int = 12,
         horizon: int = 12,
+        node_embedding_dim: int = 0,
     ) -> None:
         super().__init__()
         self.num_nodes = num_nodes
@@ -88,6 +103,7 @@ class DCRNN(nn.Module):
         self.max_diffusion_step = max_diffusion_step
         self.seq_len = seq_len
         self.horizon = horizon
+        self.node_embedding_dim = node_embedding_dim
         supports = list(supports or []) if max_diffusion_step > 0 else []
         self.num_supports = len(supports)
         for i, support in enumerate(supports):
@@ -118,12 +134,47 @@ class DCRNN(nn.Module):
             for i in range(num_layers)
         )
         self.projection = nn.Linear(hidden_dim, output_dim)
+        if node_embedding_dim > 0:
+            m = num_diffusion_terms(self.num_supports, max_diffusion_step)
+            d, three_h = node_embedding_dim, 3 * hidden_dim
+            self.node_embedding = nn.Parameter(torch.empty(num_nodes, d))
+            # the rows the first layers' input weights would have for the vector, term by term
+            self.encoder_embedding_weight = nn.Parameter(torch.empty(m * d, three_h))
+            self.decoder_embedding_weight = nn.Parameter(torch.empty(m * d, three_h))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         for cell in (*self.encoder_cells, *self.decoder_cells):
             cell.reset_parameters()
         self.projection.reset_parameters()
+        if self.node_embedding_dim > 0:
+            with torch.no_grad():
+                self.node_embedding.normal_(0.0, 1.0)  # on the scale of the scaled inputs
+                for weight, cell in (
+                    (self.encoder_embedding_weight, self.encoder_cells[0]),
+                    (self.decoder_embedding_weight, self.decoder_cells[0]),
+                ):
+                    # the standard deviations of the cell's own input weight, gates and candidate
+                    hidden = self.hidden_dim
+                    fan_in = cell.num_terms * (cell.input_dim + self.node_embedding_dim + hidden)
+                    weight[:, : 2 * hidden].normal_(0.0, math.sqrt(2.0 / (fan_in + 2 * hidden)))
+                    weight[:, 2 * hidden :].normal_(0.0, math.sqrt(2.0 / (fan_in + hidden)))
+
+    def _embedding_terms(
+        self, supports: Supports
+    ) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """The per-sensor vectors' contribution to the first encoder and decoder layers' r, u
+        and C: ``(N, 1, 3H)`` each (0.0 without vectors)."""
+        if self.node_embedding_dim == 0:
+            return 0.0, 0.0
+        k = self.max_diffusion_step
+        both = diffusion_conv(
+            self.node_embedding.unsqueeze(1),  # (N, 1, d): one "batch" of the constant vectors
+            supports,
+            k,
+            torch.cat([self.encoder_embedding_weight, self.decoder_embedding_weight], dim=1),
+        )  # (N, 1, 6H)
+        return both.chunk(2, dim=-1)
 
     @property
     def num_terms(self) -> int:
@@ -179,7 +230,10 @@ class DCRNN(nn.Module):
         fused: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
         # ---- encoder, step-major; layer 0's input contribution for all steps at once.
+        enc_embedding, dec_embedding = self._embedding_terms(supports)
         x_proj = enc[0].project_input(x.permute(2, 1, 0, 3), supports)  # (N, T, B, 3H)
+        if self.node_embedding_dim:
+            x_proj = x_proj + enc_embedding.unsqueeze(1)
         x_proj = x_proj.transpose(0, 1).contiguous().unbind(0)  # T x (N, B, 3H), plain views
         states: list[torch.Tensor | None] = [None] * layers
         h_gates: list[torch.Tensor | None] = [None] * layers
@@ -204,6 +258,8 @@ class DCRNN(nn.Module):
         outputs = []
         for t in range(self.horizon):
             layer_input = dec[0].project_input(decoder_input, supports)  # (N, B, 3H)
+            if self.node_embedding_dim:
+                layer_input = layer_input + dec_embedding
             last = t == self.horizon - 1
             for layer in range(layers):
                 h = dec[layer](layer_input, states[layer], supports, h_gates[layer])

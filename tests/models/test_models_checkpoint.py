@@ -151,3 +151,17 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     _saved(tmp_path)
     _saved(tmp_path)  # overwrite in place
     assert sorted(os.listdir(tmp_path)) == ["model.pt"]
+
+
+def test_dcrnn_with_per_sensor_vectors_round_trips_bit_identical(tmp_path):
+    model, kwargs = _dcrnn(2)
+    kwargs = {**kwargs, "node_embedding_dim": 4}
+    torch.manual_seed(0)
+    model = DCRNN(supports=model.supports(), **kwargs).eval()
+    payload = {"model_name": "dcrnn", "model_kwargs": kwargs, "state_dict": model.state_dict()}
+    save_checkpoint(tmp_path / "model.pt", payload)
+    rebuilt = build_model(load_checkpoint(tmp_path / "model.pt"))
+    assert rebuilt.node_embedding_dim == 4
+    assert torch.equal(rebuilt.node_embedding, model.node_embedding)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(_x()), model(_x()))

@@ -105,6 +105,7 @@ def test_unknown_keys_are_refused_by_name(raw, named):
         ("train", "base_lr", -1, "train.base_lr = -1.0"),
         ("model", "max_diffusion_step", -1, "model.max_diffusion_step = -1"),
         ("model", "num_rnn_layers", 0, "model.num_rnn_layers = 0"),
+        ("model", "node_embedding_dim", -1, "model.node_embedding_dim = -1"),
         ("train", "steps", [30, 20], "train.steps = [30, 20]"),
         ("data", "batch_size", 0, "data.batch_size = 0"),
         ("model", "rnn_units", "sixty-four", "model.rnn_units = 'sixty-four' must be an integer"),

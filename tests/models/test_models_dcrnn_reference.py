@@ -58,12 +58,16 @@ class ReferenceDCGRUCell(nn.Module):
         return u * h + (1.0 - u) * c
 
     @torch.no_grad()
-    def copy_from(self, cell) -> None:
-        """Interleave the optimised cell's input and hidden rows term by term."""
+    def copy_from(self, cell, embedding_weight: torch.Tensor | None = None) -> None:
+        """Interleave the optimised cell's input and hidden rows term by term; the rows of the
+        per-sensor vectors (``(M·d, 3H)``), when given, follow the input's in each term."""
         m, f, hidden = cell.num_terms, cell.input_dim, cell.hidden_dim
+        d = 0 if embedding_weight is None else embedding_weight.shape[0] // m
         gates, candidate = [], []
         for term in range(m):
             x_rows = cell.weight_input[term * f : (term + 1) * f]  # (F, 3H)
+            if d:
+                x_rows = torch.cat([x_rows, embedding_weight[term * d : (term + 1) * d]])
             h_rows = slice(term * hidden, (term + 1) * hidden)
             gates += [x_rows[:, : 2 * hidden], cell.weight_hidden_gates[h_rows]]
             candidate += [x_rows[:, 2 * hidden :], cell.weight_hidden_candidate[h_rows]]
@@ -83,30 +87,39 @@ class ReferenceDCRNN(nn.Module):
         self.hidden_dim, self.horizon, self.output_dim = hidden, model.horizon, model.output_dim
         self.encoder = nn.ModuleList()
         self.decoder = nn.ModuleList()
-        for optimised, cells in (
-            (model.encoder_cells, self.encoder),
-            (model.decoder_cells, self.decoder),
+        d = model.node_embedding_dim
+        # the per-sensor vectors, appended to the first layers' inputs as d constant features
+        self.embedding = model.node_embedding.detach().clone() if d else None
+        for optimised, cells, extra in (
+            (model.encoder_cells, self.encoder, "encoder_embedding_weight"),
+            (model.decoder_cells, self.decoder, "decoder_embedding_weight"),
         ):
-            for cell in optimised:
-                ref = ReferenceDCGRUCell(cell.input_dim, hidden, m, k)
-                ref.copy_from(cell)
+            for i, cell in enumerate(optimised):
+                first = d and i == 0
+                ref = ReferenceDCGRUCell(cell.input_dim + (d if first else 0), hidden, m, k)
+                ref.copy_from(cell, getattr(model, extra) if first else None)
                 cells.append(ref)
         self.projection = nn.Linear(hidden, model.output_dim)
         self.projection.load_state_dict(model.projection.state_dict())
+
+    def _with_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            return x
+        return torch.cat([x, self.embedding.expand(x.shape[0], -1, -1)], dim=-1)
 
     def forward(self, x: torch.Tensor, truth: torch.Tensor | None = None) -> torch.Tensor:
         """``truth`` given: the decoder is fed the ground truth at every step (teacher forcing)."""
         batch, seq_len, n, _ = x.shape
         h = [x.new_zeros(batch, n, self.hidden_dim) for _ in self.encoder]
         for t in range(seq_len):
-            layer_input = x[:, t]
+            layer_input = self._with_embedding(x[:, t])
             for i, cell in enumerate(self.encoder):
                 h[i] = cell(layer_input, h[i], self.supports)
                 layer_input = h[i]
         decoder_input = x.new_zeros(batch, n, self.output_dim)  # GO symbol
         outputs = []
         for t in range(self.horizon):
-            layer_input = decoder_input
+            layer_input = self._with_embedding(decoder_input)
             for i, cell in enumerate(self.decoder):
                 h[i] = cell(layer_input, h[i], self.supports)
                 layer_input = h[i]
@@ -124,7 +137,7 @@ def _random_graph(n: int, seed: int) -> np.ndarray:
     return adj
 
 
-def _models(filter_type: str, k: int, num_layers: int, seed: int = 0):
+def _models(filter_type: str, k: int, num_layers: int, seed: int = 0, embedding: int = 0):
     torch.manual_seed(seed)
     adj = _random_graph(6, seed)
     supports = compute_supports(adj, filter_type)
@@ -138,6 +151,7 @@ def _models(filter_type: str, k: int, num_layers: int, seed: int = 0):
         max_diffusion_step=k,
         seq_len=5,
         horizon=4,
+        node_embedding_dim=embedding,
     )
     # Non-trivial biases and projection, so a misplaced bias or gate column cannot hide.
     with torch.no_grad():
@@ -264,3 +278,34 @@ def test_optimised_dcrnn_gradients_equal_the_paper(filter_type, k, num_layers):
     torch.testing.assert_close(
         model.projection.weight.grad, reference.projection.weight.grad, rtol=1e-4, atol=1e-6
     )
+
+
+@pytest.mark.parametrize(("filter_type", "k"), [("dual_random_walk", 2), ("dual_random_walk", 0)])
+def test_per_sensor_vectors_equal_appending_them_to_every_input(filter_type, k):
+    # node_embedding_dim: the optimised model adds the vectors' diffused contribution once per
+    # forward; the reference appends them to the first layers' inputs at every step, encoder and
+    # decoder, and diffuses them there.
+    model, reference = _models(filter_type, k, 2, embedding=3)
+    x, y = _inputs()
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        expected = reference(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    # The vectors matter: different vectors, different forecasts.
+    with torch.no_grad():
+        model.node_embedding.mul_(-1.0)
+        assert (model(x) - out).abs().max() > 1e-3
+        model.node_embedding.mul_(-1.0)
+    # Their gradient reaches them (teacher forcing off) and equals the reference's.
+    ref_embedding = reference.embedding.requires_grad_(True)
+    (model(x) - y).abs().mean().backward()
+    (reference(x) - y).abs().mean().backward()
+    assert model.node_embedding.grad.abs().sum() > 0
+    torch.testing.assert_close(model.node_embedding.grad, ref_embedding.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_no_per_sensor_vectors_is_the_paper_model():
+    model, _ = _models("dual_random_walk", 2, 2)
+    assert model.node_embedding_dim == 0
+    assert not any("embedding" in name for name, _ in model.named_parameters())
