@@ -653,15 +653,28 @@ def _checkpoint_speeds(
     return speeds
 
 
-def evaluate_run(
+@dataclass
+class LoadedRun:
+    """A trained run ready to score: its checkpoint, the data prepared with the run's scaler,
+    windows of every split, and its models (DCRNN, FC-LSTM when trained) in eval mode."""
+
+    payload: dict[str, Any]
+    config: RunConfig
+    speeds: SpeedData
+    scaler: StandardScaler
+    prepared: PreparedData
+    source: WindowSource
+    models: dict[str, torch.nn.Module]
+
+
+def load_run(
     run_dir: str | Path,
     data: str | Path | None = None,
-    output: str | Path | None = None,
     speeds: SpeedData | None = None,
     device: torch.device | None = None,
-    plots: bool = True,
-) -> dict[str, Any]:
-    """Score the run's models and the baselines on the test split; write the report files."""
+) -> LoadedRun:
+    """Load a run directory's checkpoints and the data they are scored on (see
+    :func:`_checkpoint_speeds`); one-line :class:`CheckpointError` when the run is not there."""
     run_dir = Path(run_dir)
     model_path = run_dir / "model.pt"
     if not run_dir.is_dir():
@@ -679,10 +692,26 @@ def evaluate_run(
     source = WindowSource(
         prepared, {"train": 64, "val": 64, "test": config.data.test_batch_size}, device
     )
-    mean, std = scaler.mean, scaler.std
     models: dict[str, torch.nn.Module] = {"dcrnn": build_model(payload).to(device)}
     if (run_dir / "fc_lstm.pt").exists():
         models["fc_lstm"] = build_model(load_checkpoint(run_dir / "fc_lstm.pt")).to(device)
+    return LoadedRun(payload, config, speeds, scaler, prepared, source, models)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    output: str | Path | None = None,
+    speeds: SpeedData | None = None,
+    device: torch.device | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Score the run's models and the baselines on the test split; write the report files."""
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, data, speeds, device)
+    payload, config, speeds, prepared = run.payload, run.config, run.speeds, run.prepared
+    source, models = run.source, run.models
+    mean, std = run.scaler.mean, run.scaler.std
 
     horizon = prepared.horizon
     metrics = {

@@ -22,10 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from app.pipeline import WindowSource, _config_from_payload, prepare_data  # noqa: E402
-from data.io import read_speeds  # noqa: E402
-from data.scaler import StandardScaler  # noqa: E402
-from models.checkpoint import build_model, load_checkpoint  # noqa: E402
+from app.pipeline import load_run  # noqa: E402
 
 
 def main() -> None:
@@ -36,15 +33,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    payload = load_checkpoint(args.run / "model.pt")
-    config = _config_from_payload(payload)
-    speeds = read_speeds(args.data)
-    scaler = StandardScaler.from_state_dict(payload["scaler"])
-    prepared = prepare_data(speeds, config, scaler=scaler)
-    source = WindowSource(prepared, {"train": 64, "val": 64, "test": 64}, torch.device("cpu"))
-    models = {"dcrnn": build_model(payload)}
-    if (args.run / "fc_lstm.pt").exists():
-        models["fc_lstm"] = build_model(load_checkpoint(args.run / "fc_lstm.pt"))
+    run = load_run(args.run, args.data)
+    speeds, prepared, source, models = run.speeds, run.prepared, run.source, run.models
+    scaler = run.scaler
     last = prepared.horizon - 1
     hours = np.asarray(speeds.index.hour)
 

@@ -32,12 +32,16 @@ the input (a test checks this).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from models.layers import DCGRUCell, Supports, diffusion_conv, num_diffusion_terms
+from models.layers import (
+    DCGRUCell,
+    Supports,
+    diffusion_conv,
+    init_input_weight,
+    num_diffusion_terms,
+)
 
 
 def sparse_to_buffers(support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -154,24 +158,23 @@ class DCRNN(nn.Module):
                     (self.encoder_embedding_weight, self.encoder_cells[0]),
                     (self.decoder_embedding_weight, self.decoder_cells[0]),
                 ):
-                    # the standard deviations of the cell's own input weight, gates and candidate
-                    hidden = self.hidden_dim
-                    fan_in = cell.num_terms * (cell.input_dim + self.node_embedding_dim + hidden)
-                    weight[:, : 2 * hidden].normal_(0.0, math.sqrt(2.0 / (fan_in + 2 * hidden)))
-                    weight[:, 2 * hidden :].normal_(0.0, math.sqrt(2.0 / (fan_in + hidden)))
+                    # as the rows of the cell's input weight, were the vector part of its input
+                    init_input_weight(
+                        weight,
+                        cell.num_terms,
+                        cell.input_dim + self.node_embedding_dim,
+                        self.hidden_dim,
+                    )
 
-    def _embedding_terms(
-        self, supports: Supports
-    ) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    def _embedding_terms(self, supports: Supports) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The per-sensor vectors' contribution to the first encoder and decoder layers' r, u
-        and C: ``(N, 1, 3H)`` each (0.0 without vectors)."""
+        and C: ``(N, 1, 3H)`` each; None without vectors."""
         if self.node_embedding_dim == 0:
-            return 0.0, 0.0
-        k = self.max_diffusion_step
+            return None
         both = diffusion_conv(
             self.node_embedding.unsqueeze(1),  # (N, 1, d): one "batch" of the constant vectors
             supports,
-            k,
+            self.max_diffusion_step,
             torch.cat([self.encoder_embedding_weight, self.decoder_embedding_weight], dim=1),
         )  # (N, 1, 6H)
         return both.chunk(2, dim=-1)
@@ -230,10 +233,10 @@ class DCRNN(nn.Module):
         fused: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
         # ---- encoder, step-major; layer 0's input contribution for all steps at once.
-        enc_embedding, dec_embedding = self._embedding_terms(supports)
+        embedding = self._embedding_terms(supports)
         x_proj = enc[0].project_input(x.permute(2, 1, 0, 3), supports)  # (N, T, B, 3H)
-        if self.node_embedding_dim:
-            x_proj = x_proj + enc_embedding.unsqueeze(1)
+        if embedding is not None:
+            x_proj = x_proj + embedding[0].unsqueeze(1)
         x_proj = x_proj.transpose(0, 1).contiguous().unbind(0)  # T x (N, B, 3H), plain views
         states: list[torch.Tensor | None] = [None] * layers
         h_gates: list[torch.Tensor | None] = [None] * layers
@@ -258,8 +261,8 @@ class DCRNN(nn.Module):
         outputs = []
         for t in range(self.horizon):
             layer_input = dec[0].project_input(decoder_input, supports)  # (N, B, 3H)
-            if self.node_embedding_dim:
-                layer_input = layer_input + dec_embedding
+            if embedding is not None:
+                layer_input = layer_input + embedding[1]
             last = t == self.horizon - 1
             for layer in range(layers):
                 h = dec[layer](layer_input, states[layer], supports, h_gates[layer])

@@ -388,6 +388,24 @@ def diffusion_conv(
     return out.view(*lead, weight.shape[1])
 
 
+def _xavier_stds(num_terms: int, input_dim: int, hidden_dim: int) -> tuple[float, float]:
+    """Xavier-normal standard deviations of the gates' and the candidate's weight in the paper's
+    layout, ``(M·(F+H), 2H)`` and ``(M·(F+H), H)``."""
+    fan_in = num_terms * (input_dim + hidden_dim)
+    return math.sqrt(2.0 / (fan_in + 2 * hidden_dim)), math.sqrt(2.0 / (fan_in + hidden_dim))
+
+
+@torch.no_grad()
+def init_input_weight(
+    weight: torch.Tensor, num_terms: int, input_dim: int, hidden_dim: int
+) -> None:
+    """Fill rows of a cell's input weight ``(·, 3H)``, columns ``[r | u | C]``, as the cell's
+    initialiser does for a cell with ``input_dim`` input features."""
+    gate_std, candidate_std = _xavier_stds(num_terms, input_dim, hidden_dim)
+    weight[:, : 2 * hidden_dim].normal_(0.0, gate_std)
+    weight[:, 2 * hidden_dim :].normal_(0.0, candidate_std)
+
+
 class DCGRUCell(nn.Module):
     """A diffusion-convolutional GRU cell (Li et al. 2018, Eq. 3).
 
@@ -435,13 +453,10 @@ class DCGRUCell(nn.Module):
         # Xavier-normal over the full concatenated weight, as the original initialiser.
         # The gates' weight is (M·(F+H), 2H) and the candidate's (M·(F+H), H) in the paper's
         # layout; each of our blocks takes the standard deviation of the weight it is part of.
-        fan_in = self.num_terms * (self.input_dim + self.hidden_dim)
         hidden = self.hidden_dim
-        gate_std = math.sqrt(2.0 / (fan_in + 2 * hidden))
-        candidate_std = math.sqrt(2.0 / (fan_in + hidden))
+        gate_std, candidate_std = _xavier_stds(self.num_terms, self.input_dim, hidden)
         with torch.no_grad():
-            self.weight_input[:, : 2 * hidden].normal_(0.0, gate_std)
-            self.weight_input[:, 2 * hidden :].normal_(0.0, candidate_std)
+            init_input_weight(self.weight_input, self.num_terms, self.input_dim, hidden)
             self.weight_hidden_gates.normal_(0.0, gate_std)
             self.weight_hidden_candidate.normal_(0.0, candidate_std)
             self.bias[: 2 * self.hidden_dim].fill_(self.gate_bias_start)
