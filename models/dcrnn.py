@@ -234,10 +234,10 @@ class DCRNN(nn.Module):
 
         # ---- encoder, step-major; layer 0's input contribution for all steps at once.
         embedding = self._embedding_terms(supports)
-        x_proj = enc[0].project_input(x.permute(2, 1, 0, 3), supports)  # (N, T, B, 3H)
+        x_proj = enc[0].project_input_steps(x.permute(2, 1, 0, 3), supports)  # (T, N, B, 3H)
         if embedding is not None:
-            x_proj = x_proj + embedding[0].unsqueeze(1)
-        x_proj = x_proj.transpose(0, 1).contiguous().unbind(0)  # T x (N, B, 3H), plain views
+            x_proj = x_proj + embedding[0]  # (N, 1, 3H) for every step and window
+        x_proj = x_proj.unbind(0)  # T x (N, B, 3H), contiguous views
         states: list[torch.Tensor | None] = [None] * layers
         h_gates: list[torch.Tensor | None] = [None] * layers
         for t in range(seq_len):

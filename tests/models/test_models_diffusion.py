@@ -35,7 +35,7 @@ import pytest
 import torch
 
 from graph import compute_supports, to_torch_sparse_csr
-from models.layers import Supports, diffuse, diffusion_conv
+from models.layers import DCGRUCell, Supports, diffuse, diffusion_conv
 
 W = np.array([[0.0, 3.5, 0.5], [1.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
 
@@ -139,7 +139,8 @@ def test_gradient_flows_through_the_sparse_matmul():
     assert x_sparse.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("out_dim", [3, 9])  # 3 < 2F: the gradient walks; 9 >= 2F: recomputation
+# 3 < 2F: the gradient walks; 9 >= 2F: recomputation; 24 >= 2·M·F: a narrow input, stacked terms
+@pytest.mark.parametrize("out_dim", [3, 9, 24])
 @pytest.mark.parametrize("filter_type", ["random_walk", "dual_random_walk", "laplacian"])
 @pytest.mark.parametrize("base_kind", ["none", "bias", "tensor"])
 def test_diffusion_conv_equals_diffuse_then_matmul(out_dim, filter_type, base_kind):
@@ -207,3 +208,26 @@ def test_gated_diffusion_conv_refuses_a_gate_of_another_shape():
         diffusion_conv(
             torch.ones(3, 4, 2), supports, 1, torch.ones(3 * 2, 1), gate=torch.ones(3, 4, 1)
         )
+
+
+# a narrow input (stacked terms) and a wide one (the output transposed)
+@pytest.mark.parametrize("input_dim", [2, 40])
+def test_project_input_steps_is_project_input_step_major(input_dim):
+    # The encoder's projection of all steps at once, laid out (T, N, B, 3H), must be the
+    # per-step projection, values and gradients.
+    torch.manual_seed(0)
+    supports = Supports([s.to(torch.float64) for s in _supports("dual_random_walk")])
+    cell = DCGRUCell(input_dim, 8, len(supports), 2).to(torch.float64)
+    x = torch.randn(3, 5, 4, input_dim, dtype=torch.float64)  # (N, T, B, F)
+    steps = cell.project_input_steps(x, supports)
+    plain = cell.project_input(x, supports).transpose(0, 1)
+    assert steps.shape == (5, 3, 4, 24) and steps.is_contiguous()
+    torch.testing.assert_close(steps, plain, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(steps)
+    params = [cell.weight_input, cell.bias]
+    for got, want in zip(
+        torch.autograd.grad(steps, params, upstream),
+        torch.autograd.grad(plain, params, upstream),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
