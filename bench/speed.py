@@ -130,6 +130,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         out = run(x, y, 0.5)
         (out - y).abs().mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)  # as the trainer (paper: 5)
         optimizer.step()
 
     start = time.perf_counter()
