@@ -6,12 +6,15 @@ Not a test. Examples::
     python bench/speed.py --sensors 1000       # a synthetic graph of 1,000 sensors
     python bench/speed.py --threads 1 --steps 3
     python bench/speed.py --compile            # the same model under torch.compile
+    python bench/speed.py --profile            # and where a training step's time goes
 
 Figures (``{"metric": ..., "value": ..., ...}``):
 ``matmul_peak_gflops`` (fp32 2048^3; bf16 1024^3, to show whether this CPU has bf16 matmul
 hardware), ``train_windows_per_s``, ``fraction_of_peak`` (the weight
 matmuls' FLOPs of a training step / its time / the measured peak), ``forecast_ms_batch1`` (median of 100),
-``forecast_s_batch64``, ``peak_rss_gb`` (this process, after the training steps). Each line
+``forecast_s_batch64``, ``peak_rss_gb`` (this process, after the training steps); with
+``--profile`` also ``time_share`` by kind of operation and ``dense_matmul_gflops`` for one
+training step (see :func:`profile_step`). Each line
 names the ``allocator``: the script restarts itself under tcmalloc as the trafficcast commands do
 (``TRAFFICCAST_ALLOCATOR=system`` measures glibc's).
 Timings on a shared machine are noisy: compare figures from one run, as ratios.
@@ -90,6 +93,55 @@ def weight_matmul_flops(model: DCRNN, batch: int) -> float:
     return 3 * forward
 
 
+_ELEMENTWISE = {
+    "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "sigmoid", "tanh",
+    "lerp", "lerp_", "sigmoid_backward", "tanh_backward", "abs", "sgn", "mean", "sum", "fill_",
+    "zero_", "neg", "sqrt", "addcmul_", "addcdiv_", "norm", "linalg_vector_norm", "clamp",
+    "_foreach_add_", "_foreach_mul_", "_foreach_addcmul_", "_foreach_addcdiv_", "_foreach_sqrt",
+    "_foreach_div_", "_foreach_lerp_", "_foreach_norm", "_foreach_mul", "_foreach_add",
+    "_foreach_sqrt_", "_foreach_neg", "_foreach_maximum_",
+}  # fmt: skip
+_COPIES = {"cat", "copy_", "stack", "clone", "contiguous", "index_select", "index"}
+
+
+def profile_step(step, model: DCRNN, flops: float, common: dict) -> None:
+    """Profile one training step and print its self CPU time by kind of operation.
+
+    ``time_share`` lines: ``dense_matmul`` (the weight matmuls), ``sparse_matmul`` (the graph
+    walks: a matmul whose first operand is ``(S·N, N)``, ``(S·N, S·N)`` or ``(N, S·N)``),
+    ``elementwise`` (activations, the GRU update, sums, the optimizer), ``copy`` (cat, copies),
+    ``other`` (views, allocation, autograd and Python-side bookkeeping the profiler sees); and
+    ``dense_matmul_gflops``: the counted FLOPs over the dense matmuls' time alone.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    n, s = model.num_nodes, model.num_supports
+    graph_shapes = {(s * n, n), (s * n, s * n), (n, s * n), (n, n)}
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    totals = {"dense_matmul": 0.0, "sparse_matmul": 0.0, "elementwise": 0.0, "copy": 0.0}
+    other = 0.0
+    for event in prof.key_averages(group_by_input_shape=True):
+        name = event.key.removeprefix("aten::")
+        micros = event.self_cpu_time_total
+        if name in ("mm", "addmm", "addmm_"):
+            mats = [tuple(x) for x in event.input_shapes if isinstance(x, list) and len(x) == 2]
+            first = mats[0] if name == "mm" else (mats[1] if len(mats) > 1 else ())
+            kind = "sparse_matmul" if first in graph_shapes else "dense_matmul"
+        elif name in _ELEMENTWISE:
+            kind = "elementwise"
+        elif name in _COPIES:
+            kind = "copy"
+        else:
+            other += micros
+            continue
+        totals[kind] += micros
+    total = sum(totals.values()) + other
+    for kind, micros in (*totals.items(), ("other", other)):
+        emit("time_share", micros / total, category=kind, **common)
+    emit("dense_matmul_gflops", flops / (totals["dense_matmul"] / 1e6) / 1e9, **common)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -100,6 +152,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--compile", action="store_true", help="run the model under torch.compile (inductor)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one training step: where its time goes (time_share lines)",
     )
     args = parser.parse_args()
     # the allocator the trafficcast commands pick (app/allocator.py): tcmalloc where installed
@@ -152,6 +209,8 @@ def main() -> None:
         **common,
     )
     emit("peak_rss_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, **common)
+    if args.profile:
+        profile_step(step, model, flops, common)
 
     model.eval()
     with torch.inference_mode():
