@@ -368,7 +368,7 @@ def diffusion_conv(
     n = x.shape[0]
     lead = x.shape[:-1]
     rows = x[..., 0].numel()
-    if gate is None and _narrow_input(x.shape[-1], weight):
+    if gate is None and _narrow_input(weight):
         return _stacked_conv(x, supports, max_diffusion_step, weight, base).view(
             *lead, weight.shape[1]
         )
@@ -392,10 +392,10 @@ def diffusion_conv(
     return out.view(*lead, weight.shape[1])
 
 
-def _narrow_input(features: int, weight: torch.Tensor) -> bool:
-    """Whether the stacked terms of an input of ``features`` features are small next to the
-    output (``M·F`` at most half of ``O`` per row): the model's own inputs (speed and time
-    features, the decoder's fed-back prediction), not the hidden states."""
+def _narrow_input(weight: torch.Tensor) -> bool:
+    """Whether a convolution with this ``(M·F, O)`` weight has a narrow input: its stacked terms
+    (``M·F`` values a row) at most half the output (``O``). The model's own inputs (speed and
+    time features, the decoder's fed-back prediction) are; the hidden states are not."""
     return 2 * weight.shape[0] <= weight.shape[1]
 
 
@@ -508,7 +508,7 @@ class DCGRUCell(nn.Module):
         (``3H`` values a row) is transposed after it.
         """
         k = self.max_diffusion_step
-        if not _narrow_input(x.shape[-1], self.weight_input):
+        if not _narrow_input(self.weight_input):
             return self.project_input(x, supports).transpose(0, 1).contiguous()
         terms = diffuse(x, supports, k).transpose(0, 1)  # (T, N, B, M·F)
         terms = terms.reshape(-1, terms.shape[-1])  # step-major rows: one small copy
