@@ -30,13 +30,14 @@ import logging
 import resource
 import statistics
 import sys
-import time
 import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from speed import timings  # noqa: E402  (bench/speed.py, beside this script)
 
 from app.allocator import allocator_for, restart_with_preferred_allocator  # noqa: E402
 from data import sample_adjacency_pkl_path  # noqa: E402
@@ -129,30 +130,17 @@ def main() -> None:
         state["optimizer"].step()
 
     step()  # warm-up; creates the weights and the optimizer
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    emit("train_windows_per_s", args.batch / statistics.median(times), batch=args.batch)
+    step_s = statistics.median(timings(step, args.steps))
+    emit("train_windows_per_s", args.batch / step_s, batch=args.batch)
 
     model.eval()
     with torch.no_grad():
         one = x[:, :1]
         model(one)
-        latency = []
-        for _ in range(30):
-            start = time.perf_counter()
-            model(one)
-            latency.append(time.perf_counter() - start)
-        emit("forecast_ms_batch1", 1000 * statistics.median(latency))
+        emit("forecast_ms_batch1", 1000 * statistics.median(timings(lambda: model(one), 30)))
         model(x)
-        batch_times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            model(x)
-            batch_times.append(time.perf_counter() - start)
-        emit("forecast_s_batch64", statistics.median(batch_times), batch=args.batch)
+        batch_s = statistics.median(timings(lambda: model(x), 3))
+        emit("forecast_s_batch64", batch_s, batch=args.batch)
     emit("peak_rss_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)
 
 

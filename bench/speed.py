@@ -60,16 +60,21 @@ def emit(metric: str, value: float, **extra) -> None:
     print(json.dumps({"metric": metric, "value": round(float(value), 4), **extra}), flush=True)
 
 
+def timings(fn, repeats: int) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``fn`` (warm it up first)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
     a = torch.randn(size, size, dtype=dtype)
     b = torch.randn(size, size, dtype=dtype)
     a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / min(times) / 1e9
+    return 2 * size**3 / min(timings(lambda: a @ b, repeats)) / 1e9
 
 
 def weight_matmul_flops(model: DCRNN, batch: int) -> float:
@@ -194,12 +199,7 @@ def main() -> None:
     step()  # warm-up (and compilation)
     if args.compile:
         emit("compile_s_train", time.perf_counter() - start, **common)
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
+    step_s = statistics.median(timings(step, args.steps))
     emit("train_windows_per_s", args.batch / step_s, batch=args.batch, **common)
     flops = weight_matmul_flops(model, args.batch)
     emit(
@@ -219,19 +219,11 @@ def main() -> None:
         run(one)
         if args.compile:
             emit("compile_s_forecast", time.perf_counter() - start, **common)
-        lat = []
-        for _ in range(100):
-            start = time.perf_counter()
-            run(one)
-            lat.append(time.perf_counter() - start)
-        emit("forecast_ms_batch1", 1000 * statistics.median(lat), **common)
+        latency = statistics.median(timings(lambda: run(one), 100))
+        emit("forecast_ms_batch1", 1000 * latency, **common)
         run(x)
-        batch_times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            run(x)
-            batch_times.append(time.perf_counter() - start)
-        emit("forecast_s_batch64", statistics.median(batch_times), batch=args.batch, **common)
+        batch_s = statistics.median(timings(lambda: run(x), 3))
+        emit("forecast_s_batch64", batch_s, batch=args.batch, **common)
 
 
 if __name__ == "__main__":
