@@ -103,7 +103,3 @@ class Settings(BaseSettings):
     @property
     def serves_bundled_run(self) -> bool:
         return self.registry is None and self.run_dir.resolve() == BUNDLED_RUN_DIR.resolve()
-
-    @property
-    def writes_enabled(self) -> bool:
-        return bool(self.api_keys)
