@@ -1,12 +1,10 @@
 """Prometheus metrics of one app, in a registry of its own (tests build many apps per process).
 
-``MetricsMiddleware`` counts requests by route template (``/v1/forecast``, never the raw URL, so
-the label set stays bounded), method and status, and times them.
+No web framework here: the serving core counts with these metrics, and the service's
+``MetricsMiddleware`` (``app.service.middleware``) records the HTTP requests in them.
 """
 
 from __future__ import annotations
-
-import time
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,9 +15,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -103,36 +100,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class MetricsMiddleware:
-    """Pure ASGI middleware (no body buffering) recording every HTTP request."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            # The template, not the URL: /static/x.js and unknown paths must not explode labels.
-            template = getattr(route, "path", None) or "<unmatched>"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(route=template, method=method, status=str(status)).inc()
-            self.metrics.latency.labels(route=template, method=method).observe(
-                time.perf_counter() - started
-            )

@@ -6,7 +6,7 @@ import time
 
 from fastapi.testclient import TestClient
 
-import app.service
+import app.serving.core
 import app.settings
 from app.service import create_app
 from app.settings import Settings
@@ -25,7 +25,7 @@ def test_trains_the_bundled_run_on_first_start(tmp_path, monkeypatch) -> None:
     config.parent.mkdir()
     config.write_text(TINY_CONFIG)
     monkeypatch.setattr(app.settings, "BUNDLED_RUN_DIR", bundled)
-    monkeypatch.setattr(app.service, "BUNDLED_CONFIG", config)
+    monkeypatch.setattr(app.serving.core, "BUNDLED_CONFIG", config)
     settings = Settings(run_dir=bundled, observations_db=tmp_path / "obs.sqlite3")
     assert settings.serves_bundled_run and settings.seed_observations == "auto"
     with TestClient(create_app(settings)) as c:

@@ -1,0 +1,78 @@
+"""The forecast service: ``create_app(settings)`` builds the FastAPI app of interface.md.
+
+The routes (``app.service.routes``, one module per resource) reach the serving core
+(``app.serving``: the loaded model, the observation store, the forecast cache) through the
+dependencies in ``app.service.deps``. The app's lifespan starts the core: it loads the model (or,
+for the bundled run without a checkpoint, trains it in a background thread first: ``/readyz``
+answers 503 until then).
+
+Every error is JSON ``{"detail": "...", "field": ..., "value": ...}`` naming the problem
+(``app.service.errors``); a body over ``max_body_bytes`` is refused with 413 before it is parsed
+(``app.service.middleware``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.service.errors import add_error_handlers
+from app.service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.service.openapi import openapi_builder
+from app.service.routes import dashboard, forecasts, model, observations, probes
+from app.serving import Service
+from app.settings import Settings
+
+__all__ = ["app_from_env", "create_app", "lifespan"]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Run the serving core for the app's lifetime: model loaded (or training) before requests."""
+    service: Service = app.state.service
+    await service.start()
+    try:
+        yield
+    finally:
+        await service.stop()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service, configured by ``settings`` (``Settings()`` reads the environment)."""
+    settings = settings if settings is not None else Settings()
+    service = Service(settings)
+    app = FastAPI(
+        title="trafficcast",
+        summary="Traffic speed forecasts with DCRNN (Li et al., ICLR 2018)",
+        version=_package_version(),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    add_error_handlers(app)
+    # In this order the OpenAPI document lists the paths as it always has.
+    for routes in (probes, model, dashboard, forecasts, observations):
+        app.include_router(routes.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
+    # Order matters: the metrics see every response, the 413 included.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    app.openapi = openapi_builder(app, service)  # type: ignore[method-assign]
+    return app
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trafficcast")
+    except PackageNotFoundError:
+        return "0"
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory app.service:app_from_env``: settings from the environment."""
+    return create_app(Settings())

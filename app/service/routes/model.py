@@ -1,0 +1,56 @@
+"""The serving model and its sensors."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.schemas import ModelInfo, RegistryInfo, SensorInfo, SensorList
+from app.service.deps import ReadyService
+from app.service.errors import responses
+
+router = APIRouter(tags=["model"], responses=responses(503))
+
+
+@router.get("/v1/model", response_model=ModelInfo)
+async def model_info(service: ReadyService) -> ModelInfo:
+    """The serving model: version, training time, size, its test metrics; with a registry,
+    the registry version, and the last promoted version that could not be served."""
+    m = service.model
+    assert m is not None
+    f = m.forecaster
+    metrics = m.report.get("metrics") if m.report else None
+    registry = None
+    if service.settings.registry is not None:
+        registry = RegistryInfo(
+            path=str(service.settings.registry),
+            version=m.registry_version,
+            promoted_at=m.promoted_at,
+            reason=m.reason,
+            poll_s=service.settings.registry_poll_s,
+            checked_at=service.registry_checked_at,
+        )
+    return ModelInfo(
+        version=m.version,
+        trained_at=f.payload.get("trained_at"),
+        sensors=len(f.sensor_ids),
+        seq_len=f.seq_len,
+        horizon=f.horizon,
+        freq_minutes=f.freq_minutes,
+        metrics=metrics if isinstance(metrics, dict) else None,
+        training=f.payload.get("training"),
+        loaded_at=m.loaded_at,
+        registry=registry,
+        last_swap_error=service.swap_error,
+    )
+
+
+@router.get("/v1/sensors", response_model=SensorList)
+async def sensors(service: ReadyService) -> SensorList:
+    """The model's sensors, in its order, with coordinates when known."""
+    m = service.model
+    assert m is not None
+    out = []
+    for sid in m.forecaster.sensor_ids:
+        lat, lon = m.locations.get(sid, (None, None))
+        out.append(SensorInfo(id=sid, latitude=lat, longitude=lon))
+    return SensorList(sensors=out)

@@ -1,0 +1,25 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.schemas import Status
+from app.service.deps import ServiceDep
+from app.service.errors import ApiError, responses
+
+router = APIRouter(tags=["probes"])
+
+
+@router.get("/healthz", response_model=Status)
+async def healthz() -> Status:
+    """200 while the process runs."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", response_model=Status, responses=responses(503))
+async def readyz(service: ServiceDep) -> Status:
+    """200 once a model is loaded and can answer, else 503."""
+    if not service.ready:
+        raise ApiError(503, f"not ready: {service.status}", headers={"Retry-After": "5"})
+    return Status(status="ready")

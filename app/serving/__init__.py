@@ -1,0 +1,19 @@
+"""The serving core: loaded models, hot swap from a registry, micro-batched inference, the forecast
+cache and the observation store, without HTTP.
+
+Nothing here imports FastAPI or Starlette, so the core can be used and tested on its own;
+``app.service`` puts the REST API in front of it.
+"""
+
+from app.serving.core import CachedForecast, Service
+from app.serving.errors import NonFiniteForecast, NotEnoughData, ServingError
+from app.serving.loading import LoadedModel
+
+__all__ = [
+    "CachedForecast",
+    "LoadedModel",
+    "NonFiniteForecast",
+    "NotEnoughData",
+    "Service",
+    "ServingError",
+]

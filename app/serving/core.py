@@ -1,0 +1,438 @@
+"""The serving core's ``Service``: the model it serves, the store, the inference pool, the cache.
+
+Lifecycle: ``start()`` opens the observation store and the inference pool and loads the model —
+from a registry (then watched, and each newly promoted version swapped in), from ``run_dir``, or,
+for the bundled run without a checkpoint, by training it in a background thread first (the service
+is not ready until then); ``stop()`` undoes it. Inference runs in the pool, off the event loop;
+concurrent forecasts are micro-batched into one forward pass (``app.batching``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from app.batching import MicroBatcher
+from app.forecaster import Forecaster
+from app.observations import ObservationStore
+from app.registry import file_sha256, now_iso
+from app.schemas import SwapError
+from app.serving.errors import NonFiniteForecast, NotEnoughData
+from app.serving.loading import LoadedModel, read_locations, read_report, seed_store, smoke_test
+from app.settings import BUNDLED_CONFIG, Settings
+from app.telemetry import Metrics
+
+log = logging.getLogger("trafficcast.service")
+
+
+@dataclass
+class CachedForecast:
+    model: LoadedModel
+    generation: int
+    last_observation: pd.Timestamp
+    future: pd.DatetimeIndex
+    forecast: np.ndarray  # (H, N) in the model's sensor order
+    coverage: float
+    # Cache hits for the same (sensors, horizon) answer with the same bytes: serialising 207 x 12
+    # numbers is most of the cost of a cached read, so it is done once per query.
+    rendered: dict[tuple[tuple[str, ...], int], bytes] = field(default_factory=dict)
+
+
+class Service:
+    """The serving state the routes reach through the ``ServiceDep`` dependency: model, store,
+    cache, metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.model: LoadedModel | None = None
+        self.store: ObservationStore | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        self.cache: CachedForecast | None = None
+        self.cache_lock: asyncio.Lock | None = None
+        self.status = "starting"
+        self.load_error: str | None = None
+        self._trainer: threading.Thread | None = None
+        self._watcher: asyncio.Task | None = None
+        # Hot swap from a registry: the last failed version (not retried until the pointer moves
+        # on), why it failed, and when the pointer was last read.
+        self.swap_error: SwapError | None = None
+        self.failed_version: str | None = None
+        self.registry_checked_at: str | None = None
+        self._retired: set[asyncio.Task] = set()
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    @property
+    def forecaster(self) -> Forecaster | None:
+        return None if self.model is None else self.model.forecaster
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the store and the inference pool, then load the model: from the registry (and
+        watch it), else from ``run_dir``, else train the bundled run in the background.
+
+        Raises ``FileNotFoundError`` when there is no checkpoint and nothing to train.
+        """
+        self._open()
+        model_path = self._run_dir_checkpoint()
+        s = self.settings
+        if s.registry is not None:
+            await self._start_from_registry(model_path)
+        elif model_path.exists():
+            self.load()
+        elif s.serves_bundled_run and s.train_if_missing:
+            self._trainer = threading.Thread(
+                target=self.train_then_load, name="train-bundled", daemon=True
+            )
+            self._trainer.start()
+        else:
+            raise FileNotFoundError(2, "no model checkpoint", str(model_path))
+
+    def _open(self) -> None:
+        s = self.settings
+        if s.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(s.torch_threads)
+        self.store = ObservationStore(s.observations_db)
+        self.executor = ThreadPoolExecutor(s.inference_workers, thread_name_prefix="inference")
+        self.cache_lock = asyncio.Lock()
+
+    def _run_dir_checkpoint(self) -> Path:
+        run_dir = self.settings.run_dir
+        return run_dir / "model.pt" if run_dir.is_dir() else run_dir
+
+    async def _start_from_registry(self, model_path: Path) -> None:
+        """Serve the registry's current version and start the watcher that swaps in new ones."""
+        s = self.settings
+        try:
+            await self.check_registry()
+        except Exception as exc:  # not ready yet; the watcher keeps trying
+            self.status = f"cannot read the registry {s.registry}: {exc}"
+            log.warning(self.status)
+        loop = asyncio.get_running_loop()
+        if self.model is None and s.registry_fallback and model_path.exists():
+            # An empty registry (a fresh deployment): serve run_dir's model until the first
+            # version is promoted; the watcher swaps that in like any other.
+            log.warning(
+                "registry %s has no servable version yet; serving %s meanwhile",
+                s.registry,
+                model_path,
+            )
+            await loop.run_in_executor(None, self.load)
+        self._watcher = loop.create_task(self.watch_registry(), name="registry-watcher")
+
+    async def stop(self) -> None:
+        """Stop the registry watcher and the batchers, then close the pool and the store."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        for task in list(self._retired):
+            task.cancel()
+        if self.model is not None and self.model.batcher is not None:
+            await self.model.batcher.stop()
+        assert self.executor is not None and self.store is not None
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+
+    # ---- loading -----------------------------------------------------------------------
+    def build(self, source: Path, smoke: bool = False, **registry: Any) -> LoadedModel:
+        """Load a checkpoint with its report and locations (blocking; run off the event loop).
+
+        ``smoke``: also run one forecast on the latest stored window (or, with no stored data,
+        a window of the scaler's mean speed) and refuse a model whose forecast is not finite.
+        """
+        model_path = source / "model.pt" if source.is_dir() else source
+        forecaster = Forecaster.from_run(source)
+        if smoke:
+            smoke_test(forecaster, self.store)
+        return LoadedModel(
+            forecaster=forecaster,
+            version=file_sha256(model_path)[:16],
+            report=read_report(model_path.parent / "report.json"),
+            sensor_index={sid: k for k, sid in enumerate(forecaster.sensor_ids)},
+            locations=read_locations(forecaster.sensor_ids, self.settings.locations_path),
+            source=source,
+            loaded_at=now_iso(),
+            **registry,
+        )
+
+    def install(self, model: LoadedModel) -> LoadedModel | None:
+        """Make ``model`` the serving one (one reference assignment); returns the old one."""
+        f = model.forecaster
+        self.metrics.model_info.info(
+            {
+                "version": model.version,
+                "registry_version": model.registry_version or "",
+                "trained_at": str(f.payload.get("trained_at") or ""),
+                "sensors": str(len(f.sensor_ids)),
+                "seq_len": str(f.seq_len),
+                "horizon": str(f.horizon),
+                "freq_minutes": str(f.freq_minutes),
+                "run_dir": str(model.source),
+            }
+        )
+        old, self.model = self.model, model  # last: readiness flips when everything is in place
+        self.status = "ready"
+        self.metrics.ready.set(1)
+        return old
+
+    def load(self) -> None:
+        """Load the run directory's checkpoint, report, locations; seed the store (at startup)."""
+        model = self.build(self.settings.run_dir)
+        self.seed(model.forecaster)
+        self.install(model)
+
+    def _seed_path(self) -> Path | None:
+        seed = self.settings.seed_observations
+        if seed == "auto":
+            from data import sample_speeds_path
+
+            return sample_speeds_path() if self.settings.serves_bundled_run else None
+        return seed
+
+    def seed(self, forecaster: Forecaster) -> None:
+        """Fill an empty store with the last days of a speed file, so forecasts show at once."""
+        path = self._seed_path()
+        if path is None or self.store is None or self.store.count() > 0:
+            return
+        written = seed_store(self.store, forecaster, path, self.settings.seed_days)
+        self.metrics.observations.inc(written)
+
+    def train_then_load(self) -> None:
+        """First start without the bundled checkpoint: train it (with a progress bar), then load."""
+        from app.pipeline import load_config, train_run
+        from data import sample_adjacency_pkl_path, sample_speeds_path
+
+        try:
+            self.status = "training the bundled model (first start); see the server's log"
+            config = load_config(BUNDLED_CONFIG if BUNDLED_CONFIG.exists() else None)
+            train_run(
+                data=sample_speeds_path(),
+                output=self.settings.run_dir,
+                adjacency=sample_adjacency_pkl_path(),
+                config=config,
+                progress=True,
+            )
+            self.load()
+        except Exception as exc:  # readiness reports it; the process keeps answering /healthz
+            log.exception("training the bundled model failed")
+            self.load_error = f"training the bundled model failed: {exc}"
+            self.status = self.load_error
+
+    # ---- registry: hot swap ------------------------------------------------------------
+    async def check_registry(self) -> None:
+        """Swap to the registry's current version if it is a new one.
+
+        The version is verified against its manifest, loaded and smoke-tested off the event loop;
+        only then is the serving reference swapped. Requests already running keep the model they
+        started with. On failure the old model keeps serving, and ``/v1/model`` and the log say
+        why; that version is not retried until the pointer moves on.
+        """
+        from app.registry import Registry
+
+        assert self.settings.registry is not None
+        registry = Registry(self.settings.registry)
+        loop = asyncio.get_running_loop()
+        pointer = await loop.run_in_executor(None, registry.current)
+        self.registry_checked_at = now_iso()
+        if pointer is None:
+            if self.model is None:
+                self.status = (
+                    f"no version promoted in the registry {registry.root} yet "
+                    "(run `trafficcast retrain`)"
+                )
+            return
+        serving = self.model.registry_version if self.model is not None else None
+        if pointer.version in (serving, self.failed_version):
+            return
+        try:
+            model = await loop.run_in_executor(None, self._load_version, registry, pointer)
+        except Exception as exc:  # any failure: the old model keeps serving
+            self._swap_failed(pointer.version, exc, serving)
+            return
+        if self.model is None:
+            await loop.run_in_executor(None, self.seed, model.forecaster)
+        old = self.install(model)
+        self.failed_version = None
+        self.retire(old)
+        if old is not None:  # the first load is not a swap
+            self.metrics.swaps.labels(result="ok").inc()
+        log.info(
+            "now serving registry version %s (model %s; was %s)",
+            pointer.version,
+            model.version,
+            serving or "nothing",
+        )
+
+    def _swap_failed(self, version: str, exc: Exception, serving: str | None) -> None:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        self.failed_version = version
+        self.swap_error = SwapError(version=version, error=reason, at=now_iso())
+        self.metrics.swaps.labels(result="failed").inc()
+        if self.model is None:
+            self.status = f"registry version {version} cannot be served: {reason}"
+        log.error(
+            "swap to registry version %s failed; still serving %s: %s",
+            version,
+            serving or "nothing",
+            reason,
+        )
+
+    def _load_version(self, registry: Any, pointer: Any) -> LoadedModel:
+        problems = registry.verify_version(pointer.version)
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        return self.build(
+            registry.version_dir(pointer.version),
+            smoke=True,
+            registry_version=pointer.version,
+            promoted_at=pointer.promoted_at,
+            reason=pointer.reason,
+        )
+
+    async def watch_registry(self) -> None:
+        """Poll the registry pointer every ``registry_poll_s`` seconds; never gives up."""
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_s)
+            try:
+                await self.check_registry()
+            except Exception as exc:  # e.g. a pointer edited by hand: say so, keep polling
+                log.warning("cannot read the registry %s: %s", self.settings.registry, exc)
+
+    # ---- inference ---------------------------------------------------------------------
+    def _forward(self, model: LoadedModel, speeds: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+        """One forward pass. Shapes: ``(B, seq_len, N)``, ``(B, seq_len)`` -> ``(B, H, N)``."""
+        started = time.perf_counter()
+        out = model.forecaster.forecast_batch(speeds, stamps)
+        self.metrics.inference.observe(time.perf_counter() - started)
+        return out
+
+    def _batcher(self, model: LoadedModel) -> MicroBatcher | None:
+        """The model's own micro-batcher, started on first use (on the event loop): one per
+        model, so a batch never mixes windows of two models during a swap."""
+        s = self.settings
+        if s.microbatch_window_ms <= 0 or s.microbatch_max_size <= 1 or self.executor is None:
+            return None
+        if model.batcher is None and model is self.model:
+            model.batcher = MicroBatcher(
+                functools.partial(self._forward, model),
+                self.executor,
+                s.microbatch_window_ms,
+                s.microbatch_max_size,
+                on_batch=self.metrics.batch_size.observe,
+            )
+            model.batcher.start()
+        return model.batcher
+
+    def retire(self, model: LoadedModel | None) -> None:
+        """Let a swapped-out model's batcher finish its queued requests, then stop it."""
+        if model is not None and model.batcher is not None:
+            task = asyncio.get_running_loop().create_task(model.batcher.close())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def infer(
+        self, model: LoadedModel, speeds: np.ndarray, stamps: pd.DatetimeIndex
+    ) -> np.ndarray:
+        """Forecast one window with ``model`` off the event loop. Shapes: ``(seq_len, N)`` ->
+        ``(H, N)``. Raises :class:`NonFiniteForecast` if any value is NaN or infinite."""
+        times = np.asarray(stamps, dtype="datetime64[ns]")
+        batcher = self._batcher(model)
+        if batcher is not None and batcher.accepting:
+            out = await batcher.submit(speeds, times)
+        else:  # unbatched, or a request that began just before its model was swapped out
+            loop = asyncio.get_running_loop()
+            out = (
+                await loop.run_in_executor(
+                    self.executor, self._forward, model, speeds[None], times[None]
+                )
+            )[0]
+            self.metrics.batch_size.observe(1)
+        if not np.all(np.isfinite(out)):
+            raise NonFiniteForecast(
+                "the model gave a non-finite forecast for this input", field="speeds"
+            )
+        return out
+
+    async def stored_forecast(self, model: LoadedModel) -> tuple[CachedForecast, bool]:
+        """The forecast from the latest stored window, and whether it came from the cache:
+        computed once per store state and model, then cached.
+
+        Raises :class:`NotEnoughData` when nothing is stored, or when the window holds under
+        ``min_window_coverage`` of its readings or none at its last step.
+        """
+        assert self.store is not None and self.cache_lock is not None
+        f, store = model.forecaster, self.store
+        cached = self.cache
+        if cached is not None and cached.generation == store.generation and cached.model is model:
+            return cached, True
+        async with self.cache_lock:
+            generation = store.generation  # read before the data: a later write invalidates
+            cached = self.cache
+            if cached is not None and cached.generation == generation and cached.model is model:
+                return cached, True
+            latest = await asyncio.to_thread(store.latest_timestamp)
+            if latest is None:
+                raise NotEnoughData(
+                    "no observations stored yet: POST readings to /v1/observations first"
+                )
+            stamps, window = await asyncio.to_thread(
+                store.window, f.sensor_ids, latest, f.seq_len, f.freq_minutes
+            )
+            coverage = float(np.isfinite(window).mean())
+            need = self.settings.min_window_coverage
+            if coverage < need or not np.isfinite(window[-1]).any():
+                raise NotEnoughData(
+                    f"too little recent data: the {f.seq_len} steps ending {latest.isoformat()} "
+                    f"hold {coverage:.0%} of their readings, {need:.0%} needed; POST more "
+                    "readings to /v1/observations"
+                )
+            forecast = await self.infer(model, window, stamps)
+            self.cache = CachedForecast(
+                model, generation, latest, f.future_timestamps(latest), forecast, coverage
+            )
+            return self.cache, False
+
+    # ---- observations ------------------------------------------------------------------
+    async def record(
+        self, sensors: list[str], stamps: pd.DatetimeIndex, values: np.ndarray
+    ) -> tuple[int, pd.Timestamp | None]:
+        """Store readings (NaN: missing) off the event loop; returns the readings written and
+        the latest stored timestamp. Shapes: ``values`` ``(len(stamps), len(sensors))``."""
+        assert self.store is not None
+        written = await asyncio.to_thread(self.store.add, sensors, stamps, values)
+        self.metrics.observations.inc(written)
+        return written, await asyncio.to_thread(self.store.latest_timestamp)
+
+    async def history(
+        self, model: LoadedModel, sensor: str, steps: int
+    ) -> tuple[pd.DatetimeIndex, np.ndarray]:
+        """The stored readings of ``sensor`` in the ``steps`` steps of ``model``'s frequency that
+        end at the latest stored data. Shapes: ``(steps,)``, ``(steps, 1)`` (NaN: missing).
+
+        Raises :class:`NotEnoughData` when nothing is stored.
+        """
+        assert self.store is not None
+        latest = await asyncio.to_thread(self.store.latest_timestamp)
+        if latest is None:
+            raise NotEnoughData("no observations stored yet: POST readings to /v1/observations")
+        return await asyncio.to_thread(
+            self.store.window, [sensor], latest, steps, model.forecaster.freq_minutes
+        )
