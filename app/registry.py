@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from app.fsutil import atomic_write_json
+from graph.io import atomic_write, fsync_directory
 
 POINTER = "current.json"
 MANIFEST = "manifest.json"
@@ -78,14 +79,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_synced(src: Path, dst: Path, fault: str | None = None) -> None:
@@ -384,9 +377,9 @@ class Registry:
             "files": meta,
         }
         atomic_write_json(tmp / MANIFEST, body)
-        fsync_dir(tmp)
+        fsync_directory(tmp)
         os.rename(tmp, final)
-        fsync_dir(self.versions_dir)
+        fsync_directory(self.versions_dir)
         return final
 
     def set_current(self, version: str, reason: str) -> Pointer:
@@ -443,13 +436,11 @@ class Registry:
             os.rename(self.version_dir(version), trash)
             shutil.rmtree(trash, ignore_errors=True)
         if doomed:
-            fsync_dir(self.versions_dir)
+            fsync_directory(self.versions_dir)
         return doomed
 
 
 def _write_pointer(path: Path, pointer: Pointer) -> None:
-    from data.io import atomic_write
-
     text = (json.dumps(pointer.to_dict(), indent=2) + "\n").encode()
 
     def write(tmp: Path) -> None:

@@ -473,10 +473,9 @@ def _quiet(message: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename."""
+    """``torch.save`` through :func:`graph.io.atomic_write`, creating missing directories."""
     from graph.io import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
