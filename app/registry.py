@@ -257,12 +257,6 @@ class Registry:
             history=[h for h in history if isinstance(h, str)],
         )
 
-    def current_dir(self) -> tuple[str, Path] | None:
-        pointer = self.current()
-        if pointer is None:
-            return None
-        return pointer.version, self.version_dir(pointer.version)
-
     def verify_version(self, version: str, deep: bool = True) -> list[str]:
         """Problems with a version: missing manifest or files, sizes or (``deep``) hashes off."""
         directory = self.version_dir(version)
