@@ -38,7 +38,7 @@ from torch import nn
 
 from models.distributed import DistContext
 from models.errors import TrainingError
-from models.metrics import MaskedMetrics, masked_mae_loss
+from models.metrics import MaskedMetrics, masked_mae_loss, observed
 
 
 @dataclass
@@ -439,7 +439,7 @@ class Trainer:
             if batch.padding:
                 continue
             pred = self.inverse_transform(self.model(batch.x)[..., 0])
-            mask = batch.y_mask & (batch.y_raw != 0)
+            mask = observed(batch.y_raw, batch.y_mask)
             abs_sum += float((pred - batch.y_raw).abs()[mask].sum())
             n += float(mask.sum())
         if self.dist is not None:
