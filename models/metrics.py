@@ -26,6 +26,9 @@ def observed(y_raw: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
 def masked_mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute error over the targets that count (:func:`observed`); 0 if none does.
 
+    ``target`` is in data units, where a 0 means a missing reading: on scaled targets a 0 would
+    be a real value and would wrongly not count.
+
     Shapes: ``pred``, ``target``, ``mask`` broadcastable to one shape; returns a scalar.
     """
     counts = observed(target, mask)
