@@ -11,7 +11,7 @@ import argparse
 import sys
 import warnings
 
-from app.allocator import AllocatorError, restart_with_preferred_allocator
+from app.allocator import restart_with_preferred_allocator
 from app.commands import (
     data_cmd,
     graph_cmd,
@@ -20,33 +20,12 @@ from app.commands import (
     retrain_cmd,
     serve_cmd,
 )
+from app.commands.common import EXIT_USER_ERROR, describe, user_error_types
 
-EXIT_USER_ERROR = 2
 # Commands that train or run models restart once under tcmalloc (app/allocator.py).
 ALLOCATOR_COMMANDS = frozenset({"train", "evaluate", "predict", "serve", "retrain"})
 
 _COMMAND_MODULES = (graph_cmd, data_cmd, model_cmd, serve_cmd, retrain_cmd, registry_cmd)
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that mean the user gave us something wrong, not that we have a bug."""
-    from app.registry import RegistryError
-    from data.errors import DataInputError
-    from graph.errors import GraphInputError
-    from models.errors import CheckpointError, ConfigError, TrainingError
-
-    return (
-        AllocatorError,
-        DataInputError,
-        GraphInputError,
-        ConfigError,
-        CheckpointError,
-        TrainingError,
-        RegistryError,
-        FileNotFoundError,
-        IsADirectoryError,
-        PermissionError,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,14 +44,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename is not None:
-        reason = exc.strerror or str(exc)
-        return f"cannot open {exc.filename}: {reason}"
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())  # always one line
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -86,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except user_error_types() as exc:
-        print(f"error: {_describe(exc)}", file=sys.stderr)
+        print(f"error: {describe(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return int(result or 0)
 

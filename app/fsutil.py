@@ -1,7 +1,8 @@
 """Atomic file writes for run directories: a crash leaves the old file or the new one, never half.
 
-Built on :func:`data.io.atomic_write` (temporary file beside the target, fsync, rename, fsync of
-the directory), so the project has one implementation of the pattern per package layer.
+Thin wrappers over :func:`graph.io.atomic_write` (temporary file beside the target, fsync,
+rename, fsync of the directory), the project's one implementation of the pattern; unlike it,
+they create missing parent directories, as a run directory is built up file by file.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data.io import atomic_write
+from graph.io import atomic_write
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

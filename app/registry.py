@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from app.fsutil import atomic_write_json
+from graph.io import atomic_write, fsync_directory
 
 POINTER = "current.json"
 MANIFEST = "manifest.json"
@@ -78,14 +79,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_synced(src: Path, dst: Path, fault: str | None = None) -> None:
@@ -264,12 +257,6 @@ class Registry:
             history=[h for h in history if isinstance(h, str)],
         )
 
-    def current_dir(self) -> tuple[str, Path] | None:
-        pointer = self.current()
-        if pointer is None:
-            return None
-        return pointer.version, self.version_dir(pointer.version)
-
     def verify_version(self, version: str, deep: bool = True) -> list[str]:
         """Problems with a version: missing manifest or files, sizes or (``deep``) hashes off."""
         directory = self.version_dir(version)
@@ -384,9 +371,9 @@ class Registry:
             "files": meta,
         }
         atomic_write_json(tmp / MANIFEST, body)
-        fsync_dir(tmp)
+        fsync_directory(tmp)
         os.rename(tmp, final)
-        fsync_dir(self.versions_dir)
+        fsync_directory(self.versions_dir)
         return final
 
     def set_current(self, version: str, reason: str) -> Pointer:
@@ -443,13 +430,11 @@ class Registry:
             os.rename(self.version_dir(version), trash)
             shutil.rmtree(trash, ignore_errors=True)
         if doomed:
-            fsync_dir(self.versions_dir)
+            fsync_directory(self.versions_dir)
         return doomed
 
 
 def _write_pointer(path: Path, pointer: Pointer) -> None:
-    from data.io import atomic_write
-
     text = (json.dumps(pointer.to_dict(), indent=2) + "\n").encode()
 
     def write(tmp: Path) -> None:

@@ -18,9 +18,8 @@ import csv
 import datetime as dt
 import errno
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from data.errors import DataInputError, DataWarning
+from graph.io import atomic_write
 
-__all__ = ["SpeedData", "atomic_write", "read_speeds", "write_speeds"]
+__all__ = ["SpeedData", "read_speeds", "write_speeds"]
 
 _HDF_SUFFIXES = (".h5", ".hdf5")
 _SUFFIXES = (*_HDF_SUFFIXES, ".csv", ".parquet")
@@ -217,47 +217,6 @@ def write_speeds(data: SpeedData, path: str | os.PathLike) -> None:
         atomic_write(path, lambda tmp: frame.to_csv(tmp))
     else:
         atomic_write(path, lambda tmp: frame.to_parquet(tmp))
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it.
-
-    A reader never sees a half-written ``path``: either the old file or the complete new one.
-    The temporary file is removed if ``write`` fails.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    # mkstemp creates 0600; give the result the mode a plain open() would (0666 - umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform, so best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- loaders: each returns (raw index, raw values frame with str columns, what the index is) ---

@@ -34,7 +34,8 @@ from scipy import signal, sparse
 from scipy.sparse import csgraph
 
 from data.errors import DataInputError
-from data.io import SpeedData, atomic_write, write_speeds
+from data.io import SpeedData, write_speeds
+from graph.io import atomic_write
 
 __all__ = ["SyntheticDataset", "make_synthetic", "write_synthetic"]
 

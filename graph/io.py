@@ -2,20 +2,20 @@
 
 Sensor ids are strings everywhere: "773869" stays "773869" and "007" keeps its zeros, so every
 CSV is read with ``dtype=str`` and numbers are parsed only where a number is meant (``cost``).
-Writes are atomic (temp file in the same directory, fsync, ``os.replace``) so that a crash never
-leaves a half-written matrix where a good one used to be.
+Writes are atomic (:func:`atomic_write`) so that a crash never leaves a half-written matrix where
+a good one used to be. :func:`atomic_write` is the project's one implementation of the pattern:
+``data``, the checkpoints and the app's run directories and registry write through it too.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import io
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from graph.pickle_safe import load_dcrnn_adj_pkl
 
 __all__ = [
     "atomic_write",
+    "fsync_directory",
     "load_adjacency",
     "read_distances",
     "read_sensor_ids",
@@ -158,43 +159,83 @@ def read_distances(path: str | os.PathLike[str]) -> pd.DataFrame:
     ).astype({"from": str, "to": str})
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file beside ``path``; on success fsync it and ``os.replace`` it onto ``path``.
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
+    """Replace ``path`` by what ``write(tmp)`` puts in a temporary file, atomically and durably.
 
-    On an exception the temp file is removed and ``path`` is left untouched.
+    The temporary file lies beside ``path`` (same directory, so the rename cannot cross
+    filesystems); once ``write`` returns it is fsync'd, renamed onto ``path`` with
+    ``os.replace`` and the directory fsync'd, so that after a crash or power loss ``path`` holds
+    the old content or the new one, never a mix or nothing. If anything fails before the rename,
+    the temporary file is removed and ``path`` is untouched. The new file gets the permissions a
+    plain ``open()`` would give (``0o666 & ~umask``), not ``mkstemp``'s 0600.
+
+    ``write`` gets the temporary file's path, not an open handle, because some writers take
+    only a path (pandas' HDF writer).
 
     Raises:
-        GraphInputError: the directory of ``path`` does not exist.
+        FileNotFoundError: the directory of ``path`` does not exist (nothing is created).
     """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
+    path = Path(path)
+    directory = path.parent
     if not directory.is_dir():
-        raise GraphInputError(f"{target}: directory {directory} does not exist")
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+        raise FileNotFoundError(
+            errno.ENOENT, f"directory {directory} does not exist", os.fspath(path)
+        )
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
     try:
-        # mkstemp creates 0600; give the result the mode a plain open() would (0666 - umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
+        try:
+            # mkstemp creates 0600; give the result the mode a plain open() would (0666 - umask).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        finally:
+            os.close(fd)
+        write(tmp)
+        # fsync through a new descriptor: ``write`` may have written through its own, and the
+        # kernel flushes the file's data whichever descriptor asks.
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """fsync ``directory`` so that a rename or a new entry in it survives a power loss.
+
+    Best effort: a platform or filesystem that cannot open or fsync a directory is skipped.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _require_output_directory(path: str | os.PathLike[str]) -> None:
+    """A graph command's output in a missing directory is a user error naming both."""
+    directory = Path(path).parent
+    if not directory.is_dir():
+        raise GraphInputError(f"{os.fspath(path)}: directory {directory} does not exist")
 
 
 def write_distances(path: str | os.PathLike[str], distances: pd.DataFrame) -> None:
     """Write ``from,to,cost`` rows with a header, atomically (the format :func:`read_distances`
     reads back)."""
     frame = distances.loc[:, list(DISTANCE_COLUMNS)]
-    with atomic_write(path, "w") as handle:
-        # repr-precision floats: a round trip through the file changes no distance.
-        frame.to_csv(handle, index=False, lineterminator="\n", float_format=None)
+    _require_output_directory(path)
+    # repr-precision floats: a round trip through the file changes no distance.
+    atomic_write(
+        path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n", float_format=None)
+    )
 
 
 def save_adjacency(
@@ -228,8 +269,8 @@ def save_adjacency(
     buffer = io.BytesIO()
     # np.str_ array: '<U..' dtype, never object; an empty list still gets a unicode dtype.
     np.savez(buffer, sensor_ids=np.array(ids, dtype=np.str_), adj_mx=adj)
-    with atomic_write(target, "wb") as handle:
-        handle.write(buffer.getvalue())
+    _require_output_directory(target)
+    atomic_write(target, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def _load_npz(source: str) -> tuple[list[str], np.ndarray]:

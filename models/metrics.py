@@ -11,16 +11,36 @@ import math
 import torch
 
 
+def observed(y_raw: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
+    """Where a target counts: marked observed by ``y_mask``, not 0 and not NaN.
+
+    The one rule for the loss, the metrics and the training loop's MAE. METR-LA stores a
+    missing reading as 0, so a 0 target counts nowhere even where ``y_mask`` says observed
+    (DCRNN masks ``labels != 0``); a NaN target is missing whatever the mask says.
+
+    Shapes: ``y_raw`` and ``y_mask`` broadcastable to one shape; returns a bool tensor of it.
+    """
+    return y_mask.bool() & (y_raw != 0) & ~torch.isnan(y_raw)
+
+
 def masked_mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over the entries where ``mask`` is true (0 if none is).
+    """Mean absolute error over the targets that count (:func:`observed`); 0 if none does.
+
+    ``target`` is in data units, where a 0 means a missing reading: on scaled targets a 0 would
+    be a real value and would wrongly not count.
 
     Shapes: ``pred``, ``target``, ``mask`` broadcastable to one shape; returns a scalar.
     """
-    mask = mask.to(pred.dtype)
-    count = mask.sum()
+    counts = observed(target, mask)
+    weight = counts.to(pred.dtype)
+    count = weight.sum()
     if count == 0:
         return (pred * 0).sum()
-    return (torch.abs(pred - target) * mask).sum() / count
+    # A target that does not count is replaced, since a NaN target times 0 is still NaN; the
+    # error is multiplied by the weight, not selected, so that a NaN prediction anywhere still
+    # makes the loss NaN: that is how the training loop notices a diverged model.
+    target = torch.where(counts, target, 0.0)
+    return (torch.abs(pred - target) * weight).sum() / count
 
 
 class MaskedMetrics:
@@ -39,7 +59,7 @@ class MaskedMetrics:
     def update(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
         pred = pred.detach().to("cpu", torch.float64)
         target = target.detach().to("cpu", torch.float64)
-        mask = mask.detach().to("cpu").bool() & (target != 0)
+        mask = observed(target, mask.detach().to("cpu"))
         err = (pred - target).masked_fill(~mask, 0.0)
         safe_target = target.masked_fill(~mask, 1.0)
         self.abs_sum += err.abs().sum(dim=(0, 2))

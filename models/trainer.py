@@ -38,7 +38,7 @@ from torch import nn
 
 from models.distributed import DistContext
 from models.errors import TrainingError
-from models.metrics import MaskedMetrics, masked_mae_loss
+from models.metrics import MaskedMetrics, masked_mae_loss, observed
 
 
 @dataclass
@@ -439,7 +439,7 @@ class Trainer:
             if batch.padding:
                 continue
             pred = self.inverse_transform(self.model(batch.x)[..., 0])
-            mask = batch.y_mask & (batch.y_raw != 0)
+            mask = observed(batch.y_raw, batch.y_mask)
             abs_sum += float((pred - batch.y_raw).abs()[mask].sum())
             n += float(mask.sum())
         if self.dist is not None:
@@ -473,10 +473,9 @@ def _quiet(message: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename."""
+    """``torch.save`` through :func:`graph.io.atomic_write`, creating missing directories."""
     from graph.io import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from app.commands.retrain_cmd import registry_argument
+from app.commands.common import optional_path, registry_argument
 
 
 def register(subparsers) -> None:
@@ -137,14 +137,11 @@ def _verify(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from app.retrain import import_run
 
-    def path(value: str | None) -> Path | None:
-        return None if value is None else Path(value)
-
     version, promoted = import_run(
         Path(args.registry),
         Path(args.run),
-        path(args.distances),
-        path(args.adjacency),
+        optional_path(args.distances),
+        optional_path(args.adjacency),
         args.threshold,
         args.promote,
     )

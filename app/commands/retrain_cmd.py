@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-REGISTRY_ENV = "TRAFFICCAST_REGISTRY"
-
-
-def registry_argument(p: argparse.ArgumentParser) -> None:
-    default = os.environ.get(REGISTRY_ENV) or None
-    p.add_argument(
-        "--registry",
-        metavar="DIR",
-        default=default,
-        required=default is None,
-        help=f"the model registry directory (default: ${REGISTRY_ENV})",
-    )
+from app.commands.common import describe, optional_path, registry_argument, user_error_types
 
 
 def register(subparsers) -> None:
@@ -62,7 +50,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.cli import user_error_types
     from app.registry import Registry, RegistryBusy, now_iso
     from app.retrain import (
         EXIT_BAD_INPUT,
@@ -76,20 +63,17 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    def path(value: str | None) -> Path | None:
-        return None if value is None else Path(value)
-
     registry = Path(args.registry)
-    summary_path = path(args.summary)
+    summary_path = optional_path(args.summary)
     try:
         opts = RetrainOptions(
             registry=registry,
             data=Path(args.data),
-            observations=path(args.observations),
-            config=path(args.config),
+            observations=optional_path(args.observations),
+            config=optional_path(args.config),
             epochs=args.epochs,
-            distances=path(args.distances),
-            adjacency=path(args.adjacency),
+            distances=optional_path(args.distances),
+            adjacency=optional_path(args.adjacency),
             threshold=args.threshold,
             margin=args.margin,
             force=args.force,
@@ -106,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BUSY
     except Exception as exc:
-        from app.cli import _describe
-
         bad_input = isinstance(exc, user_error_types())
         code = EXIT_BAD_INPUT if bad_input else EXIT_FAILED
         summary = _failure("failed", code, exc, registry)
@@ -120,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"error: {_describe(exc)}", file=sys.stderr)
+        print(f"error: {describe(exc)}", file=sys.stderr)
         return code
     from models.distributed import is_main_process
 
@@ -132,6 +114,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _failure(status: str, code: int, exc: BaseException, registry: Path) -> dict:
-    from app.cli import _describe
-
-    return {"registry": str(registry), "status": status, "exit_code": code, "error": _describe(exc)}
+    return {"registry": str(registry), "status": status, "exit_code": code, "error": describe(exc)}

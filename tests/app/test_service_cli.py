@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from app.cli import EXIT_USER_ERROR, user_error_types
 from app.commands import serve_cmd
+from app.commands.common import EXIT_USER_ERROR, user_error_types
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from graph import (
     GraphInputError,
+    atomic_write,
     load_adjacency,
     read_distances,
     read_sensor_ids,
@@ -154,6 +156,58 @@ def test_save_adjacency_needs_npz_and_existing_directory(tmp_path: Path) -> None
         save_adjacency(tmp_path / "adj.pkl", ["a"], np.ones((1, 1)))
     with pytest.raises(GraphInputError, match="does not exist"):
         save_adjacency(tmp_path / "missing" / "adj.npz", ["a"], np.ones((1, 1)))
+
+
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Observe (not replace) os.fsync: each call's (inode, is a directory), in order."""
+    calls: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        calls.append((st.st_ino, stat.S_ISDIR(st.st_mode)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_atomic_write_fsyncs_the_file_then_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "out.bin"
+    calls = _record_fsyncs(monkeypatch)
+    atomic_write(path, lambda tmp: tmp.write_bytes(b"new"))
+    assert path.read_bytes() == b"new"
+    # The renamed file keeps the temporary file's inode: the data is on disk before the rename,
+    # and the directory entry after it.
+    assert calls == [(path.stat().st_ino, False), (tmp_path.stat().st_ino, True)]
+
+
+def test_atomic_write_that_fails_keeps_the_old_file_and_leaves_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+
+    def write_half(tmp: Path) -> None:
+        tmp.write_bytes(b"ne")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, write_half)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_atomic_write_into_a_missing_directory_names_it_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "missing" / "out.bin"
+    with pytest.raises(FileNotFoundError, match="directory .*missing does not exist") as info:
+        atomic_write(target, lambda tmp: tmp.write_bytes(b"x"))
+    assert info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_load_adjacency_metr_la_pickle_matches_sensor_ids() -> None:

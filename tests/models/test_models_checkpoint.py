@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import stat
+import threading
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import torch
 from graph import compute_supports, to_torch_sparse_csr
 from models import DCRNN, FCLSTM, CheckpointError
 from models.checkpoint import build_model, load_checkpoint, save_checkpoint
+from models.trainer import atomic_torch_save
 
 
 def _dcrnn(k: int = 2) -> tuple[DCRNN, dict]:
@@ -151,6 +154,35 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     _saved(tmp_path)
     _saved(tmp_path)  # overwrite in place
     assert sorted(os.listdir(tmp_path)) == ["model.pt"]
+
+
+def test_save_fsyncs_the_checkpoint_then_its_directory(tmp_path, monkeypatch):
+    synced = []  # (inode, is a directory) of each fsync, observed; the real fsync still runs
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.append((st.st_ino, stat.S_ISDIR(st.st_mode)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _saved(tmp_path)
+    # Without the directory's fsync a power loss after the rename can lose the new checkpoint.
+    assert synced == [
+        ((tmp_path / "model.pt").stat().st_ino, False),
+        (tmp_path.stat().st_ino, True),
+    ]
+
+
+def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_temporary_files(tmp_path):
+    before = _saved(tmp_path)
+    model, kwargs = _dcrnn()
+    payload = {"model_name": "dcrnn", "model_kwargs": kwargs, "state_dict": model.state_dict()}
+    with pytest.raises(TypeError, match="cannot pickle"):  # inside torch.save, temp file made
+        atomic_torch_save({**payload, "lock": threading.Lock()}, tmp_path / "model.pt")
+    assert (tmp_path / "model.pt").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["model.pt"]
+    build_model(load_checkpoint(tmp_path / "model.pt"))  # still a whole checkpoint
 
 
 def test_dcrnn_with_per_sensor_vectors_round_trips_bit_identical(tmp_path):

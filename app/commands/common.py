@@ -1,0 +1,62 @@
+"""What the CLI subcommands share: user-error types, exit codes, error lines, common arguments.
+
+Subcommand modules and :mod:`app.cli` import from here; nothing here imports a subcommand or
+:mod:`app.cli`, so the entry point depends on the subcommands and never the other way round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+REGISTRY_ENV = "TRAFFICCAST_REGISTRY"
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean the user gave us something wrong, not that we have a bug."""
+    from app.allocator import AllocatorError
+    from app.registry import RegistryError
+    from data.errors import DataInputError
+    from graph.errors import GraphInputError
+    from models.errors import CheckpointError, ConfigError, TrainingError
+
+    return (
+        AllocatorError,
+        DataInputError,
+        GraphInputError,
+        ConfigError,
+        CheckpointError,
+        TrainingError,
+        RegistryError,
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` as the one line that follows ``error:`` (a file error names the file)."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        reason = exc.strerror or str(exc)
+        return f"cannot open {exc.filename}: {reason}"
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())  # always one line
+
+
+def registry_argument(p: argparse.ArgumentParser) -> None:
+    """Add ``--registry DIR``, required unless ``$TRAFFICCAST_REGISTRY`` names one."""
+    default = os.environ.get(REGISTRY_ENV) or None
+    p.add_argument(
+        "--registry",
+        metavar="DIR",
+        default=default,
+        required=default is None,
+        help=f"the model registry directory (default: ${REGISTRY_ENV})",
+    )
+
+
+def optional_path(value: str | None) -> Path | None:
+    """An optional path argument as a ``Path``; an option not given stays None."""
+    return None if value is None else Path(value)

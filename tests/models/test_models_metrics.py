@@ -1,0 +1,116 @@
+"""One missing-value rule: the loss, the metrics and the trainer's MAE count the same targets."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from models.metrics import MaskedMetrics, masked_mae_loss, observed
+from models.trainer import Batch, Trainer, TrainSettings
+
+B, H, N = 2, 3, 4
+
+
+def _batch_with_gaps() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``pred``, ``target``, ``mask`` ``(B, H, N)`` and which targets count, listed by hand.
+
+    Spoilt targets: a 0 marked observed, a NaN marked observed, real speeds marked missing, and
+    a 0 and a NaN marked missing. Everything else is an ordinary observed reading.
+    """
+    gen = torch.Generator().manual_seed(0)
+    target = 40.0 + 30.0 * torch.rand(B, H, N, generator=gen)
+    pred = target + torch.randn(B, H, N, generator=gen) * 5.0
+    mask = torch.ones(B, H, N, dtype=torch.bool)
+    counts = torch.ones(B, H, N, dtype=torch.bool)
+    target[0, 0, 1] = 0.0  # a 0 reading the mask calls observed (METR-LA's "missing")
+    target[1, 2, 3] = math.nan  # a NaN the mask calls observed
+    for b, h, n in [(0, 1, 2), (1, 0, 0), (1, 2, 1)]:
+        mask[b, h, n] = False  # real speeds marked missing
+    target[0, 2, 0], mask[0, 2, 0] = 0.0, False
+    target[1, 1, 2], mask[1, 1, 2] = math.nan, False
+    for b, h, n in [(0, 0, 1), (1, 2, 3), (0, 1, 2), (1, 0, 0), (1, 2, 1), (0, 2, 0), (1, 1, 2)]:
+        counts[b, h, n] = False
+    return pred, target, mask, counts
+
+
+def test_observed_is_the_mask_without_zeros_and_nans() -> None:
+    y_raw = torch.tensor([55.0, 0.0, math.nan, 61.0, 0.0, math.nan])
+    y_mask = torch.tensor([True, True, True, False, False, False])
+    assert observed(y_raw, y_mask).tolist() == [True, False, False, False, False, False]
+
+
+def test_loss_and_metrics_count_the_same_targets() -> None:
+    pred, target, mask, counts = _batch_with_gaps()
+    err = (pred - target).abs()
+    expected = float(err[counts].mean())
+    assert counts.sum() == B * H * N - 7
+
+    loss = masked_mae_loss(pred, target, mask)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+    metrics = MaskedMetrics(H)
+    metrics.update(pred, target, mask)
+    assert metrics.count.tolist() == counts.sum(dim=(0, 2)).tolist()
+    assert float(metrics.abs_sum.sum() / metrics.count.sum()) == pytest.approx(expected, rel=1e-6)
+    for step in range(1, H + 1):
+        by_hand = err[:, step - 1][counts[:, step - 1]]
+        assert metrics.at(step)["mae"] == pytest.approx(float(by_hand.mean()), rel=1e-6)
+        assert metrics.at(step)["rmse"] == pytest.approx(
+            math.sqrt(float((by_hand**2).mean())), rel=1e-6
+        )
+
+
+def test_loss_gradient_reaches_only_the_targets_that_count() -> None:
+    pred, target, mask, counts = _batch_with_gaps()
+    pred.requires_grad_(True)
+    masked_mae_loss(pred, target, mask).backward()
+    assert torch.isfinite(pred.grad).all()
+    assert (pred.grad[~counts] == 0).all()
+    assert (pred.grad[counts] != 0).all()
+
+
+def test_loss_still_shows_a_nan_prediction_where_the_target_does_not_count() -> None:
+    # The training loop detects a diverged model by a non-finite loss.
+    pred, target, mask, _ = _batch_with_gaps()
+    pred[0, 1, 2] = math.nan  # its target is masked
+    assert math.isnan(float(masked_mae_loss(pred, target, mask)))
+
+
+class _FixedForecast(nn.Module):
+    """A model whose forecast is given: the test is about which targets count, not the model."""
+
+    def __init__(self, pred: torch.Tensor) -> None:
+        super().__init__()
+        self.pred = nn.Parameter(pred[..., None].clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pred
+
+
+class _OneBatch:
+    def __init__(self, target: torch.Tensor, mask: torch.Tensor) -> None:
+        self.batch = Batch(
+            x=torch.zeros(B, 1, N, 1), y=torch.zeros(B, H, N, 1), y_raw=target, y_mask=mask
+        )
+
+    def num_batches(self, split: str) -> int:
+        return 1
+
+    def batches(self, split: str, generator=None, shard=None) -> Iterator[Batch]:
+        yield self.batch
+
+
+def test_trainer_mae_counts_the_same_targets_as_loss_and_metrics() -> None:
+    pred, target, mask, counts = _batch_with_gaps()
+    trainer = Trainer(
+        _FixedForecast(pred), _OneBatch(target, mask), TrainSettings(), lambda t: t, log=print
+    )
+    expected = float((pred - target).abs()[counts].mean())
+    assert trainer.evaluate_mae("test") == pytest.approx(expected, rel=1e-6)
+    metrics = trainer.evaluate("test")
+    assert float(metrics.abs_sum.sum() / metrics.count.sum()) == pytest.approx(expected, rel=1e-6)
+    assert float(masked_mae_loss(pred, target, mask)) == pytest.approx(expected, rel=1e-6)
