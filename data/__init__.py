@@ -15,7 +15,7 @@ from data.bundled import (
 )
 from data.errors import DataInputError, DataWarning
 from data.features import day_of_week, time_features, time_of_day
-from data.io import SpeedData, atomic_write, read_speeds, write_speeds
+from data.io import SpeedData, read_speeds, write_speeds
 from data.scaler import StandardScaler
 from data.synthetic import SyntheticDataset, make_synthetic, write_synthetic
 from data.windows import WindowBatches, gather, num_windows, split_counts, split_windows
@@ -28,7 +28,6 @@ __all__ = [
     "StandardScaler",
     "SyntheticDataset",
     "WindowBatches",
-    "atomic_write",
     "day_of_week",
     "gather",
     "make_synthetic",
