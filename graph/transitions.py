@@ -17,7 +17,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, eigs, eigsh
 
 from graph.errors import GraphInputError
 
-if TYPE_CHECKING:  # torch is imported where used: `trafficcast graph` need not pay ~1 s for it
+if TYPE_CHECKING:  # torch is imported where used: `trafficcast graph` need not load it
     import torch
 
 __all__ = [

@@ -55,8 +55,9 @@ def sparse_matmul(support: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
     ``torch.mm(csr, dense)`` zero-fills its output, multiplies into a temporary and copies it
     back: three passes over the output. ``addmm`` with ``beta=0`` writes the product straight
-    into an uninitialised buffer (``beta=0`` means the buffer is never read, so its garbage,
-    NaN included, cannot leak in; a test checks it). Measured here: about 2x faster.
+    into an uninitialised buffer, one pass (``beta=0`` means the buffer is never read, so its
+    garbage, NaN included, cannot leak in: ``tests/models/test_models_dcrnn_reference.py``
+    fills every uninitialised buffer with NaN and compares with the paper's formula).
     """
     if support.layout != torch.sparse_csr:
         return torch.mm(support, x)
@@ -204,6 +205,7 @@ def _walks(supports: Supports, x0: torch.Tensor, max_diffusion_step: int, adjoin
 
 # Below this many elements of stacked terms (rows x M·F) the forward stacks them and does one
 # matmul: at batch 1 that halves the number of operations, and the copy is a few hundred kB.
+# A module constant so that tests can force either branch at any size.
 _STACK_LIMIT = 1 << 20
 
 
@@ -215,20 +217,50 @@ def _conv_forward(
     max_diffusion_step: int,
     rows: int,
 ) -> torch.Tensor:
-    """The arithmetic of :class:`_DiffusionConv`'s forward (also called directly at inference)."""
-    # x0 (N, C) with C = (rows / N)·F; weight (M·F, O); base None, (O,) or (rows, O).
-    features = weight.shape[0] // num_diffusion_terms(len(supports), max_diffusion_step)
+    """The arithmetic of :class:`_DiffusionConv`'s forward (also called directly at inference):
+    :func:`_conv_forward_stacked` up to :data:`_STACK_LIMIT` elements of stacked terms,
+    :func:`_conv_forward_per_term` above.
+
+    Shapes:
+        x0: ``(N, C)`` with ``C = (rows / N)·F``; weight: ``(M·F, O)``; base: None, ``(O,)`` or
+        ``(rows, O)``. returns: ``(rows, O)``.
+    """
     if rows * weight.shape[0] <= _STACK_LIMIT:
-        # Small (a forecast of a few windows): fewer, larger operations beat saving a copy.
-        by_index = dict(_walks(supports, x0, max_diffusion_step))
-        terms = [by_index[m].view(rows, features) for m in range(len(by_index))]
-        stacked = torch.cat(terms, dim=1) if len(terms) > 1 else terms[0]  # (rows, M·F)
-        out = torch.mm(stacked, weight) if base is None else torch.addmm(base, stacked, weight)
-        terms = None
-    else:
-        out = x0.new_empty(rows, weight.shape[1])
-        terms = _walks(supports, x0, max_diffusion_step)
-    for m, term in terms or ():
+        return _conv_forward_stacked(x0, weight, base, supports, max_diffusion_step, rows)
+    return _conv_forward_per_term(x0, weight, base, supports, max_diffusion_step, rows)
+
+
+def _conv_forward_stacked(
+    x0: torch.Tensor,
+    weight: torch.Tensor,
+    base: torch.Tensor | None,
+    supports: Supports,
+    max_diffusion_step: int,
+    rows: int,
+) -> torch.Tensor:
+    """:func:`_conv_forward` with the terms stacked into one matmul. For small inputs (a forecast
+    of a few windows), where fewer, larger operations beat saving a copy."""
+    features = weight.shape[0] // num_diffusion_terms(len(supports), max_diffusion_step)
+    by_index = dict(_walks(supports, x0, max_diffusion_step))
+    terms = [by_index[m].view(rows, features) for m in range(len(by_index))]
+    stacked = torch.cat(terms, dim=1) if len(terms) > 1 else terms[0]  # (rows, M·F)
+    return torch.mm(stacked, weight) if base is None else torch.addmm(base, stacked, weight)
+
+
+def _conv_forward_per_term(
+    x0: torch.Tensor,
+    weight: torch.Tensor,
+    base: torch.Tensor | None,
+    supports: Supports,
+    max_diffusion_step: int,
+    rows: int,
+) -> torch.Tensor:
+    """:func:`_conv_forward` term by term: each term is multiplied into the output as soon as it
+    is made, so no ``(rows, M·F)`` copy is made and at most two terms are alive. The output
+    starts uninitialised: the first term's product overwrites it (``out=``), never reads it."""
+    features = weight.shape[0] // num_diffusion_terms(len(supports), max_diffusion_step)
+    out = x0.new_empty(rows, weight.shape[1])
+    for m, term in _walks(supports, x0, max_diffusion_step):
         w = weight[m * features : (m + 1) * features]  # (F, O)
         term = term.view(rows, features)  # (N, C) -> (N·*, F)
         if m > 0:
@@ -241,15 +273,17 @@ def _conv_forward(
 
 
 class _DiffusionConv(torch.autograd.Function):
-    """``base + Σ_m T_m(x) W_m``: a diffusion convolution whose terms are never stacked.
+    """``base + Σ_m T_m(x) W_m``: a diffusion convolution that keeps no stacked terms.
 
     ``T_m(x)`` are the diffusion terms of :func:`diffuse` and ``W_m`` the matching row blocks of
-    the weight. Forward multiplies each term into the output as soon as it is made (no
-    concatenation copy, at most two terms alive). Backward needs the terms again for the weight's
-    gradient and recomputes them from ``x`` (a sparse matmul costs a few percent of a weight
-    matmul here), so only ``x`` is kept for the backward pass: 1/M of the memory that saving
-    the stacked terms takes. The input's gradient is ``Σ_m T_m^*(g W_m^T)`` with the adjoint walks
-    ``(P^T)^k``, summed Horner-style per support: ``P^T (g_1 + P^T (g_2 + ...))``.
+    the weight. Forward (:func:`_conv_forward`) multiplies each term into the output as soon as
+    it is made (no concatenation copy, at most two terms alive), or, for small inputs, stacks the
+    terms for one matmul and frees them at once. Backward needs the terms again for the weight's
+    gradient and recomputes them from ``x`` (a walk step costs a support's nonzeros per row, about
+    8 on METR-LA, multiply-adds a value; the weight's product costs ``O``), so only ``x`` is kept
+    for the backward pass: 1/M of the memory that saving the stacked terms takes. The input's
+    gradient is ``Σ_m T_m^*(g W_m^T)`` with the adjoint walks ``(P^T)^k``, summed Horner-style
+    per support: ``P^T (g_1 + P^T (g_2 + ...))``.
     """
 
     @staticmethod
@@ -408,7 +442,7 @@ def _stacked_matmul(
     them for backward costs little, and one matmul with ``M·F`` inner dimension replaces ``M``
     with ``F`` (1 or 2): each of those reads and writes the whole output, and the weight's
     gradient ``terms^T grad`` becomes one matmul reading ``grad`` once instead of ``M`` times
-    (measured here at 158,976 rows × 192 outputs: 45 ms against 242 ms).
+    (figures in ``bench/README.md``).
     """
     terms = terms.reshape(-1, terms.shape[-1])  # a copy only when the caller reordered rows
     if base is None:
@@ -535,11 +569,11 @@ class DCGRUCell(nn.Module):
             gates = torch.sigmoid(x_gates + h_gates)
         r, u = gates.split(hidden, dim=-1)
         # r ⊙ H convolved without keeping the product for backward (recomputed there from r
-        # and H, which autograd keeps anyway): 1/5 of a training step's saved activations.
+        # and H, which autograd keeps anyway): a state-sized tensor less per step and layer.
         c = torch.tanh(
             diffusion_conv(h, supports, k, self.weight_hidden_candidate, x_candidate, gate=r)
         )
         # u ⊙ H + (1 - u) ⊙ C as one lerp: its backward needs only c, h and u, which autograd
         # keeps anyway (tanh's output, the state, the sigmoid's output), where c + u * (h - c)
-        # would save the difference h - c as well, 1/6 of a training step's saved activations.
+        # would save the difference h - c as well, a state-sized tensor per step and layer.
         return torch.lerp(c, h, u)

@@ -297,8 +297,6 @@ def test_compose_flags_are_accepted_by_the_retrain_command() -> None:
         timeout=120,
         cwd=ROOT,
     )
-    if done.returncode != 0 and "invalid choice" in done.stderr:
-        pytest.skip("`trafficcast retrain` is not on this branch yet (issue 5)")
     assert done.returncode == 0, done.stderr
     argv = compose()["services"]["retrain"]["command"]
     for flag in (a for a in argv if a.startswith("--")):

@@ -48,8 +48,28 @@ def metr_la_adj() -> np.ndarray:
     return load_adjacency(REPO / "data" / "sample" / "adj_mx.pkl")[1]
 
 
-def test_filter_types() -> None:
-    assert FILTER_TYPES == ("laplacian", "random_walk", "dual_random_walk")
+# Supports each filter type builds; a type added to FILTER_TYPES fails here until it is added.
+SUPPORT_COUNTS = {"laplacian": 1, "random_walk": 1, "dual_random_walk": 2}
+
+
+@pytest.mark.parametrize("filter_type", FILTER_TYPES)
+def test_every_listed_filter_type_builds_its_supports(
+    filter_type: str, metr_la_adj: np.ndarray
+) -> None:
+    # FILTER_TYPES is the list error messages offer: each entry must be accepted.
+    supports = compute_supports(metr_la_adj, filter_type)
+    assert len(supports) == SUPPORT_COUNTS[filter_type]
+    for support in supports:
+        assert support.format == "csr" and support.dtype == np.float32
+        assert support.shape == (207, 207)
+        assert support.nnz > 0 and np.isfinite(support.data).all()
+
+
+@pytest.mark.parametrize("filter_type", ["chebyshev", "Laplacian", "dual_random_walk ", ""])
+def test_filter_types_not_listed_are_refused(filter_type: str) -> None:
+    assert filter_type not in FILTER_TYPES
+    with pytest.raises(GraphInputError, match="unknown filter_type"):
+        compute_supports(W, filter_type)
 
 
 @pytest.mark.parametrize(
