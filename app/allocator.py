@@ -2,8 +2,8 @@
 
 PyTorch's CPU training frees and reallocates tensors of many sizes at every step. glibc's
 allocator fragments under that pattern and keeps the fragments: a whole training run on the
-bundled week peaks near 2.9 GiB with glibc and near 1.4 GiB with tcmalloc, at the same or better
-speed (figures and commands in ``bench/README.md``). An allocator can only be chosen before the
+bundled week peaks at about half the memory with tcmalloc, at the same or better speed (the
+figures and the commands that measure them are in ``bench/README.md``). An allocator can only be chosen before the
 process starts, so ``trafficcast train``/``evaluate``/``predict``/``retrain``/``serve`` restart
 themselves once, in place (``execve``: same PID, same arguments), with tcmalloc preloaded when the
 machine has it.
