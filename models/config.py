@@ -8,121 +8,206 @@ Keys of the original layout that do not apply here (``dataset_dir``, ``graph_pkl
 ``base_dir``, ``log_level``, ...) are accepted and ignored: the command line names the data and
 the run directory instead. Keys with a value we cannot honour (``optimizer`` other than adam,
 ``output_dim`` other than 1) are refused with a clear error rather than ignored.
+
+Every section is a pydantic model whose fields hold the defaults and the allowed values, so each
+key's rule lives in one place. Types are strict because YAML is loose: ``true`` is not the
+integer 1, ``"64"`` is not a number, ``1.5`` is not an integer, and ``.inf``/``.nan`` are
+refused everywhere. A bad value from a file (``from_yaml``), a dict (``from_dict``) or an
+assignment such as ``config.train.epochs = n`` ends in a :class:`~models.errors.ConfigError`
+with one line ``SOURCE: section.key = VALUE why``. (The constructors, ``RunConfig(**values)``,
+raise pydantic's ``ValidationError``: they are for code, and user input goes through
+``from_dict``.)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, field
+import types
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import annotated_types
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+
+from graph.transitions import FILTER_TYPES
 from models.errors import ConfigError
 
-FILTER_TYPES = ("laplacian", "random_walk", "dual_random_walk")
+# Strict: an int is accepted (YAML's `max_grad_norm: 5`) and stored as a float, a bool or a
+# string is not.
+StrictFiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
-@dataclass
-class DataConfig:
-    batch_size: int = 64
-    val_batch_size: int = 64
-    test_batch_size: int = 64
-    add_time_in_day: bool = True
-    add_day_in_week: bool = False
-    train_fraction: float = 0.7
-    test_fraction: float = 0.2
+def _lower(value: Any) -> Any:
+    # DCRNN lower-cases the optimizer's name, so `optimizer: Adam` works in its files.
+    return value.lower() if isinstance(value, str) else value
+
+
+class _Section(BaseModel):
+    """A config model: unknown keys refused, assignments validated (a bad one: ConfigError)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        before = self.__dict__.get(name)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            # pydantic has already stored the value when a model validator refuses it.
+            if name in self.__dict__:
+                self.__dict__[name] = before
+            where = _section_path(type(self))
+            raise ConfigError(_describe(exc, {name: value}, where, None)) from None
+
+
+class DataConfig(_Section):
+    """``data:``: batch sizes, the time features appended to speed, the chronological split."""
+
+    batch_size: StrictInt = Field(64, ge=1)
+    val_batch_size: StrictInt = Field(64, ge=1)
+    test_batch_size: StrictInt = Field(64, ge=1)
+    add_time_in_day: StrictBool = True
+    add_day_in_week: StrictBool = False
+    # Chronological: train first, test last, validation the rest in between.
+    train_fraction: StrictFiniteFloat = Field(0.7, gt=0, lt=1)
+    test_fraction: StrictFiniteFloat = Field(0.2, gt=0, lt=1)
     # Accepted for compatibility with DCRNN's files; the CLI names the data instead.
-    dataset_dir: str | None = None
-    graph_pkl_filename: str | None = None
+    dataset_dir: StrictStr | None = None
+    graph_pkl_filename: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _leave_a_validation_split(self) -> DataConfig:
+        total = self.train_fraction + self.test_fraction
+        if total >= 1:
+            raise _RuleError(
+                "train_fraction + test_fraction",
+                total,
+                "must be less than 1 (the validation split is what is left)",
+            )
+        return self
 
 
-@dataclass
-class ModelConfig:
-    seq_len: int = 12
-    horizon: int = 12
-    rnn_units: int = 64
-    num_rnn_layers: int = 2
-    max_diffusion_step: int = 2
-    filter_type: str = "dual_random_walk"
-    use_curriculum_learning: bool = True
-    cl_decay_steps: int = 2000
+class ModelConfig(_Section):
+    """``model:``: DCRNN's shape (windows, units, layers, diffusion) and curriculum learning."""
+
+    seq_len: StrictInt = Field(12, ge=1)
+    horizon: StrictInt = Field(12, ge=1)
+    rnn_units: StrictInt = Field(64, ge=1)
+    num_rnn_layers: StrictInt = Field(2, ge=1, le=8)
+    max_diffusion_step: StrictInt = Field(2, ge=0, le=10)
+    filter_type: Literal[FILTER_TYPES] = "dual_random_walk"  # type: ignore[valid-type]
+    use_curriculum_learning: StrictBool = True
+    cl_decay_steps: StrictInt = Field(2000, ge=1)
     # Not in the paper: a learned vector per sensor appended to every input (0 = off, the paper's
     # model). See models.dcrnn.DCRNN.
-    node_embedding_dim: int = 0
-    output_dim: int = 1
+    node_embedding_dim: StrictInt = Field(0, ge=0, le=256)
+    # Only one output (speed) is supported; the key is accepted so that DCRNN's files load.
+    output_dim: StrictInt = Field(1, ge=1, le=1)
     # Derived from the data; accepted so that DCRNN's files load, checked against the data.
-    input_dim: int | None = None
-    num_nodes: int | None = None
-    l1_decay: float = 0.0
+    input_dim: StrictInt | None = Field(None, ge=1)
+    num_nodes: StrictInt | None = Field(None, ge=1)
+    # DCRNN's key for a regulariser this code does not have: only 0 (off) is accepted.
+    l1_decay: StrictFiniteFloat = Field(0.0, ge=0, le=0)
 
 
-@dataclass
-class TrainConfig:
-    base_lr: float = 0.01
-    epsilon: float = 1.0e-3
-    epochs: int = 100
-    steps: list[int] = field(default_factory=lambda: [20, 30, 40, 50])
-    lr_decay_ratio: float = 0.1
-    min_learning_rate: float = 2.0e-6
-    max_grad_norm: float = 5.0
-    patience: int = 50
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
+class TrainConfig(_Section):
+    """``train:``: the optimiser, its learning-rate schedule, stopping, seed, device, threads."""
+
+    base_lr: StrictFiniteFloat = Field(0.01, gt=0)
+    # Adam's epsilon.
+    epsilon: StrictFiniteFloat = Field(1.0e-3, gt=0)
+    epochs: StrictInt = Field(100, ge=1)
+    # Epochs after which the learning rate is multiplied by lr_decay_ratio (MultiStepLR).
+    steps: list[Annotated[StrictInt, annotated_types.Ge(1)]] = Field(
+        default_factory=lambda: [20, 30, 40, 50]
+    )
+    lr_decay_ratio: StrictFiniteFloat = Field(0.1, gt=0, le=1)
+    min_learning_rate: StrictFiniteFloat = Field(2.0e-6, ge=0)
+    max_grad_norm: StrictFiniteFloat = Field(5.0, gt=0)
+    # Epochs without a better validation MAE before training stops.
+    patience: StrictInt = Field(50, ge=1)
+    optimizer: Annotated[Literal["adam"], BeforeValidator(_lower)] = "adam"
+    weight_decay: StrictFiniteFloat = Field(0.0, ge=0)
+    # torch.Generator's range.
+    seed: StrictInt = Field(0, ge=0, le=2**64 - 1)
+    device: StrictStr = "cpu"
+    # None: torch's default.
+    threads: StrictInt | None = Field(None, ge=1)
     # How many times a non-finite loss or gradient may be recovered from before training stops.
-    max_recoveries: int = 3
-    # Accepted for compatibility with DCRNN's files; not used here.
-    dropout: float = 0.0
-    epoch: int = 0
-    global_step: int = 0
-    max_to_keep: int = 100
-    test_every_n_epochs: int = 10
-    log_dir: str | None = None
+    max_recoveries: StrictInt = Field(3, ge=0)
+    # Accepted for compatibility with DCRNN's files; not used here (dropout: only 0, off).
+    dropout: StrictFiniteFloat = Field(0.0, ge=0, le=0)
+    epoch: StrictInt = Field(0, ge=0)
+    global_step: StrictInt = Field(0, ge=0)
+    max_to_keep: StrictInt = Field(100, ge=0)
+    test_every_n_epochs: StrictInt = Field(10, ge=1)
+    log_dir: StrictStr | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_in_order(cls, steps: list[int]) -> list[int]:
+        if steps != sorted(steps):
+            raise ValueError("must be epoch numbers in increasing order")
+        return steps
 
 
-@dataclass
-class BaselineConfig:
-    fc_lstm: bool = True
-    fc_lstm_units: int = 256
-    fc_lstm_layers: int = 2
+class BaselineConfig(_Section):
+    """``baselines:``: the FC-LSTM trained beside DCRNN for the report."""
+
+    fc_lstm: StrictBool = True
+    fc_lstm_units: StrictInt = Field(256, ge=1)
+    fc_lstm_layers: StrictInt = Field(2, ge=1)
     # None: as many epochs as DCRNN.
-    fc_lstm_epochs: int | None = None
-    fc_lstm_lr: float = 0.001
+    fc_lstm_epochs: StrictInt | None = Field(None, ge=1)
+    fc_lstm_lr: StrictFiniteFloat = Field(0.001, gt=0)
 
 
-@dataclass
-class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+# Top-level keys of DCRNN's files that name its own directories and logging.
+_IGNORED_TOP_LEVEL = ("base_dir", "log_level")
+
+
+class RunConfig(_Section):
+    """A run's whole configuration, in DCRNN's YAML layout; saved beside each run."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    baselines: BaselineConfig = Field(default_factory=BaselineConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dcrnn_layout(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        # An empty section in YAML (`data:` with nothing under it) reads as null.
+        return {
+            key: {} if key in cls.model_fields and value is None else value
+            for key, value in raw.items()
+            if key not in _IGNORED_TOP_LEVEL
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The nested plain dict, sections and keys in declaration order (saved as config.yaml)."""
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, source: str = "config") -> RunConfig:
         """Build a config from a nested dict, refusing unknown keys and bad values."""
-        raw = dict(raw or {})
-        for key in _IGNORED_TOP_LEVEL:
-            raw.pop(key, None)
-        sections = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(sections))
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown section(s) {', '.join(map(repr, unknown))} "
-                f"(known: {', '.join(sections)})"
-            )
-        built = {}
-        for name, f in sections.items():
-            section_cls = f.default_factory  # type: ignore[misc]
-            built[name] = _build_section(section_cls, raw.get(name), f"{source}: {name}")
-        config = cls(**built)
-        config.validate(source)
-        return config
+        raw = {} if raw is None else raw
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, raw, (), source)) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
@@ -142,170 +227,157 @@ class RunConfig:
             raise ConfigError(f"{path}: the top level must be a mapping with data/model/train")
         return cls.from_dict(raw, source=str(path))
 
-    def validate(self, source: str = "config") -> None:
-        m, t, d = self.model, self.train, self.data
-        _check(m.seq_len >= 1, source, "model.seq_len", m.seq_len, "must be >= 1")
-        _check(m.horizon >= 1, source, "model.horizon", m.horizon, "must be >= 1")
-        _check(m.rnn_units >= 1, source, "model.rnn_units", m.rnn_units, "must be >= 1")
-        _check(
-            1 <= m.num_rnn_layers <= 8,
-            source,
-            "model.num_rnn_layers",
-            m.num_rnn_layers,
-            "must be between 1 and 8",
-        )
-        _check(
-            0 <= m.max_diffusion_step <= 10,
-            source,
-            "model.max_diffusion_step",
-            m.max_diffusion_step,
-            "must be between 0 and 10",
-        )
-        _check(
-            m.filter_type in FILTER_TYPES,
-            source,
-            "model.filter_type",
-            m.filter_type,
-            f"must be one of {', '.join(FILTER_TYPES)}",
-        )
-        _check(
-            m.cl_decay_steps > 0, source, "model.cl_decay_steps", m.cl_decay_steps, "must be > 0"
-        )
-        _check(
-            0 <= m.node_embedding_dim <= 256,
-            source,
-            "model.node_embedding_dim",
-            m.node_embedding_dim,
-            "must be between 0 and 256",
-        )
-        _check(m.output_dim == 1, source, "model.output_dim", m.output_dim, "only 1 is supported")
-        _check(m.l1_decay == 0, source, "model.l1_decay", m.l1_decay, "is not supported (use 0)")
-        _check(
-            t.base_lr > 0 and math.isfinite(t.base_lr),
-            source,
-            "train.base_lr",
-            t.base_lr,
-            "must be > 0",
-        )
-        _check(t.epsilon > 0, source, "train.epsilon", t.epsilon, "must be > 0")
-        _check(t.epochs >= 1, source, "train.epochs", t.epochs, "must be >= 1")
-        _check(
-            all(isinstance(s, int) and s >= 1 for s in t.steps) and t.steps == sorted(t.steps),
-            source,
-            "train.steps",
-            t.steps,
-            "must be increasing epoch numbers >= 1",
-        )
-        _check(
-            0 < t.lr_decay_ratio <= 1,
-            source,
-            "train.lr_decay_ratio",
-            t.lr_decay_ratio,
-            "must be in (0, 1]",
-        )
-        _check(t.max_grad_norm > 0, source, "train.max_grad_norm", t.max_grad_norm, "must be > 0")
-        _check(t.patience >= 1, source, "train.patience", t.patience, "must be >= 1")
-        _check(
-            t.optimizer.lower() == "adam",
-            source,
-            "train.optimizer",
-            t.optimizer,
-            "only adam is supported",
-        )
-        _check(t.weight_decay >= 0, source, "train.weight_decay", t.weight_decay, "must be >= 0")
-        _check(
-            t.threads is None or t.threads >= 1, source, "train.threads", t.threads, "must be >= 1"
-        )
-        _check(
-            t.max_recoveries >= 0, source, "train.max_recoveries", t.max_recoveries, "must be >= 0"
-        )
-        _check(t.dropout == 0, source, "train.dropout", t.dropout, "is not supported (use 0)")
-        for name in ("batch_size", "val_batch_size", "test_batch_size"):
-            value = getattr(d, name)
-            _check(value >= 1, source, f"data.{name}", value, "must be >= 1")
-        _check(
-            0 < d.train_fraction < 1
-            and 0 < d.test_fraction < 1
-            and d.train_fraction + d.test_fraction < 1,
-            source,
-            "data.train_fraction/test_fraction",
-            (d.train_fraction, d.test_fraction),
-            "must be in (0, 1) and sum to less than 1",
-        )
-        b = self.baselines
-        _check(
-            b.fc_lstm_units >= 1, source, "baselines.fc_lstm_units", b.fc_lstm_units, "must be >= 1"
-        )
-        _check(
-            b.fc_lstm_layers >= 1,
-            source,
-            "baselines.fc_lstm_layers",
-            b.fc_lstm_layers,
-            "must be >= 1",
-        )
-        _check(b.fc_lstm_lr > 0, source, "baselines.fc_lstm_lr", b.fc_lstm_lr, "must be > 0")
+
+class _RuleError(ValueError):
+    """A rule over several keys of one section; ``key`` names them for the message."""
+
+    def __init__(self, key: str, value: Any, why: str) -> None:
+        super().__init__(why)
+        self.key, self.value, self.why = key, value, why
 
 
-_IGNORED_TOP_LEVEL = ("base_dir", "log_level")
-_OPTIONAL_INTS = {"input_dim", "num_nodes", "threads", "fc_lstm_epochs"}
+def _section_path(cls: type[BaseModel]) -> tuple[str, ...]:
+    """Where a model sits in the tree: ``("train",)`` for TrainConfig, ``()`` for the root."""
+    for name, field in RunConfig.model_fields.items():
+        if field.annotation is cls:
+            return (name,)
+    return ()
 
 
-def _check(ok: bool, source: str, key: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"{source}: {key} = {value!r} {why}")
+def _describe(exc: ValidationError, raw: Any, path: tuple[str, ...], source: str | None) -> str:
+    """One line for the first of pydantic's errors: ``SOURCE: section.key = VALUE why``.
 
-
-def _build_section(section_cls: type, raw: Any, where: str) -> Any:
-    if raw is None:
-        return section_cls()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a mapping of keys to values")
-    fields = {f.name: f for f in dataclasses.fields(section_cls)}
-    unknown = sorted(set(raw) - set(fields))
+    ``raw`` is the input of the model at ``path`` in the tree. Unknown keys are reported first,
+    all of a section's together: a misspelt key is the likelier mistake, and it may be the
+    cause of the other errors.
+    """
+    errors = exc.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(sorted(fields))})"
-        )
-    values = {}
-    defaults = section_cls()
-    for key, value in raw.items():
-        default = getattr(defaults, key)
-        if default is None:  # optional fields: coerce by their declared kind
-            default = 0 if key in _OPTIONAL_INTS else ""
-        values[key] = _coerce(value, default, f"{where}.{key}")
-    return section_cls(**values)
+        where = tuple(unknown[0]["loc"][:-1])
+        names = [e["loc"][-1] for e in unknown if tuple(e["loc"][:-1]) == where]
+        full = path + where
+        fields = _model_at(full).model_fields
+        if full:
+            line = (
+                f"{'.'.join(full)}: unknown key(s) {', '.join(map(repr, names))} "
+                f"(known: {', '.join(sorted(fields))})"
+            )
+        else:
+            line = f"unknown section(s) {', '.join(map(repr, names))} (known: {', '.join(fields)})"
+        rest = len(errors) - len(names)
+    else:
+        line = _describe_one(errors[0], raw, path)
+        rest = len(errors) - 1
+    if source:
+        line = f"{source}: {line}"
+    return f"{line} (and {rest} more)" if rest else line
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    """Check a YAML value against the type of the field's default (None defaults take any)."""
-    if value is None:
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} = {value!r} must be true or false")
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise ConfigError(f"{where} = {value!r} must be an integer")
-        return int(value)
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} = {value!r} must be a number")
-        if not math.isfinite(float(value)):
-            raise ConfigError(f"{where} = {value!r} must be finite")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} = {value!r} must be a string")
-        return value
-    if isinstance(default, list):
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} = {value!r} must be a list")
-        out = []
-        for item in value:
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or item != int(item):
-                raise ConfigError(f"{where} = {value!r} must be a list of integers")
-            out.append(int(item))
-        return out
-    return value
+def _describe_one(error: Any, raw: Any, path: tuple[str, ...]) -> str:
+    loc = tuple(error["loc"])
+    # A field's path ends before any list index: an item of train.steps reports the whole list.
+    ints = [i for i, part in enumerate(loc) if isinstance(part, int)]
+    field_loc = loc[: ints[0]] if ints else loc
+    full = path + field_loc
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _RuleError):
+        return f"{'.'.join(full)}.{cause.key} = {cause.value!r} {cause.why}"
+    if not full:
+        return "the top level must be a mapping with data/model/train"
+    value = _lookup(raw, field_loc, error["input"])
+    field = _model_at(full[:-1]).model_fields[full[-1]]
+    if field.annotation is float and type(value) is int:
+        value = float(value)  # as the config would hold it, e.g. `base_lr: -1` is -1.0
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+        why = "must be a mapping of keys to values"
+    elif isinstance(cause, ValueError):
+        why = str(cause)
+    else:
+        why = _requirement(field)
+    return f"{'.'.join(full)} = {value!r} {why}"
+
+
+def _model_at(path: tuple[str, ...]) -> type[BaseModel]:
+    model: Any = RunConfig
+    for name in path:
+        model = model.model_fields[name].annotation
+    return model
+
+
+def _lookup(raw: Any, loc: tuple[Any, ...], default: Any) -> Any:
+    for name in loc:
+        if not isinstance(raw, dict) or name not in raw:
+            return default
+        raw = raw[name]
+    return raw
+
+
+_NOUNS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+_PLURALS = {bool: "booleans", int: "integers", float: "finite numbers", str: "strings"}
+
+
+def _requirement(field: FieldInfo) -> str:
+    """What a field accepts, in words, from its type and constraints.
+
+    ``must be an integer between 1 and 8``, ``must be a finite number in (0, 1]``,
+    ``must be an integer >= 1 or null``, ``only adam is supported``.
+    """
+    annotation, metadata = field.annotation, list(field.metadata)
+    optional = get_origin(annotation) in (Union, types.UnionType)
+    if optional:
+        # pydantic keeps the constraints of `StrictInt | None` in the field's metadata.
+        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Annotated:
+        annotation, *extra = get_args(annotation)
+        metadata += extra
+    if get_origin(annotation) is Literal:
+        values = [str(v) for v in get_args(annotation)]
+        if len(values) == 1:
+            return f"only {values[0]} is supported"
+        text = "one of " + ", ".join(values)
+    else:
+        low, high = _bounds(metadata)
+        if low is not None and low == high:
+            return f"only {low[1]} is supported"
+        if get_origin(annotation) is list:
+            (item,) = get_args(annotation)
+            item_type, *item_metadata = get_args(item) or (item,)
+            text = f"a list of {_PLURALS[item_type]}{_range_text(*_bounds(item_metadata))}"
+        else:
+            text = _NOUNS[annotation] + _range_text(low, high)
+    return f"must be {text} or null" if optional else f"must be {text}"
+
+
+Bound = tuple[bool, str]  # (closed, the number as written)
+
+
+def _bounds(metadata: list[Any]) -> tuple[Bound | None, Bound | None]:
+    low = high = None
+    for c in metadata:
+        if isinstance(c, annotated_types.Ge):
+            low = (True, _number(c.ge))
+        elif isinstance(c, annotated_types.Gt):
+            low = (False, _number(c.gt))
+        elif isinstance(c, annotated_types.Le):
+            high = (True, _number(c.le))
+        elif isinstance(c, annotated_types.Lt):
+            high = (False, _number(c.lt))
+    return low, high
+
+
+def _range_text(low: Bound | None, high: Bound | None) -> str:
+    """`` >= 1``, `` between 1 and 8``, `` in (0, 1]``, or nothing."""
+    if low and high:
+        if low[0] and high[0]:
+            return f" between {low[1]} and {high[1]}"
+        return f" in {'[' if low[0] else '('}{low[1]}, {high[1]}{']' if high[0] else ')'}"
+    if low:
+        return f" {'>=' if low[0] else '>'} {low[1]}"
+    if high:
+        return f" {'<=' if high[0] else '<'} {high[1]}"
+    return ""
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import yaml
 
 from models import ConfigError, RunConfig
+
+REPO = Path(__file__).resolve().parents[2]
 
 # DCRNN's data/model/dcrnn_la.yaml (the METR-LA configuration of the original code), as published.
 DCRNN_LA_YAML = """\
@@ -102,7 +106,7 @@ def test_unknown_keys_are_refused_by_name(raw, named):
     ("section", "key", "value", "expected"),
     [
         ("model", "filter_type", "foo", "model.filter_type = 'foo'"),
-        ("train", "base_lr", -1, "train.base_lr = -1.0"),
+        ("train", "base_lr", -1, "train.base_lr = -1.0 must be a finite number > 0"),
         ("model", "max_diffusion_step", -1, "model.max_diffusion_step = -1"),
         ("model", "num_rnn_layers", 0, "model.num_rnn_layers = 0"),
         ("model", "node_embedding_dim", -1, "model.node_embedding_dim = -1"),
@@ -110,7 +114,7 @@ def test_unknown_keys_are_refused_by_name(raw, named):
         ("data", "batch_size", 0, "data.batch_size = 0"),
         ("model", "rnn_units", "sixty-four", "model.rnn_units = 'sixty-four' must be an integer"),
         ("model", "use_curriculum_learning", "yes", "must be true or false"),
-        ("train", "base_lr", float("nan"), "train.base_lr = nan must be finite"),
+        ("train", "base_lr", float("nan"), "train.base_lr = nan must be a finite number > 0"),
         ("train", "optimizer", "sgd", "train.optimizer = 'sgd' only adam is supported"),
     ],
 )
@@ -118,6 +122,68 @@ def test_bad_values_are_refused_naming_the_key(section, key, value, expected):
     with pytest.raises(ConfigError) as info:
         RunConfig.from_dict({section: {key: value}}, source="cfg.yaml")
     assert expected in str(info.value)
+
+
+def test_fractions_must_leave_a_validation_split():
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"data": {"train_fraction": 0.8, "test_fraction": 0.2}}, "cfg.yaml")
+    assert str(info.value).startswith(
+        "cfg.yaml: data.train_fraction + test_fraction = 1.0 must be less than 1"
+    )
+    config = RunConfig.from_dict({"data": {"train_fraction": 0.6, "test_fraction": 0.3}})
+    assert (config.data.train_fraction, config.data.test_fraction) == (0.6, 0.3)
+
+
+def test_the_first_error_is_named_and_the_others_counted():
+    raw = {"model": {"seq_len": 0, "horizon": 0, "rnn_units": "many"}}
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict(raw, source="cfg.yaml")
+    assert str(info.value) == "cfg.yaml: model.seq_len = 0 must be an integer >= 1 (and 2 more)"
+
+
+def test_an_unknown_key_is_reported_before_bad_values():
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"model": {"seq_len": 0, "rnn_unit": 8}}, source="cfg.yaml")
+    message = str(info.value)
+    assert message.startswith("cfg.yaml: model: unknown key(s) 'rnn_unit' (known: cl_decay_steps")
+    assert message.endswith("(and 1 more)")
+
+
+def test_assignment_is_validated_and_a_refused_value_is_not_kept():
+    config = RunConfig()
+    config.train.epochs = 3
+    assert config.train.epochs == 3
+    with pytest.raises(ConfigError, match=r"^train\.epochs = 0 must be an integer >= 1$"):
+        config.train.epochs = 0
+    with pytest.raises(ConfigError, match=r"^train\.epochs = True must be an integer"):
+        config.train.epochs = True
+    assert config.train.epochs == 3
+    # A cross-key rule refuses the assignment too, and the old value stays.
+    with pytest.raises(ConfigError, match=r"^data\.train_fraction \+ test_fraction = 1\.1 "):
+        config.data.train_fraction = 0.9
+    assert config.data.train_fraction == 0.7
+
+
+def test_bundled_configs_load_and_save_unchanged():
+    from models.checkpoint import load_checkpoint
+
+    bundled = REPO / "app" / "bundled"
+    payload = load_checkpoint(bundled / "metr-la-week" / "model.pt")
+    config = RunConfig.from_dict(payload["config"], source="checkpoint config")
+    # Same keys in the same order: saved config.yaml files and checkpoints do not change.
+    assert config.to_dict() == payload["config"]
+    assert [list(v) for v in config.to_dict().values()] == [
+        list(v) for v in payload["config"].values()
+    ]
+    saved = bundled / "metr-la-week" / "config.yaml"
+    assert RunConfig.from_yaml(saved).to_dict() == yaml.safe_load(saved.read_text())
+    source = RunConfig.from_yaml(bundled / "metr-la-week.yaml")
+    assert source == config  # the bundled run was trained from that file
+    assert (source.train.epochs, source.train.steps, source.model.cl_decay_steps) == (
+        36,
+        [26, 32],
+        30,
+    )
 
 
 def test_invalid_yaml_is_one_line_error(tmp_path):
