@@ -8,7 +8,8 @@ directory that holds what a run produced:
 ``RUN_DIR/fc_lstm.pt``    the FC-LSTM baseline's checkpoint
 ``RUN_DIR/config.yaml``   the resolved configuration
 ``RUN_DIR/report.json``   metrics on the test split (interface.md), plus ``report.md`` and plots
-``RUN_DIR/train_log.jsonl`` one line per epoch; ``RUN_DIR/state_*.pt`` resumable training state
+``RUN_DIR/train_log.jsonl`` a JSON record per epoch, resumption and recovery (:class:`TrainLog`)
+``RUN_DIR/state_*.pt``    resumable training state
 
 The modules: :mod:`~app.pipeline.data` (inputs, windows, the graph), :mod:`~app.pipeline.train`,
 :mod:`~app.pipeline.evaluate` with :mod:`~app.pipeline.report`, :mod:`~app.pipeline.predict`.
