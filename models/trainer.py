@@ -19,8 +19,10 @@
   (same generator, same coins), taking its own contiguous share of each. The loss is weighted so
   that DDP's averaged gradient equals the single-process gradient of the whole global batch;
   validation sums and every stop/recover decision are reduced across ranks, so all ranks agree;
-  only rank 0 logs and writes the state. The state is the same as a single process's, so a run
-  can be resumed with another number of processes.
+  only rank 0 logs, reports progress and writes the state. The state is the same as a single
+  process's, so a run can be resumed with another number of processes.
+* Progress reaches the caller through :class:`TrainerCallback` hooks (typed events, not log
+  lines): a job decides on those, the log is for people.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import torch
 from torch import nn
@@ -115,6 +117,41 @@ class _NonFinite(Exception):
     pass
 
 
+def no_log(message: str) -> None:
+    """A log that drops every line: for the ranks other than 0 (one voice per job) and for
+    callers that want no output."""
+
+
+class EpochRecord(TypedDict):
+    """One finished epoch: an entry of :attr:`TrainResult.history` and of the saved state."""
+
+    epoch: int  # 1-based
+    train_mae: float
+    val_mae: float
+    lr: float
+    seconds: float
+    global_step: int  # optimizer steps taken so far, this epoch's included
+
+
+class TrainerCallback:
+    """Progress hooks of a :class:`Trainer`; override the ones you need (the defaults do nothing).
+
+    ``model`` is the trainer's ``name``. Distributed, the hooks run on rank 0 only.
+    """
+
+    def on_resumed(self, model: str, epoch: int, step: int) -> None:
+        """A saved state was loaded: training goes on after ``epoch`` (the epochs already done)
+        at global step ``step``."""
+
+    def on_epoch_end(self, model: str, record: EpochRecord) -> None:
+        """Epoch ``record["epoch"]`` is trained and validated; its state is not saved yet, so a
+        process killed here loses this epoch."""
+
+    def on_recovered(self, model: str, epoch: int, reason: str, recoveries: int) -> None:
+        """Epoch ``epoch`` (1-based) hit ``reason`` (a non-finite loss or gradient); the state of
+        its start is restored and it runs again at half the rate. ``recoveries`` so far."""
+
+
 @dataclass
 class TrainResult:
     best_epoch: int
@@ -123,7 +160,7 @@ class TrainResult:
     stopped_early: bool
     recoveries: int
     wall_time_s: float
-    history: list[dict[str, Any]]
+    history: list[EpochRecord]
 
 
 class Trainer:
@@ -139,6 +176,7 @@ class Trainer:
         log: receives one line per epoch and every recovery (rank 0 only when distributed).
         progress: show a tqdm bar per epoch (rank 0 only).
         dist: this process's place in a torchrun job; None for a single process.
+        callbacks: progress hooks, called in order (rank 0 only).
     """
 
     def __init__(
@@ -152,6 +190,7 @@ class Trainer:
         progress: bool = True,
         name: str = "model",
         dist: DistContext | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
         self.model = model
         self.source = source
@@ -160,7 +199,8 @@ class Trainer:
         self.state_path = Path(state_path) if state_path is not None else None
         self.dist = dist
         main = dist is None or dist.is_main
-        self.log = log if main else _quiet
+        self.log = log if main else no_log
+        self.callbacks = tuple(callbacks) if main else ()
         self.progress = progress and main
         self.name = name
         # What the training step calls: the model itself, or its DDP wrapper (which all-reduces
@@ -193,7 +233,7 @@ class Trainer:
         self.bad_epochs = 0
         self.recoveries = 0
         self.recovery_factor = 1.0
-        self.history: list[dict[str, Any]] = []
+        self.history: list[EpochRecord] = []
         self.elapsed_s = 0.0
 
     # ---- state -----------------------------------------------------------------------------
@@ -256,6 +296,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainResult:
         if resume and self.load_state():
             self.log(f"{self.name}: resumed after epoch {self.epoch} (step {self.global_step})")
+            for callback in self.callbacks:
+                callback.on_resumed(self.name, self.epoch, self.global_step)
         s = self.settings
         stopped_early = False
         while self.epoch < s.epochs:
@@ -283,20 +325,21 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             lr = self.optimizer.param_groups[0]["lr"]
-            self.history.append(
-                {
-                    "epoch": self.epoch + 1,
-                    "train_mae": train_mae,
-                    "val_mae": val_mae,
-                    "lr": lr,
-                    "seconds": round(seconds, 3),
-                    "global_step": self.global_step,
-                }
+            record = EpochRecord(
+                epoch=self.epoch + 1,
+                train_mae=train_mae,
+                val_mae=val_mae,
+                lr=lr,
+                seconds=round(seconds, 3),
+                global_step=self.global_step,
             )
+            self.history.append(record)
             self.log(
                 f"{self.name} epoch {self.epoch + 1}/{s.epochs}: train MAE {train_mae:.4f}, "
                 f"val MAE {val_mae:.4f}{' (best)' if improved else ''}, lr {lr:.2g}, {seconds:.1f} s"
             )
+            for callback in self.callbacks:
+                callback.on_epoch_end(self.name, record)
             self.epoch += 1
             self.save_state()
         if self.best_state is not None:
@@ -344,6 +387,8 @@ class Trainer:
             f"{self.name} epoch {self.epoch + 1}: {why}; restored the state of the epoch's start, "
             f"halved the learning rate (recovery {self.recoveries}/{self.settings.max_recoveries})"
         )
+        for callback in self.callbacks:
+            callback.on_recovered(self.name, self.epoch + 1, why, self.recoveries)
 
     def _train_epoch(self) -> float:
         s = self.settings
@@ -466,10 +511,6 @@ class Trainer:
             for name in ("abs_sum", "sq_sum", "pct_sum", "count"):
                 setattr(metrics, name, self.dist.all_reduce_sum(getattr(metrics, name)))
         return metrics
-
-
-def _quiet(message: str) -> None:
-    """The log of ranks other than 0: one voice per job."""
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

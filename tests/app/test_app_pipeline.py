@@ -10,9 +10,18 @@ import pytest
 import torch
 
 from app.forecaster import Forecaster
-from app.pipeline import WindowSource, prepare_data, train_run
-from data import SpeedData, read_speeds, sample_adjacency_pkl_path, sample_speeds_path
+from app.pipeline import WindowSource, prepare_data, read_graph, train_run
+from data import (
+    DataInputError,
+    SpeedData,
+    make_synthetic,
+    read_speeds,
+    sample_adjacency_pkl_path,
+    sample_speeds_path,
+)
+from graph import save_adjacency
 from models import RunConfig
+from models.baselines import time_slots
 from models.checkpoint import build_model, load_checkpoint
 
 
@@ -66,6 +75,31 @@ def test_features_and_batches_hold_the_right_rows(week):
     assert batch.x[0, 0, 0, 1].item() == 0.0
     assert prepared.features[1512, 0, 1].item() == pytest.approx(0.25)
     assert len(list(source.batches("test"))) == math.ceil(399 / 4)
+
+
+def test_slots_are_the_time_of_day_slot_at_the_data_frequency(week):
+    """The slots index the historical average's table: 288 a day for 5-minute data, 96 for
+    15-minute data (counted here from the clock, independently of ``time_slots``)."""
+    slots = prepare_data(week, RunConfig()).slots
+    assert slots[0] == 0 and slots[1512] == 72 and slots.max() == 287
+    quarter = make_synthetic(num_sensors=3, num_days=2, seed=4, freq_minutes=15).speeds
+    slots = prepare_data(quarter, RunConfig()).slots
+    expected = quarter.index.hour * 4 + quarter.index.minute // 15
+    assert np.array_equal(slots, np.asarray(expected)) and slots.max() == 95
+    assert np.array_equal(slots, time_slots(quarter.index.hour * 60 + quarter.index.minute, 15))
+
+
+def test_read_graph_names_whose_sensors_the_graph_lacks(tmp_path):
+    ids = ["a", "b", "c"]
+    save_adjacency(tmp_path / "adj.npz", ["c", "a", "x"], np.eye(3, dtype=np.float32))
+    assert read_graph(ids, None, None) is None
+    with pytest.raises(DataInputError) as err:
+        read_graph(ids, None, tmp_path / "adj.npz", owner="model")
+    assert "adj.npz: the graph's sensors don't match the model's" in str(err.value)
+    assert "1 of 3 model sensors are not in the graph and 1 of 3 graph sensors" in str(err.value)
+    save_adjacency(tmp_path / "same.npz", ["c", "a", "b"], np.eye(3, dtype=np.float32))
+    graph_ids, adj, source = read_graph(ids, None, tmp_path / "same.npz")
+    assert graph_ids == ["c", "a", "b"] and adj.dtype == np.float32 and source.endswith("same.npz")
 
 
 # ---- evaluation on the real week -------------------------------------------------------------

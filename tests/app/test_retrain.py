@@ -14,6 +14,7 @@ from app.observations import ObservationStore
 from app.registry import Registry
 from app.retrain import merge_observations
 from data import DataInputError, read_speeds
+from models.trainer import EpochRecord
 from tests.conftest import TINY_CONFIG
 
 NO_FC_LSTM = TINY_CONFIG + "  fc_lstm: false\n"
@@ -161,3 +162,30 @@ def test_bad_input_is_one_line_and_exit_2(retrain_env, capsys) -> None:
         ["retrain", "--registry", str(env["registry"]), "--data", str(env["data"]), "--margin", "2"]
     )
     assert code == 2 and "--margin = 2.0" in capsys.readouterr().err
+
+
+def test_challenger_progress_hooks(monkeypatch) -> None:
+    """The job's decisions on the training come from the trainer's callbacks: the ``training``
+    fault point after DCRNN's epoch 2 (not FC-LSTM's, not another epoch), and the epoch a
+    resumed DCRNN training went on after."""
+    from app.retrain import stages
+
+    fired: list[str] = []
+    monkeypatch.setattr(stages, "fault_point", fired.append)
+    progress = stages.ChallengerProgress()
+
+    def record(epoch: int) -> EpochRecord:
+        return EpochRecord(
+            epoch=epoch, train_mae=3.0, val_mae=3.1, lr=0.01, seconds=0.5, global_step=7 * epoch
+        )
+
+    progress.on_resumed("fc_lstm", 3, 21)
+    assert progress.resumed_epoch is None
+    progress.on_resumed("dcrnn", 1, 7)
+    progress.on_epoch_end("dcrnn", record(1))
+    progress.on_epoch_end("fc_lstm", record(2))
+    assert fired == [] and progress.resumed_epoch == 1
+    progress.on_epoch_end("dcrnn", record(2))
+    assert fired == ["training"]
+    progress.on_epoch_end("dcrnn", record(3))
+    assert fired == ["training"]

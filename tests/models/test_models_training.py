@@ -16,7 +16,9 @@ from models.baselines import persistence_forecast
 from models.metrics import MaskedMetrics, masked_mae_loss
 from models.trainer import (
     Batch,
+    EpochRecord,
     Trainer,
+    TrainerCallback,
     TrainSettings,
     learning_rate,
     teacher_forcing_probability,
@@ -219,6 +221,67 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert not torch.equal(state_full["model"]["projection.weight"], initial)
 
 
+# ---- progress callbacks ----------------------------------------------------------------------
+class Recorder(TrainerCallback):
+    """Keeps every event, and the epoch the state file on disk had when each epoch ended."""
+
+    def __init__(self, state_path=None) -> None:
+        self.state_path = state_path
+        self.events: list[tuple] = []
+        self.saved_epoch_at_end: list[int | None] = []
+
+    def on_resumed(self, model: str, epoch: int, step: int) -> None:
+        self.events.append(("resumed", model, epoch, step))
+
+    def on_epoch_end(self, model: str, record: EpochRecord) -> None:
+        self.events.append(("epoch_end", model, dict(record)))
+        saved = None
+        if self.state_path is not None and self.state_path.exists():
+            saved = torch.load(self.state_path, weights_only=True)["epoch"]
+        self.saved_epoch_at_end.append(saved)
+
+    def on_recovered(self, model: str, epoch: int, reason: str, recoveries: int) -> None:
+        self.events.append(("recovered", model, epoch, reason, recoveries))
+
+
+def test_callbacks_report_epochs_before_their_state_is_saved_and_the_resumption(tmp_path):
+    source, supports = _small()
+    state = tmp_path / "state.pt"
+    settings = dict(base_lr=0.01, steps=[100], use_curriculum_learning=False)
+    first, second = Recorder(state), Recorder(state)
+    trainer, _ = _quiet_trainer(
+        _dcrnn(source, supports), source, TrainSettings(epochs=2, **settings),
+        state_path=state, name="dcrnn", callbacks=[first],
+    )  # fmt: skip
+    result = trainer.fit()
+    # Once per epoch, with the epoch's record (the history entry), before its state is written:
+    # a process killed in the hook loses that epoch.
+    assert first.events == [("epoch_end", "dcrnn", h) for h in result.history]
+    assert [e[2]["epoch"] for e in first.events] == [1, 2]
+    assert first.saved_epoch_at_end == [None, 1]
+
+    resumed, _ = _quiet_trainer(
+        _dcrnn(source, supports), source, TrainSettings(epochs=3, **settings),
+        state_path=state, name="dcrnn", callbacks=[second],
+    )  # fmt: skip
+    more = resumed.fit(resume=True)
+    steps_per_epoch = source.num_batches("train")
+    assert second.events[0] == ("resumed", "dcrnn", 2, 2 * steps_per_epoch)
+    assert second.events[1:] == [("epoch_end", "dcrnn", more.history[2])]
+    assert more.history[2]["epoch"] == 3 and second.saved_epoch_at_end == [2]
+
+
+def test_callbacks_without_resume_or_state_report_no_resumption(tmp_path):
+    source, supports = _small()
+    recorder = Recorder()
+    trainer, _ = _quiet_trainer(
+        _dcrnn(source, supports), source, TrainSettings(epochs=1, steps=[100]),
+        callbacks=[recorder],
+    )  # fmt: skip
+    trainer.fit(resume=True)  # nothing on disk to resume from
+    assert [e[0] for e in recorder.events] == ["epoch_end"]
+
+
 # ---- divergence ------------------------------------------------------------------------------
 class NaNDCRNN(DCRNN):
     """A DCRNN whose training forward returns NaN on chosen calls (1-based), or on all of them."""
@@ -243,7 +306,8 @@ def test_planted_nan_loss_is_recovered():
     assert batches_per_epoch >= 3
     model = _dcrnn(source, supports, cls=NaNDCRNN, nan_calls={3})
     settings = TrainSettings(epochs=2, base_lr=0.01, steps=[100], max_recoveries=3)
-    trainer, lines = _quiet_trainer(model, source, settings)
+    recorder = Recorder()
+    trainer, lines = _quiet_trainer(model, source, settings, callbacks=[recorder])
     result = trainer.fit()
 
     recoveries = [line for line in lines if "restored" in line]
@@ -251,6 +315,8 @@ def test_planted_nan_loss_is_recovered():
     assert "non-finite loss at step 2" in recoveries[0]
     assert "halved the learning rate" in recoveries[0]
     assert result.recoveries == 1 and trainer.recovery_factor == 0.5
+    assert recorder.events[0] == ("recovered", "model", 1, "non-finite loss at step 2", 1)
+    assert [e[0] for e in recorder.events] == ["recovered", "epoch_end", "epoch_end"]
     assert [h["lr"] for h in result.history] == [0.005, 0.005]
     assert result.epochs_run == 2
     # The two steps taken before the NaN were undone: the epoch re-ran from its start.

@@ -1,0 +1,78 @@
+"""Train, evaluate and predict: the jobs behind ``trafficcast train|evaluate|predict``.
+
+This is where the packages meet: ``data`` reads and windows the speeds, ``graph`` turns
+distances into supports, ``models`` trains and scores. Everything here works from a run
+directory that holds what a run produced:
+
+``RUN_DIR/model.pt``      the DCRNN checkpoint (self-describing; serves forecasts)
+``RUN_DIR/fc_lstm.pt``    the FC-LSTM baseline's checkpoint
+``RUN_DIR/config.yaml``   the resolved configuration
+``RUN_DIR/report.json``   metrics on the test split (interface.md), plus ``report.md`` and plots
+``RUN_DIR/train_log.jsonl`` a JSON record per epoch, resumption and recovery (:class:`TrainLog`)
+``RUN_DIR/state_*.pt``    resumable training state
+
+The modules: :mod:`~app.pipeline.data` (inputs, windows, the graph), :mod:`~app.pipeline.train`,
+:mod:`~app.pipeline.evaluate` with :mod:`~app.pipeline.report`, :mod:`~app.pipeline.predict`.
+"""
+
+from app.pipeline.data import (
+    PreparedData,
+    WindowSource,
+    check_data_fits,
+    checkpoint_speeds,
+    data_fingerprint,
+    load_graph_for,
+    prepare_data,
+    read_graph,
+    torch_supports,
+)
+from app.pipeline.evaluate import LoadedRun, evaluate_run, load_run
+from app.pipeline.predict import predict_run
+from app.pipeline.report import (
+    MODEL_ORDER,
+    REPORT_MINUTES,
+    horizon_steps,
+    report_markdown,
+    trace_steps,
+)
+from app.pipeline.train import (
+    TrainLog,
+    build_dcrnn,
+    build_fc_lstm,
+    load_config,
+    log_stderr,
+    resolve_device,
+    set_threads,
+    train_run,
+    warm_start,
+)
+
+__all__ = [
+    "MODEL_ORDER",
+    "REPORT_MINUTES",
+    "LoadedRun",
+    "PreparedData",
+    "TrainLog",
+    "WindowSource",
+    "build_dcrnn",
+    "build_fc_lstm",
+    "check_data_fits",
+    "checkpoint_speeds",
+    "data_fingerprint",
+    "evaluate_run",
+    "horizon_steps",
+    "load_config",
+    "load_graph_for",
+    "load_run",
+    "log_stderr",
+    "predict_run",
+    "prepare_data",
+    "read_graph",
+    "report_markdown",
+    "resolve_device",
+    "set_threads",
+    "torch_supports",
+    "trace_steps",
+    "train_run",
+    "warm_start",
+]

@@ -1,0 +1,49 @@
+"""``trafficcast predict``: a run's forecast from a data file's window ending at a given time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from app.fsutil import atomic_write_text
+from app.pipeline.data import checkpoint_speeds
+from data import read_speeds
+from data.errors import DataInputError
+
+
+def predict_run(run_dir: str | Path, data: str | Path, at: str, output: str | Path) -> pd.DataFrame:
+    """Forecast the ``horizon`` steps after ``at`` from the ``seq_len`` steps ending at ``at``."""
+    from app.forecaster import Forecaster
+
+    run_dir = Path(run_dir)
+    forecaster = Forecaster.from_run(run_dir)
+    speeds = read_speeds(data)
+    speeds = checkpoint_speeds(forecaster.payload, data, speeds)
+    try:
+        when = pd.Timestamp(at)
+    except (ValueError, TypeError) as exc:
+        raise DataInputError(f"--at {at!r} is not a timestamp") from exc
+    if when.tzinfo is not None:
+        when = when.tz_convert("UTC").tz_localize(None)
+    positions = speeds.index.get_indexer([when])
+    if positions[0] < 0:
+        raise DataInputError(
+            f"--at {at}: not a time step of {speeds.source} (it runs from {speeds.index[0]} to "
+            f"{speeds.index[-1]} every {speeds.freq_minutes} min)"
+        )
+    end = int(positions[0]) + 1
+    start = end - forecaster.seq_len
+    if start < 0:
+        raise DataInputError(
+            f"--at {at}: needs {forecaster.seq_len} steps of history, but {speeds.source} starts at "
+            f"{speeds.index[0]} (earliest --at is {speeds.index[forecaster.seq_len - 1]})"
+        )
+    window = np.where(speeds.mask[start:end], speeds.values[start:end], np.nan)
+    forecast, future = forecaster.forecast(speeds.index[start:end], window)
+    frame = pd.DataFrame(
+        forecast, index=pd.DatetimeIndex(future, name="timestamp"), columns=forecaster.sensor_ids
+    )
+    atomic_write_text(output, frame.to_csv(float_format="%.4f"))
+    return frame

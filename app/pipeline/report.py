@@ -1,0 +1,138 @@
+"""What an evaluation writes: the horizon keys of ``report.json``, ``report.md`` and the plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data import SpeedData
+
+REPORT_MINUTES = {"15min": 15, "30min": 30, "60min": 60}
+MODEL_ORDER = ("dcrnn", "persistence", "historical_average", "fc_lstm")
+NO_METRICS: dict[str, float | None] = {"mae": None, "rmse": None, "mape_pct": None}
+
+
+def horizon_steps(freq_minutes: int, horizon: int) -> dict[str, int | None]:
+    """The horizon step of each report key (``15min`` is step 3 of 5-minute data); None where
+    the time is not a whole number of steps or lies beyond the model's horizon."""
+    steps: dict[str, int | None] = {}
+    for key, minutes in REPORT_MINUTES.items():
+        step, rest = divmod(minutes, freq_minutes)
+        steps[key] = step if rest == 0 and 1 <= step <= horizon else None
+    return steps
+
+
+def trace_steps(horizon: int) -> tuple[int, int]:
+    """The two horizon steps drawn in the forecast-vs-actual plot: about 15 minutes and the last."""
+    return min(3, horizon), horizon
+
+
+def clean(d: dict[str, float]) -> dict[str, float | None]:
+    """Metrics rounded for the report; None for a metric with nothing to average."""
+    return {k: (None if not math.isfinite(v) else round(v, 4)) for k, v in d.items()}
+
+
+def clean_list(values: list[float]) -> list[float | None]:
+    return [None if not math.isfinite(v) else round(v, 4) for v in values]
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    ds, split = report["dataset"], report["split"]
+    lines = [
+        "# trafficcast evaluation",
+        "",
+        f"Test split: {split['test']} windows ({split['train']} train / {split['val']} validation), "
+        f"{ds['sensors']} sensors, {ds['freq_minutes']}-minute data. Masked metrics in data units "
+        "(a target that is 0 or missing counts nowhere).",
+        "",
+        "| model | MAE 15 min | MAE 30 min | MAE 60 min | RMSE 15 | RMSE 30 | RMSE 60 | MAPE % 15 | MAPE % 30 | MAPE % 60 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    for name, by_h in report["metrics"].items():
+        row = [name]
+        for metric in ("mae", "rmse", "mape_pct"):
+            row += [fmt(by_h[h][metric]) for h in REPORT_MINUTES]
+        lines.append("| " + " | ".join(row) + " |")
+    training = (report.get("model") or {}).get("training")
+    if training:
+        lines += [
+            "",
+            f"DCRNN: best validation MAE {training['best_val_mae']:.3f} at epoch {training['best_epoch']} "
+            f"of {training['epochs_run']}; training time {training['wall_time_s']:.0f} s.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(
+    directory: Path,
+    report: dict[str, Any],
+    speeds: SpeedData,
+    seq_len: int,
+    horizon: int,
+    traces: dict[int, list[np.ndarray]],
+    trace_starts: list[np.ndarray],
+    sensors: np.ndarray,
+) -> None:
+    """``mae_by_horizon.png`` and ``forecast_vs_actual.png`` (DCRNN's ``traces``: per horizon
+    step, its forecasts of ``sensors`` for the windows starting at ``trace_starts``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from app.fsutil import atomic_write_bytes
+
+    def save(fig, name: str) -> None:
+        import io
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        atomic_write_bytes(directory / name, buf.getvalue())
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, maes in report["mae_by_step"].items():
+        steps = np.arange(1, len(maes) + 1) * speeds.freq_minutes
+        ax.plot(steps, [np.nan if v is None else v for v in maes], marker="o", label=name)
+    ax.set_xlabel("horizon (minutes)")
+    ax.set_ylabel("masked MAE")
+    ax.set_title("Test MAE by horizon")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save(fig, "mae_by_horizon.png")
+
+    # Forecast against actual over the last test day, at 15 and 60 minutes ahead.
+    starts = np.concatenate(trace_starts)
+    per_day = (24 * 60) // speeds.freq_minutes
+    keep = slice(max(0, len(starts) - per_day), len(starts))
+    fig, axes = plt.subplots(
+        len(sensors), 1, figsize=(9, 2.6 * len(sensors)), sharex=True, squeeze=False
+    )
+    for row, sensor_pos in enumerate(sensors):
+        ax = axes[row, 0]
+        short_step, long_step = trace_steps(horizon)
+        for step, style in ((short_step, "-"), (long_step, "--")):
+            target_rows = starts[keep] + seq_len + step - 1
+            times = speeds.index[target_rows]
+            if step == short_step:
+                actual = np.where(
+                    speeds.mask[target_rows, sensor_pos],
+                    speeds.values[target_rows, sensor_pos],
+                    np.nan,
+                )
+                ax.plot(times, actual, color="black", lw=1.2, label="actual")
+            pred = np.concatenate(traces[step])[keep, row]
+            ax.plot(times, pred, style, lw=1, label=f"dcrnn {step * speeds.freq_minutes} min ahead")
+        ax.set_ylabel("speed")
+        ax.set_title(f"sensor {speeds.sensor_ids[sensor_pos]}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    fig.autofmt_xdate()
+    save(fig, "forecast_vs_actual.png")

@@ -1,0 +1,475 @@
+"""``trafficcast train``: DCRNN and the FC-LSTM baseline trained on a data file, written to a
+run directory (its files: :mod:`app.pipeline`) and scored."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from app.fsutil import atomic_write_text
+from app.pipeline.data import (
+    PreparedData,
+    WindowSource,
+    check_data_fits,
+    data_fingerprint,
+    load_graph_for,
+    prepare_data,
+    torch_supports,
+)
+from app.pipeline.evaluate import evaluate_run
+from data import read_speeds
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.config import RunConfig
+from models.dcrnn import DCRNN
+from models.distributed import DistContext, distributed_session, process_device, shard_bounds
+from models.errors import ConfigError
+from models.fc_lstm import FCLSTM
+from models.trainer import (
+    EpochRecord,
+    Trainer,
+    TrainerCallback,
+    TrainResult,
+    TrainSettings,
+    no_log,
+)
+
+
+def log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"train.device = {name!r} is not a device torch knows") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but CUDA is not available on this machine")
+    return device
+
+
+def _settings(config: RunConfig, epochs: int, base_lr: float, curriculum: bool) -> TrainSettings:
+    t, m = config.train, config.model
+    return TrainSettings(
+        epochs=epochs,
+        base_lr=base_lr,
+        epsilon=t.epsilon,
+        weight_decay=t.weight_decay,
+        steps=list(t.steps),
+        lr_decay_ratio=t.lr_decay_ratio,
+        min_learning_rate=t.min_learning_rate,
+        max_grad_norm=t.max_grad_norm,
+        patience=t.patience,
+        use_curriculum_learning=curriculum,
+        cl_decay_steps=m.cl_decay_steps,
+        max_recoveries=t.max_recoveries,
+        seed=t.seed,
+    )
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("trafficcast")
+    except PackageNotFoundError:
+        own = "unknown"
+    return {
+        "trafficcast": own,
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
+        "pandas": str(pd.__version__),
+    }
+
+
+def _payload(
+    name: str,
+    model: torch.nn.Module,
+    kwargs: dict[str, Any],
+    config: RunConfig,
+    prepared: PreparedData,
+    data_path: str,
+    graph_source: str | None,
+    result: Any,
+) -> dict[str, Any]:
+    speeds = prepared.speeds
+    return {
+        "model_name": name,
+        "model_kwargs": kwargs,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config.to_dict(),
+        "scaler": prepared.scaler.state_dict(),
+        "sensor_ids": list(speeds.sensor_ids),
+        "features": {
+            "time_in_day": config.data.add_time_in_day,
+            "day_in_week": config.data.add_day_in_week,
+        },
+        "freq_minutes": int(speeds.freq_minutes),
+        "seq_len": prepared.seq_len,
+        "horizon": prepared.horizon,
+        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": {
+            "path": str(Path(data_path).resolve()),
+            "start": str(speeds.index[0]),
+            "end": str(speeds.index[-1]),
+            "steps": int(speeds.num_steps),
+            "fingerprint": data_fingerprint(speeds),
+            "graph": graph_source,
+        },
+        "training": {
+            "best_epoch": result.best_epoch,
+            "best_val_mae": result.best_val_mae,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "recoveries": result.recoveries,
+            "wall_time_s": round(result.wall_time_s, 2),
+        },
+        "versions": _versions(),
+    }
+
+
+def build_dcrnn(
+    config: RunConfig, num_nodes: int, input_dim: int, supports: list[torch.Tensor]
+) -> tuple[DCRNN, dict]:
+    m = config.model
+    kwargs = {
+        "num_nodes": num_nodes,
+        "input_dim": input_dim,
+        "output_dim": m.output_dim,
+        "hidden_dim": m.rnn_units,
+        "num_layers": m.num_rnn_layers,
+        "max_diffusion_step": m.max_diffusion_step,
+        "seq_len": m.seq_len,
+        "horizon": m.horizon,
+    }
+    if m.node_embedding_dim:  # absent from the kwargs when off: older readers still load them
+        kwargs["node_embedding_dim"] = m.node_embedding_dim
+    return DCRNN(supports=supports, **kwargs), kwargs
+
+
+def build_fc_lstm(config: RunConfig, num_nodes: int, input_dim: int) -> tuple[FCLSTM, dict]:
+    b, m = config.baselines, config.model
+    kwargs = {
+        "num_nodes": num_nodes,
+        "input_dim": input_dim,
+        "output_dim": m.output_dim,
+        "hidden_dim": b.fc_lstm_units,
+        "num_layers": b.fc_lstm_layers,
+        "horizon": m.horizon,
+    }
+    return FCLSTM(**kwargs), kwargs
+
+
+def load_config(path: str | Path | None, epochs: int | None = None) -> RunConfig:
+    config = RunConfig.from_yaml(path) if path is not None else RunConfig()
+    if epochs is not None:
+        if epochs < 1:
+            raise ConfigError(f"--epochs = {epochs} must be >= 1")
+        config.train.epochs = epochs
+    return config
+
+
+def train_run(
+    data: str | Path,
+    output: str | Path,
+    distances: str | Path | None = None,
+    adjacency: str | Path | None = None,
+    config: RunConfig | None = None,
+    threshold: float = 0.1,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = log_stderr,
+    init_from: str | Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict[str, Any]:
+    """Train DCRNN (and FC-LSTM) on ``data``, write the run directory, return the report.
+
+    ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a resumed
+    run's own state takes precedence over it. ``callbacks``: progress hooks of both trainers
+    (after the one that writes ``train_log.jsonl``).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this: the ranks train one model
+    together (see :mod:`models.distributed`), rank 0 alone logs, calls the hooks and writes
+    RUN_DIR, and every rank returns the same report (rank 0's, sent to the others). A caller
+    that acts on the report, such as promoting the model, must do so on rank 0 only
+    (:func:`models.distributed.is_main_process`).
+    """
+    config = config or RunConfig()
+    set_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    job = {"data": data, "output": output, "distances": distances, "adjacency": adjacency,
+           "config": config, "threshold": threshold, "resume": resume,
+           "init_from": init_from, "callbacks": callbacks}  # fmt: skip
+    with distributed_session(process_device(device)) as dist:
+        if dist is None:
+            return _train(**job, progress=progress, log=log, device=device, dist=None)
+        if config.train.threads is None and "OMP_NUM_THREADS" not in os.environ:
+            # Several ranks share the machine's cores: torch's default (all cores per process)
+            # would oversubscribe them. torchrun normally sets OMP_NUM_THREADS=1 already.
+            torch.set_num_threads(1)
+        report = _train(
+            **job,
+            progress=progress and dist.is_main,
+            log=log if dist.is_main else no_log,
+            device=process_device(device),
+            dist=dist,
+        )
+        # Rank 0 wrote and scored the run; the others wait here for its report.
+        return dist.broadcast_json(report)  # type: ignore[return-value]
+
+
+@dataclass
+class _Training:
+    """What both models' training shares: the prepared data and its windows, where the run is
+    written, and how progress is reported."""
+
+    config: RunConfig
+    prepared: PreparedData
+    source: WindowSource
+    run_dir: Path
+    data_path: str
+    graph_source: str
+    device: torch.device
+    dist: DistContext | None
+    resume: bool
+    progress: bool
+    callbacks: tuple[TrainerCallback, ...]
+
+    @property
+    def main(self) -> bool:
+        return self.dist is None or self.dist.is_main
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled predictions to data units."""
+        return x * self.prepared.scaler.std + self.prepared.scaler.mean
+
+    def fit(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        kwargs: dict[str, Any],
+        settings: TrainSettings,
+        log: Callable[[str], None],
+    ) -> TrainResult:
+        """Train ``model`` (resuming from ``state_<name>.pt`` if asked) and, on rank 0, save
+        its checkpoint. The trainer (and its DDP wrapper) is closed before this returns."""
+        trainer = Trainer(
+            model,
+            self.source,
+            settings,
+            self.inverse,
+            state_path=self.run_dir / f"state_{name}.pt",
+            log=log,
+            progress=self.progress,
+            name=name,
+            dist=self.dist,
+            callbacks=self.callbacks,
+        )
+        result = trainer.fit(resume=self.resume)
+        trainer.close()
+        if self.main:
+            payload = _payload(
+                name,
+                model,
+                kwargs,
+                self.config,
+                self.prepared,
+                self.data_path,
+                self.graph_source,
+                result,
+            )
+            save_checkpoint(self.run_dir / _CHECKPOINTS[name], payload)
+        return result
+
+
+_CHECKPOINTS = {"dcrnn": "model.pt", "fc_lstm": "fc_lstm.pt"}
+
+
+def _train(
+    data: str | Path,
+    output: str | Path,
+    distances: str | Path | None,
+    adjacency: str | Path | None,
+    config: RunConfig,
+    threshold: float,
+    resume: bool,
+    init_from: str | Path | None,
+    callbacks: Sequence[TrainerCallback],
+    progress: bool,
+    log: Callable[[str], None],
+    device: torch.device,
+    dist: DistContext | None,
+) -> dict[str, Any]:
+    """The body of :func:`train_run`. Distributed, it returns rank 0's report on rank 0 and an
+    empty dict elsewhere; its trainers (and their DDP wrappers) are closed before it returns,
+    so that the process group can be torn down cleanly after."""
+    torch.manual_seed(config.train.seed)
+    speeds = read_speeds(data)
+    speeds, adj, graph_source = load_graph_for(speeds, distances, adjacency, threshold)
+    check_data_fits(speeds, config, str(data))
+    prepared = prepare_data(speeds, config)
+    if config.model.input_dim is not None and config.model.input_dim != prepared.input_dim:
+        raise ConfigError(
+            f"model.input_dim = {config.model.input_dim} but the data gives {prepared.input_dim} "
+            f"features (speed{' + time of day' if config.data.add_time_in_day else ''}"
+            f"{' + 7 day-of-week' if config.data.add_day_in_week else ''})"
+        )
+    run_dir = Path(output)
+    d = config.data
+    training = _Training(
+        config=config,
+        prepared=prepared,
+        source=WindowSource(
+            prepared,
+            {"train": d.batch_size, "val": d.val_batch_size, "test": d.test_batch_size},
+            device,
+        ),
+        run_dir=run_dir,
+        data_path=str(data),
+        graph_source=graph_source,
+        device=device,
+        dist=dist,
+        resume=resume,
+        progress=progress,
+        callbacks=(TrainLog(run_dir / "train_log.jsonl"), *callbacks),
+    )
+    if training.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", _yaml(config.to_dict()))
+    _log_setup(training, adj, log)
+    _train_dcrnn(training, adj, init_from, log)
+    _train_fc_lstm(training, log)
+    if not training.main:
+        return {}
+    return evaluate_run(run_dir, speeds=speeds, device=device)
+
+
+def _log_setup(training: _Training, adj: np.ndarray, log: Callable[[str], None]) -> None:
+    speeds, dist = training.prepared.speeds, training.dist
+    counts = {k: len(v) for k, v in training.prepared.splits.items()}
+    log(
+        f"data: {speeds.num_sensors} sensors x {speeds.num_steps} steps ({speeds.freq_minutes} min); "
+        f"windows train/val/test {counts['train']}/{counts['val']}/{counts['test']}; "
+        f"graph {int(np.count_nonzero(adj))} nonzero weights"
+    )
+    if dist is not None:
+        batch_size = training.config.data.batch_size
+        per_rank = ", ".join(
+            str(b - a)
+            for a, b in (
+                shard_bounds(batch_size, r, dist.world_size) for r in range(dist.world_size)
+            )
+        )
+        log(
+            f"distributed: {dist.world_size} processes ("
+            f"{'nccl' if training.device.type == 'cuda' else 'gloo'}), global batch {batch_size} "
+            f"split {per_rank}"
+        )
+
+
+def _train_dcrnn(
+    training: _Training, adj: np.ndarray, init_from: str | Path | None, log: Callable[[str], None]
+) -> None:
+    config, prepared = training.config, training.prepared
+    supports = (
+        torch_supports(adj, config.model.filter_type) if config.model.max_diffusion_step > 0 else []
+    )
+    model, kwargs = build_dcrnn(config, prepared.speeds.num_sensors, prepared.input_dim, supports)
+    if init_from is not None:
+        warm_start(model, init_from)
+    model.to(training.device)
+    settings = _settings(
+        config, config.train.epochs, config.train.base_lr, config.model.use_curriculum_learning
+    )
+    started = time.perf_counter()
+    result = training.fit("dcrnn", model, kwargs, settings, log)
+    log(
+        f"dcrnn: best val MAE {result.best_val_mae:.4f} at epoch {result.best_epoch} of "
+        f"{result.epochs_run} ({time.perf_counter() - started:.0f} s)"
+    )
+
+
+def _train_fc_lstm(training: _Training, log: Callable[[str], None]) -> None:
+    """The FC-LSTM baseline, when the config asks for it; otherwise an FC-LSTM checkpoint left
+    by an earlier run in the same directory is removed (it would be scored as this run's)."""
+    config, prepared = training.config, training.prepared
+    if not config.baselines.fc_lstm:
+        if training.main and (training.run_dir / "fc_lstm.pt").exists():
+            (training.run_dir / "fc_lstm.pt").unlink()
+        return
+    torch.manual_seed(config.train.seed)
+    fc, fc_kwargs = build_fc_lstm(config, prepared.speeds.num_sensors, prepared.input_dim)
+    fc.to(training.device)
+    fc_epochs = config.baselines.fc_lstm_epochs or config.train.epochs
+    settings = _settings(
+        config, fc_epochs, config.baselines.fc_lstm_lr, config.model.use_curriculum_learning
+    )
+    training.fit("fc_lstm", fc, fc_kwargs, settings, log)
+
+
+def warm_start(model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Copy a checkpoint's learned weights into ``model``; its graph supports are left alone,
+    since the new model's graph may be newer."""
+    state = load_checkpoint(checkpoint)["state_dict"]
+    own = dict(model.named_parameters())
+    missing = [k for k in own if k not in state]
+    misfit = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or misfit:
+        raise ConfigError(
+            f"{checkpoint}: cannot warm-start from it: "
+            + (f"it lacks {missing[0]}" if missing else f"{misfit[0]} has another shape")
+            + " (the model's size or sensors changed; retrain without the warm start)"
+        )
+    with torch.no_grad():
+        for name, param in own.items():
+            param.copy_(state[name])
+
+
+class TrainLog(TrainerCallback):
+    """Appends the trainers' progress to ``train_log.jsonl``, one JSON object a line, each with
+    the time, the model's name and the ``event``: ``"epoch"`` with the finished epoch's
+    :class:`models.trainer.EpochRecord` (one line per epoch), ``"resumed"`` and ``"recovered"``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_epoch_end(self, model: str, record: EpochRecord) -> None:
+        self._append(model, "epoch", **record)
+
+    def on_resumed(self, model: str, epoch: int, step: int) -> None:
+        self._append(model, "resumed", epoch=epoch, global_step=step)
+
+    def on_recovered(self, model: str, epoch: int, reason: str, recoveries: int) -> None:
+        self._append(model, "recovered", epoch=epoch, reason=reason, recoveries=recoveries)
+
+    def _append(self, model: str, event: str, **fields: Any) -> None:
+        line = {
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": model,
+            "event": event,
+            **fields,
+        }
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def _yaml(obj: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
