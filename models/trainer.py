@@ -31,13 +31,14 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
 import torch
 from torch import nn
 
+from models.config import TrainConfig
 from models.distributed import DistContext
 from models.errors import TrainingError
 from models.metrics import MaskedMetrics, masked_mae_loss, observed
@@ -80,23 +81,6 @@ class BatchSource(Protocol):
         ...
 
 
-@dataclass
-class TrainSettings:
-    epochs: int = 100
-    base_lr: float = 0.01
-    epsilon: float = 1e-3
-    weight_decay: float = 0.0
-    steps: list[int] = field(default_factory=lambda: [20, 30, 40, 50])
-    lr_decay_ratio: float = 0.1
-    min_learning_rate: float = 2e-6
-    max_grad_norm: float = 5.0
-    patience: int = 50
-    use_curriculum_learning: bool = True
-    cl_decay_steps: int = 2000
-    max_recoveries: int = 3
-    seed: int = 0
-
-
 def teacher_forcing_probability(global_step: int, decay_steps: int) -> float:
     """The paper's inverse-sigmoid decay: ``k / (k + exp(step / k))``."""
     k = float(decay_steps)
@@ -106,7 +90,7 @@ def teacher_forcing_probability(global_step: int, decay_steps: int) -> float:
     return k / (k + math.exp(exponent))
 
 
-def learning_rate(settings: TrainSettings, epoch: int, recovery_factor: float = 1.0) -> float:
+def learning_rate(settings: TrainConfig, epoch: int, recovery_factor: float = 1.0) -> float:
     """MultiStepLR's rate at 0-based ``epoch``, times the recovery factor, floored."""
     decays = sum(1 for milestone in settings.steps if milestone <= epoch)
     rate = settings.base_lr * settings.lr_decay_ratio**decays * recovery_factor
@@ -169,7 +153,7 @@ class Trainer:
     Args:
         model: maps ``(x, targets, teacher_forcing_prob, generator)`` to scaled predictions.
         source: the batches.
-        settings: see :class:`TrainSettings`.
+        settings: the ``train:`` section of the run's config (:class:`models.config.TrainConfig`).
         inverse_transform: scaled predictions -> data units (the scaler's inverse).
         state_path: where the resumable state is written after every epoch (atomically); None
             keeps nothing on disk.
@@ -177,13 +161,16 @@ class Trainer:
         progress: show a tqdm bar per epoch (rank 0 only).
         dist: this process's place in a torchrun job; None for a single process.
         callbacks: progress hooks, called in order (rank 0 only).
+        teacher_forcing_decay_steps: ``k`` of the paper's scheduled sampling (the decoder is fed
+            the truth with probability ``k / (k + exp(step / k))``); None feeds it its own
+            predictions throughout.
     """
 
     def __init__(
         self,
         model: nn.Module,
         source: BatchSource,
-        settings: TrainSettings,
+        settings: TrainConfig,
         inverse_transform: Callable[[torch.Tensor], torch.Tensor],
         state_path: Path | None = None,
         log: Callable[[str], None] = print,
@@ -191,10 +178,12 @@ class Trainer:
         name: str = "model",
         dist: DistContext | None = None,
         callbacks: Sequence[TrainerCallback] = (),
+        teacher_forcing_decay_steps: int | None = None,
     ) -> None:
         self.model = model
         self.source = source
         self.settings = settings
+        self.teacher_forcing_decay_steps = teacher_forcing_decay_steps
         self.inverse_transform = inverse_transform
         self.state_path = Path(state_path) if state_path is not None else None
         self.dist = dist
@@ -412,8 +401,8 @@ class Trainer:
         total, count = 0.0, 0
         for batch in batches:
             prob = (
-                teacher_forcing_probability(self.global_step, s.cl_decay_steps)
-                if s.use_curriculum_learning
+                teacher_forcing_probability(self.global_step, self.teacher_forcing_decay_steps)
+                if self.teacher_forcing_decay_steps is not None
                 else 0.0
             )
             self.optimizer.zero_grad(set_to_none=True)

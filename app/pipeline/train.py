@@ -30,7 +30,7 @@ from app.pipeline.data import (
 from app.pipeline.evaluate import evaluate_run
 from data import read_speeds
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.config import RunConfig
+from models.config import RunConfig, TrainConfig
 from models.dcrnn import DCRNN
 from models.distributed import DistContext, distributed_session, process_device, shard_bounds
 from models.errors import ConfigError
@@ -40,7 +40,6 @@ from models.trainer import (
     Trainer,
     TrainerCallback,
     TrainResult,
-    TrainSettings,
     no_log,
 )
 
@@ -62,25 +61,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r} but CUDA is not available on this machine")
     return device
-
-
-def _settings(config: RunConfig, epochs: int, base_lr: float, curriculum: bool) -> TrainSettings:
-    t, m = config.train, config.model
-    return TrainSettings(
-        epochs=epochs,
-        base_lr=base_lr,
-        epsilon=t.epsilon,
-        weight_decay=t.weight_decay,
-        steps=list(t.steps),
-        lr_decay_ratio=t.lr_decay_ratio,
-        min_learning_rate=t.min_learning_rate,
-        max_grad_norm=t.max_grad_norm,
-        patience=t.patience,
-        use_curriculum_learning=curriculum,
-        cl_decay_steps=m.cl_decay_steps,
-        max_recoveries=t.max_recoveries,
-        seed=t.seed,
-    )
 
 
 def _versions() -> dict[str, str]:
@@ -264,11 +244,12 @@ class _Training:
         name: str,
         model: torch.nn.Module,
         kwargs: dict[str, Any],
-        settings: TrainSettings,
+        settings: TrainConfig,
         log: Callable[[str], None],
     ) -> TrainResult:
         """Train ``model`` (resuming from ``state_<name>.pt`` if asked) and, on rank 0, save
         its checkpoint. The trainer (and its DDP wrapper) is closed before this returns."""
+        m = self.config.model
         trainer = Trainer(
             model,
             self.source,
@@ -280,6 +261,7 @@ class _Training:
             name=name,
             dist=self.dist,
             callbacks=self.callbacks,
+            teacher_forcing_decay_steps=m.cl_decay_steps if m.use_curriculum_learning else None,
         )
         result = trainer.fit(resume=self.resume)
         trainer.close()
@@ -394,11 +376,8 @@ def _train_dcrnn(
     if init_from is not None:
         warm_start(model, init_from)
     model.to(training.device)
-    settings = _settings(
-        config, config.train.epochs, config.train.base_lr, config.model.use_curriculum_learning
-    )
     started = time.perf_counter()
-    result = training.fit("dcrnn", model, kwargs, settings, log)
+    result = training.fit("dcrnn", model, kwargs, config.train, log)
     log(
         f"dcrnn: best val MAE {result.best_val_mae:.4f} at epoch {result.best_epoch} of "
         f"{result.epochs_run} ({time.perf_counter() - started:.0f} s)"
@@ -416,9 +395,10 @@ def _train_fc_lstm(training: _Training, log: Callable[[str], None]) -> None:
     torch.manual_seed(config.train.seed)
     fc, fc_kwargs = build_fc_lstm(config, prepared.speeds.num_sensors, prepared.input_dim)
     fc.to(training.device)
-    fc_epochs = config.baselines.fc_lstm_epochs or config.train.epochs
-    settings = _settings(
-        config, fc_epochs, config.baselines.fc_lstm_lr, config.model.use_curriculum_learning
+    b = config.baselines
+    # The baseline trains as DCRNN does but for its own rate and, when given, epoch count.
+    settings = config.train.model_copy(
+        update={"epochs": b.fc_lstm_epochs or config.train.epochs, "base_lr": b.fc_lstm_lr}
     )
     training.fit("fc_lstm", fc, fc_kwargs, settings, log)
 

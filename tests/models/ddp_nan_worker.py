@@ -19,8 +19,9 @@ import torch
 from data import StandardScaler, gather, make_synthetic, split_windows
 from graph import build_adjacency, compute_supports, to_torch_sparse_csr
 from models import DCRNN
+from models.config import TrainConfig
 from models.distributed import DistContext, distributed_session, shard_bounds
-from models.trainer import Batch, Trainer, TrainSettings
+from models.trainer import Batch, Trainer
 
 SEQ_LEN, HORIZON, BATCH = 4, 3, 13
 
@@ -110,7 +111,7 @@ def train(dist: DistContext | None, nan_calls: set[int]) -> dict:
         nan_calls=nan_calls,
     )
     lines: list[str] = []
-    settings = TrainSettings(epochs=2, base_lr=0.01, steps=[100], max_recoveries=3)
+    settings = TrainConfig(epochs=2, base_lr=0.01, steps=[100], max_recoveries=3)
     trainer = Trainer(
         model,
         source,
@@ -119,6 +120,7 @@ def train(dist: DistContext | None, nan_calls: set[int]) -> dict:
         log=lines.append,
         progress=False,
         dist=dist,
+        teacher_forcing_decay_steps=2000,
     )
     result = trainer.fit()
     trainer.close()

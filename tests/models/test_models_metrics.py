@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from models.config import TrainConfig
 from models.metrics import MaskedMetrics, masked_mae_loss, observed
-from models.trainer import Batch, Trainer, TrainSettings
+from models.trainer import Batch, Trainer
 
 B, H, N = 2, 3, 4
 
@@ -107,7 +108,7 @@ class _OneBatch:
 def test_trainer_mae_counts_the_same_targets_as_loss_and_metrics() -> None:
     pred, target, mask, counts = _batch_with_gaps()
     trainer = Trainer(
-        _FixedForecast(pred), _OneBatch(target, mask), TrainSettings(), lambda t: t, log=print
+        _FixedForecast(pred), _OneBatch(target, mask), TrainConfig(), lambda t: t, log=print
     )
     expected = float((pred - target).abs()[counts].mean())
     assert trainer.evaluate_mae("test") == pytest.approx(expected, rel=1e-6)

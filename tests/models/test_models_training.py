@@ -13,13 +13,13 @@ from data import SpeedData, StandardScaler, gather, make_synthetic, split_window
 from graph import build_adjacency, compute_supports, to_torch_sparse_csr
 from models import DCRNN, TrainingError
 from models.baselines import persistence_forecast
+from models.config import TrainConfig
 from models.metrics import MaskedMetrics, masked_mae_loss
 from models.trainer import (
     Batch,
     EpochRecord,
     Trainer,
     TrainerCallback,
-    TrainSettings,
     learning_rate,
     teacher_forcing_probability,
 )
@@ -117,7 +117,7 @@ def test_teacher_forcing_schedule_is_the_inverse_sigmoid():
 
 
 def test_learning_rate_follows_the_milestones_and_floor():
-    s = TrainSettings(base_lr=0.01, steps=[2, 4], lr_decay_ratio=0.1, min_learning_rate=2e-4)
+    s = TrainConfig(base_lr=0.01, steps=[2, 4], lr_decay_ratio=0.1, min_learning_rate=2e-4)
     assert [learning_rate(s, e) for e in range(5)] == pytest.approx([0.01, 0.01, 1e-3, 1e-3, 2e-4])
     assert learning_rate(s, 0, recovery_factor=0.5) == pytest.approx(0.005)
 
@@ -147,8 +147,8 @@ def test_tiny_training_falls_and_beats_persistence():
     source = SyntheticSource(data.speeds, seq_len=12, horizon=12, batch_size=32)
     supports = source.supports(build_adjacency(data.distances, data.sensor_ids))
     model = _dcrnn(source, supports, hidden_dim=16)
-    settings = TrainSettings(epochs=6, base_lr=0.01, steps=[100], use_curriculum_learning=False)
-    trainer, _ = _quiet_trainer(model, source, settings)
+    settings = TrainConfig(epochs=6, base_lr=0.01, steps=[100])
+    trainer, _ = _quiet_trainer(model, source, settings)  # no teacher forcing
     result = trainer.fit()
     train_mae = [h["train_mae"] for h in result.history]
     assert result.epochs_run == 6 and len(train_mae) == 6
@@ -176,23 +176,36 @@ def test_resume_equals_uninterrupted(tmp_path):
     try:
         source, supports = _small()
         # Curriculum on (the generator draws coins) and a decay milestone after the interruption.
-        settings = dict(base_lr=0.01, steps=[3], use_curriculum_learning=True, cl_decay_steps=5)
+        settings = dict(base_lr=0.01, steps=[3])
+        forcing = dict(teacher_forcing_decay_steps=5)
 
         straight = _dcrnn(source, supports)
         trainer, _ = _quiet_trainer(
-            straight, source, TrainSettings(epochs=4, **settings), state_path=tmp_path / "full.pt"
+            straight,
+            source,
+            TrainConfig(epochs=4, **settings),
+            state_path=tmp_path / "full.pt",
+            **forcing,
         )
         full = trainer.fit()
 
         first = _dcrnn(source, supports)
         part, _ = _quiet_trainer(
-            first, source, TrainSettings(epochs=2, **settings), state_path=tmp_path / "state.pt"
+            first,
+            source,
+            TrainConfig(epochs=2, **settings),
+            state_path=tmp_path / "state.pt",
+            **forcing,
         )
         part.fit()
         # A fresh process would build the model anew: different initial weights on purpose.
         second = _dcrnn(source, supports, seed=123)
         resumed_trainer, lines = _quiet_trainer(
-            second, source, TrainSettings(epochs=4, **settings), state_path=tmp_path / "state.pt"
+            second,
+            source,
+            TrainConfig(epochs=4, **settings),
+            state_path=tmp_path / "state.pt",
+            **forcing,
         )
         resumed = resumed_trainer.fit(resume=True)
     finally:
@@ -247,10 +260,10 @@ class Recorder(TrainerCallback):
 def test_callbacks_report_epochs_before_their_state_is_saved_and_the_resumption(tmp_path):
     source, supports = _small()
     state = tmp_path / "state.pt"
-    settings = dict(base_lr=0.01, steps=[100], use_curriculum_learning=False)
+    settings = dict(base_lr=0.01, steps=[100])
     first, second = Recorder(state), Recorder(state)
     trainer, _ = _quiet_trainer(
-        _dcrnn(source, supports), source, TrainSettings(epochs=2, **settings),
+        _dcrnn(source, supports), source, TrainConfig(epochs=2, **settings),
         state_path=state, name="dcrnn", callbacks=[first],
     )  # fmt: skip
     result = trainer.fit()
@@ -261,7 +274,7 @@ def test_callbacks_report_epochs_before_their_state_is_saved_and_the_resumption(
     assert first.saved_epoch_at_end == [None, 1]
 
     resumed, _ = _quiet_trainer(
-        _dcrnn(source, supports), source, TrainSettings(epochs=3, **settings),
+        _dcrnn(source, supports), source, TrainConfig(epochs=3, **settings),
         state_path=state, name="dcrnn", callbacks=[second],
     )  # fmt: skip
     more = resumed.fit(resume=True)
@@ -275,7 +288,7 @@ def test_callbacks_without_resume_or_state_report_no_resumption(tmp_path):
     source, supports = _small()
     recorder = Recorder()
     trainer, _ = _quiet_trainer(
-        _dcrnn(source, supports), source, TrainSettings(epochs=1, steps=[100]),
+        _dcrnn(source, supports), source, TrainConfig(epochs=1, steps=[100]),
         callbacks=[recorder],
     )  # fmt: skip
     trainer.fit(resume=True)  # nothing on disk to resume from
@@ -305,9 +318,11 @@ def test_planted_nan_loss_is_recovered():
     batches_per_epoch = source.num_batches("train")
     assert batches_per_epoch >= 3
     model = _dcrnn(source, supports, cls=NaNDCRNN, nan_calls={3})
-    settings = TrainSettings(epochs=2, base_lr=0.01, steps=[100], max_recoveries=3)
+    settings = TrainConfig(epochs=2, base_lr=0.01, steps=[100], max_recoveries=3)
     recorder = Recorder()
-    trainer, lines = _quiet_trainer(model, source, settings, callbacks=[recorder])
+    trainer, lines = _quiet_trainer(
+        model, source, settings, callbacks=[recorder], teacher_forcing_decay_steps=2000
+    )
     result = trainer.fit()
 
     recoveries = [line for line in lines if "restored" in line]
@@ -330,8 +345,8 @@ def test_nan_every_time_stops_with_training_error():
     source, supports = _small()
     model = _dcrnn(source, supports, cls=NaNDCRNN, nan_calls=None)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = TrainSettings(epochs=3, base_lr=0.01, max_recoveries=2)
-    trainer, lines = _quiet_trainer(model, source, settings)
+    settings = TrainConfig(epochs=3, base_lr=0.01, max_recoveries=2)
+    trainer, lines = _quiet_trainer(model, source, settings, teacher_forcing_decay_steps=2000)
     with pytest.raises(TrainingError, match=r"diverged \(non-finite loss at step 0\) 3 times"):
         trainer.fit()
     assert len([line for line in lines if "restored" in line]) == 2
