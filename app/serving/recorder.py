@@ -161,9 +161,10 @@ class Recorder:
         """The steps to forecast from, oldest first (blocking)."""
         if self._high_water is None:
             return [latest]
-        retention = pd.Timedelta(hours=self.service.settings.accuracy_retention_hours)
-        after = max(pd.Timestamp(self._high_water, unit="s"), latest - retention)
+        # Steps the retention would drop at once are not forecast from (after a long lag).
+        oldest = latest - pd.Timedelta(hours=self.service.settings.accuracy_retention_hours)
         assert self.service.store is not None
+        after = max(pd.Timestamp(self._high_water, unit="s"), oldest - pd.Timedelta(seconds=1))
         return list(self.service.store.steps_after(after))
 
     async def _forecast_from(self, end: pd.Timestamp) -> None:
