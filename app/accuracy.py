@@ -436,3 +436,12 @@ def live_summary(db_path: str | Path, version: str) -> dict[str, Any] | None:
         "latest_observation": None if end is None else end.isoformat(),
         **out,
     }
+
+
+def pooled_mae(summary: dict[str, Any], window: str = "24h") -> float | None:
+    """One live MAE for a summary: over the targets of every reported horizon (15, 30 and 60
+    minutes) in ``window`` together; None where none was scored. What ``trafficcast retrain
+    --when-live-mae-above`` compares."""
+    horizons = summary["windows"][window]["horizons"].values()
+    n = sum(h["scored"] for h in horizons)
+    return sum(h["mae"] * h["scored"] for h in horizons if h["scored"]) / n if n else None

@@ -193,7 +193,8 @@ class Recorder:
         """``(H, N)``: the latest step through the forecast cache, an older one directly."""
         service = self.service
         assert service.store is not None
-        if end == await asyncio.to_thread(service.store.latest_timestamp):
+        latest = await asyncio.to_thread(service.store.latest_timestamp)
+        if end == latest and model is service.model:  # the cache holds the serving model's only
             entry, _ = await service.stored_forecast(model)
             if entry.last_observation == end:  # else newer readings came in meanwhile
                 return entry.forecast

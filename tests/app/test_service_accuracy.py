@@ -19,7 +19,7 @@ import torch
 from fastapi.testclient import TestClient
 
 import data
-from app.accuracy import live_summary
+from app.accuracy import live_summary, pooled_mae
 from app.forecaster import Forecaster
 from app.service import create_app
 from app.settings import BUNDLED_RUN_DIR, Settings
@@ -143,6 +143,9 @@ def test_late_and_resent_readings_score_as_the_store_holds_them(
     summary = live_summary(db, got["model_version"])
     assert summary is not None and summary["windows"] == got["windows"]
     assert summary["forecasts"] == 19 and summary["latest_observation"] == got["latest_observation"]
+    pooled = sum(expected[s][0] * expected[s][1] for s in (3, 6, 12))  # the last 1h's, above
+    pooled /= sum(expected[s][1] for s in (3, 6, 12))
+    assert pooled_mae(summary, "1h") == pytest.approx(pooled, abs=1e-9)
     assert live_summary(db, "0123456789abcdef") is None
     assert live_summary(db.parent / "absent.sqlite3", got["model_version"]) is None
     assert not (db.parent / "absent.sqlite3").exists()
