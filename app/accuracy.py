@@ -244,8 +244,11 @@ class ForecastRecord:
         """Say what ``meta.version``'s forecasts mean (idempotent)."""
         with self._lock, self._conn:
             self._conn.execute(
-                "INSERT OR REPLACE INTO forecast_models (model_version, registry_version, "
-                "sensor_ids, horizon, freq_minutes) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO forecast_models (model_version, registry_version, sensor_ids, "
+                "horizon, freq_minutes) VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_version) DO "
+                "UPDATE SET registry_version = excluded.registry_version, sensor_ids = "
+                "excluded.sensor_ids, horizon = excluded.horizon, freq_minutes = "
+                "excluded.freq_minutes",
                 (
                     meta.version,
                     registry_version,
@@ -282,9 +285,10 @@ class ForecastRecord:
         stands). Shapes: ``point`` and each band ``(horizon, N)``."""
         lower, upper = bands if bands is not None else (None, None)
         with self._lock, self._conn:
-            cursor = self._conn.execute(
-                "INSERT OR IGNORE INTO forecasts (model_version, made_from, made_at, level, point, "
-                "lower, upper) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            row = self._conn.execute(
+                "INSERT INTO forecasts (model_version, made_from, made_at, level, point, lower, "
+                "upper) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model_version, made_from) DO "
+                "NOTHING RETURNING id",
                 (
                     meta.version,
                     made_from,
@@ -294,12 +298,12 @@ class ForecastRecord:
                     _blob(lower),
                     _blob(upper),
                 ),
-            )
-        if cursor.rowcount == 0:
+            ).fetchone()
+        if row is None:
             return None
         shape = (meta.horizon, len(meta.sensor_ids))
         return Recorded(
-            int(cursor.lastrowid),
+            int(row[0]),
             meta,
             made_from,
             _array(_blob(point), shape),
@@ -351,8 +355,11 @@ class ForecastRecord:
             return
         with self._lock, self._conn:
             self._conn.executemany(
-                "INSERT OR REPLACE INTO forecast_scores (forecast_id, step, target_ts, n, abs_err, "
-                "sq_err, n_bounded, hits) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO forecast_scores (forecast_id, step, target_ts, n, abs_err, sq_err, "
+                "n_bounded, hits) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (forecast_id, step) "
+                "DO UPDATE SET target_ts = excluded.target_ts, n = excluded.n, abs_err = "
+                "excluded.abs_err, sq_err = excluded.sq_err, n_bounded = excluded.n_bounded, "
+                "hits = excluded.hits",
                 rows,
             )
 

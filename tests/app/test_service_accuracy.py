@@ -447,3 +447,39 @@ def test_dashboard_shows_live_beside_test_split_figures(live_server, week) -> No
         "—",
         str(day["scored"]),
     ]
+
+
+def test_record_scores_bounds_and_keeps_the_first_forecast(tmp_path: Path) -> None:
+    from app.accuracy import ForecastRecord, ModelMeta, score_rows
+
+    record = ForecastRecord(tmp_path / "record.sqlite3")
+    meta = ModelMeta("v1", ["a", "b", "c"], horizon=3, freq_minutes=5)
+    record.register_model(meta, registry_version="v0001")
+    point = np.array([[10, 20, 30], [11, 21, 31], [12, 22, 32]], dtype=np.float32)
+    lower, upper = point - 1.5, point + 1.5
+    made_from = 1_000_200  # on the 5-minute grid
+    first = record.add(meta, made_from, "2026-01-01T00:00:00Z", point, (lower, upper), 0.8)
+    assert first is not None
+    again = record.add(meta, made_from, "2026-01-01T00:05:00Z", point + 1, None, 0.8)
+    assert again is None and record.made_between(None, None)[0].point[0, 0] == 10
+    # Step 1: one target missing (NaN), one 0 (missing too), one 1 off (inside the bounds).
+    # Steps 2 and 3: 2 off (outside), 0.5 off (inside), 3 off (outside).
+    targets = np.array([[np.nan, 0.0, 31.0], [13.0, 21.5, 34.0], [14.0, 22.5, 35.0]])
+    record.put_scores(score_rows(first, targets))
+    summary = record.summary(record.meta("v0001"), pd.Timestamp(made_from + 900, unit="s"))
+    h = summary["windows"]["1h"]["horizons"]["15min"]  # step 3 of 5-minute data
+    assert h == {
+        "step": 3,
+        "mae": pytest.approx((2 + 0.5 + 3) / 3),
+        "rmse": pytest.approx(math.sqrt((4 + 0.25 + 9) / 3)),
+        "coverage": pytest.approx(1 / 3),
+        "scored": 3,
+        "forecasts": 1,
+    }
+    # A re-scored step replaces its row: the 1-off reading of step 1 corrected to 4 off.
+    targets[0, 2] = 34.0
+    record.put_scores(score_rows(first, targets[:1], first_step=1))
+    record.close()
+    with sqlite3.connect(tmp_path / "record.sqlite3") as conn:
+        rows = conn.execute("SELECT step, n, abs_err, hits FROM forecast_scores ORDER BY step")
+        assert rows.fetchall() == [(1, 1, 4.0, 0), (2, 3, 2 + 0.5 + 3, 1), (3, 3, 2 + 0.5 + 3, 1)]
