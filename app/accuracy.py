@@ -264,7 +264,10 @@ class ForecastRecord:
         if version in self._metas:
             return self._metas[version]
         with self._lock:
-            return _meta(self._conn, version)
+            meta = _meta(self._conn, version)
+        if meta is not None and meta.version == version:  # a content hash means one thing
+            self._metas[version] = meta
+        return meta
 
     def high_water(self) -> int | None:
         """The latest ``made_from`` of any recorded forecast (epoch seconds), None if none."""

@@ -125,14 +125,16 @@ class Recorder:
             written, full = self._written, self._full
             self._written, self._full = set(), False
             self._running = len(written) + int(full)
+            failed = False
             try:
                 await self._round(written, full)
-            except Exception:  # the task must outlive any one round; the next full one redoes it
-                log.exception("live accuracy: a round failed")
-                self._full = True
+            except Exception:  # the task must outlive any one round
+                log.exception("live accuracy: a round failed; the next one redoes the record")
+                self._full = failed = True
             finally:
                 self._running = 0
-            if not self._written and not self._full:
+            # After a failure nothing is retried until new readings come (pending stays >= 1).
+            if not self._written and (failed or not self._full):
                 self._idle.set()
 
     # ---- one round ---------------------------------------------------------------------
