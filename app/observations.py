@@ -26,6 +26,9 @@ CREATE TABLE IF NOT EXISTS readings (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
 """
+# The latest time with a real reading: 0 and NULL are missing. Also read by the live-accuracy
+# summary (``app.accuracy``), which opens the file read-only.
+LATEST_TS_SQL = "SELECT MAX(ts) FROM readings WHERE speed IS NOT NULL AND speed != 0"
 
 
 def to_epoch_seconds(stamps: pd.DatetimeIndex) -> np.ndarray:
@@ -88,12 +91,20 @@ class ObservationStore:
     def latest_timestamp(self) -> pd.Timestamp | None:
         """The latest time with at least one real reading (0 and NULL are missing)."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT MAX(ts) FROM readings WHERE speed IS NOT NULL AND speed != 0"
-            ).fetchone()
+            row = self._conn.execute(LATEST_TS_SQL).fetchone()
         if row is None or row[0] is None:
             return None
         return pd.Timestamp(int(row[0]), unit="s")
+
+    def steps_after(self, after: pd.Timestamp) -> pd.DatetimeIndex:
+        """The times later than ``after`` with at least one real reading, in order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT ts FROM readings WHERE ts > ? AND speed IS NOT NULL "
+                "AND speed != 0 ORDER BY ts",
+                (int(to_epoch_seconds(pd.DatetimeIndex([after]))[0]),),
+            ).fetchall()
+        return pd.DatetimeIndex(pd.to_datetime([int(r[0]) for r in rows], unit="s")).as_unit("ns")
 
     def window(
         self, sensor_ids: Sequence[str], end: pd.Timestamp, steps: int, freq_minutes: int

@@ -178,3 +178,43 @@ class ErrorBody(BaseModel):
 
 def iso(stamps: pd.DatetimeIndex) -> list[str]:
     return [t.isoformat() for t in stamps]
+
+
+class HorizonAccuracy(_Strict):
+    step: int = Field(..., description="the horizon step (15min is step 3 of 5-minute data)")
+    mae: float | None = Field(..., description="mean absolute error; null where none scored")
+    rmse: float | None
+    coverage: float | None = Field(
+        ...,
+        description="fraction of the scored targets inside the recorded bounds; null where no "
+        "forecast had bounds",
+    )
+    scored: int = Field(..., description="targets (one sensor at one time) scored")
+    forecasts: int = Field(..., description="recorded forecasts with a scored target here")
+
+
+class AccuracyWindow(_Strict):
+    start: str | None = Field(..., description="targets after this time count (exclusive)")
+    end: str | None = Field(..., description="the latest stored observation (inclusive)")
+    horizons: dict[str, HorizonAccuracy] = Field(..., description="by horizon: 15min, 30min, 60min")
+
+
+class AccuracyResponse(_Strict):
+    """Live accuracy: the recorded forecasts of one model version scored against the readings
+    that arrived later, beside the test-split figures the model shipped with."""
+
+    model_version: str = Field(..., description="content hash of the checkpoint")
+    serving: bool = Field(..., description="whether this version is the one serving now")
+    latest_observation: str | None = Field(..., description="where the windows end")
+    interval_level: float = Field(..., description="central coverage of the recorded bounds")
+    forecasts: int = Field(..., description="forecasts of this version in the record")
+    last_made_from: str | None = Field(
+        ..., description="the last time of the window the newest of them was made from"
+    )
+    pending: int = Field(
+        ..., description="time steps written that the record has not caught up with yet"
+    )
+    windows: dict[str, AccuracyWindow] = Field(..., description="by window: 1h, 24h")
+    test_metrics: dict[str, dict[str, dict[str, float | None]]] | None = Field(
+        ..., description="the serving model's test-split metrics (report.json), when present"
+    )

@@ -80,6 +80,24 @@ class Settings(BaseSettings):
     train_if_missing: bool = Field(
         True, description="train the bundled run on first start when its model.pt is absent"
     )
+    accuracy_enabled: bool = Field(
+        True,
+        description="record a forecast from each new latest observed step, in the background, "
+        "and score it as the readings for its times arrive (GET /v1/accuracy)",
+    )
+    accuracy_retention_hours: float = Field(
+        48.0,
+        gt=0.0,
+        description="keep recorded forecasts made this long before the newest one; a window "
+        "longer than this reports only what is kept",
+    )
+    accuracy_interval_level: float = Field(
+        0.8,
+        ge=0.5,
+        lt=1.0,
+        description="central coverage of the bounds recorded with each forecast (where the "
+        "model gives bounds), scored as interval coverage",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

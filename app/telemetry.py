@@ -6,6 +6,9 @@ No web framework here: the serving core counts with these metrics, and the servi
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -91,12 +94,49 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        live = ("horizon", "window")
+        self.live_mae = Gauge(
+            "trafficcast_live_mae",
+            "Live MAE of the serving model's recorded forecasts against later readings, by "
+            "horizon and window (targets in the window before the latest observation)",
+            live,
+            registry=r,
+        )
+        self.live_rmse = Gauge(
+            "trafficcast_live_rmse", "Live RMSE, as trafficcast_live_mae", live, registry=r
+        )
+        self.live_coverage = Gauge(
+            "trafficcast_live_interval_coverage",
+            "Fraction of scored targets inside the recorded bounds (NaN without bounds)",
+            live,
+            registry=r,
+        )
+        self.live_scored = Gauge(
+            "trafficcast_live_scored_targets",
+            "Targets (sensor readings) the live figures are computed over",
+            live,
+            registry=r,
+        )
         for result in ("ok", "failed"):
             self.swaps.labels(result=result)
         for result in ("hit", "miss"):
             self.cache.labels(result=result)
         for endpoint in ("post", "get"):
             self.forecasts.labels(endpoint=endpoint)
+
+    def set_live(self, windows: dict[str, Any]) -> None:
+        """Set the live-accuracy gauges from a summary's windows (``app.accuracy.summarize``);
+        NaN where nothing was scored."""
+        for window, figures in windows.items():
+            for horizon, h in figures["horizons"].items():
+                labels = {"horizon": horizon, "window": window}
+                for gauge, value in (
+                    (self.live_mae, h["mae"]),
+                    (self.live_rmse, h["rmse"]),
+                    (self.live_coverage, h["coverage"]),
+                ):
+                    gauge.labels(**labels).set(math.nan if value is None else value)
+                self.live_scored.labels(**labels).set(h["scored"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

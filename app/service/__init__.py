@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from app.service.errors import add_error_handlers
 from app.service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.service.openapi import openapi_builder
-from app.service.routes import dashboard, forecasts, model, observations, probes
+from app.service.routes import accuracy, dashboard, forecasts, model, observations, probes
 from app.serving import Service
 from app.settings import Settings
 
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     add_error_handlers(app)
     # In this order the OpenAPI document lists the paths as it always has.
-    for routes in (probes, model, dashboard, forecasts, observations):
+    for routes in (probes, model, dashboard, forecasts, observations, accuracy):
         app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     # Order matters: the metrics see every response, the 413 included.

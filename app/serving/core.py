@@ -4,7 +4,9 @@ Lifecycle: ``start()`` opens the observation store and the inference pool and lo
 from a registry (then watched, and each newly promoted version swapped in), from ``run_dir``, or,
 for the bundled run without a checkpoint, by training it in a background thread first (the service
 is not ready until then); ``stop()`` undoes it. Inference runs in the pool, off the event loop;
-concurrent forecasts are micro-batched into one forward pass (``app.batching``).
+concurrent forecasts are micro-batched into one forward pass (``app.batching``). With
+``accuracy_enabled``, a background task (``app.serving.recorder``) records a forecast from each new
+latest observed step and scores it as its readings arrive (``app.accuracy``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app.accuracy import WINDOWS, ForecastRecord, ModelMeta
 from app.batching import MicroBatcher
 from app.forecaster import Forecaster
 from app.observations import ObservationStore
@@ -30,6 +33,7 @@ from app.registry import file_sha256, now_iso
 from app.schemas import SwapError
 from app.serving.errors import NonFiniteForecast, NotEnoughData
 from app.serving.loading import LoadedModel, read_locations, read_report, seed_store, smoke_test
+from app.serving.recorder import Recorder
 from app.settings import BUNDLED_CONFIG, Settings
 from app.telemetry import Metrics
 
@@ -71,6 +75,9 @@ class Service:
         self.failed_version: str | None = None
         self.registry_checked_at: str | None = None
         self._retired: set[asyncio.Task] = set()
+        # The live-accuracy record and its background task (None when accuracy_enabled is off).
+        self.accuracy: ForecastRecord | None = None
+        self.recorder: Recorder | None = None
 
     @property
     def ready(self) -> bool:
@@ -101,6 +108,8 @@ class Service:
             self._trainer.start()
         else:
             raise FileNotFoundError(2, "no model checkpoint", str(model_path))
+        if self.recorder is not None:
+            self.recorder.start()
 
     def _open(self) -> None:
         s = self.settings
@@ -111,6 +120,9 @@ class Service:
         self.store = ObservationStore(s.observations_db)
         self.executor = ThreadPoolExecutor(s.inference_workers, thread_name_prefix="inference")
         self.cache_lock = asyncio.Lock()
+        if s.accuracy_enabled:
+            self.accuracy = ForecastRecord(s.observations_db)
+            self.recorder = Recorder(self, self.accuracy)
 
     def _run_dir_checkpoint(self) -> Path:
         run_dir = self.settings.run_dir
@@ -137,7 +149,10 @@ class Service:
         self._watcher = loop.create_task(self.watch_registry(), name="registry-watcher")
 
     async def stop(self) -> None:
-        """Stop the registry watcher and the batchers, then close the pool and the store."""
+        """Let the accuracy recorder finish (for a while), stop the registry watcher and the
+        batchers, then close the pool and the store."""
+        if self.recorder is not None:
+            await self.recorder.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,6 +165,8 @@ class Service:
         assert self.executor is not None and self.store is not None
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
+        if self.accuracy is not None:
+            self.accuracy.close()
 
     # ---- loading -----------------------------------------------------------------------
     def build(self, source: Path, smoke: bool = False, **registry: Any) -> LoadedModel:
@@ -191,6 +208,8 @@ class Service:
         old, self.model = self.model, model  # last: readiness flips when everything is in place
         self.status = "ready"
         self.metrics.ready.set(1)
+        if self.recorder is not None:
+            self.recorder.wake()
         return old
 
     def load(self) -> None:
@@ -393,22 +412,35 @@ class Service:
                 raise NotEnoughData(
                     "no observations stored yet: POST readings to /v1/observations first"
                 )
-            stamps, window = await asyncio.to_thread(
-                store.window, f.sensor_ids, latest, f.seq_len, f.freq_minutes
-            )
-            coverage = float(np.isfinite(window).mean())
-            need = self.settings.min_window_coverage
-            if coverage < need or not np.isfinite(window[-1]).any():
-                raise NotEnoughData(
-                    f"too little recent data: the {f.seq_len} steps ending {latest.isoformat()} "
-                    f"hold {coverage:.0%} of their readings, {need:.0%} needed; POST more "
-                    "readings to /v1/observations"
-                )
-            forecast = await self.infer(model, window, stamps)
+            forecast, coverage = await self.window_forecast(model, latest)
             self.cache = CachedForecast(
                 model, generation, latest, f.future_timestamps(latest), forecast, coverage
             )
             return self.cache, False
+
+    async def window_forecast(
+        self, model: LoadedModel, end: pd.Timestamp
+    ) -> tuple[np.ndarray, float]:
+        """The forecast from the stored window of ``model``'s ``seq_len`` steps ending at ``end``,
+        and the fraction of the window's readings present. Shapes: forecast ``(H, N)``.
+
+        Raises :class:`NotEnoughData` when the window holds under ``min_window_coverage`` of its
+        readings or none at its last step.
+        """
+        assert self.store is not None
+        f = model.forecaster
+        stamps, window = await asyncio.to_thread(
+            self.store.window, f.sensor_ids, end, f.seq_len, f.freq_minutes
+        )
+        coverage = float(np.isfinite(window).mean())
+        need = self.settings.min_window_coverage
+        if coverage < need or not np.isfinite(window[-1]).any():
+            raise NotEnoughData(
+                f"too little recent data: the {f.seq_len} steps ending {end.isoformat()} "
+                f"hold {coverage:.0%} of their readings, {need:.0%} needed; POST more "
+                "readings to /v1/observations"
+            )
+        return await self.infer(model, window, stamps), coverage
 
     # ---- observations ------------------------------------------------------------------
     async def record(
@@ -419,6 +451,8 @@ class Service:
         assert self.store is not None
         written = await asyncio.to_thread(self.store.add, sensors, stamps, values)
         self.metrics.observations.inc(written)
+        if self.recorder is not None:
+            self.recorder.notify(stamps)
         return written, await asyncio.to_thread(self.store.latest_timestamp)
 
     async def history(
@@ -436,3 +470,45 @@ class Service:
         return await asyncio.to_thread(
             self.store.window, [sensor], latest, steps, model.forecaster.freq_minutes
         )
+
+    # ---- live accuracy -----------------------------------------------------------------
+    async def forecast_bands(
+        self, model: LoadedModel, end: pd.Timestamp, forecast: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The seam for prediction intervals in the live record: lower and upper bounds at
+        central coverage ``settings.accuracy_interval_level`` for ``forecast``, made by ``model``
+        from the stored window ending at ``end``; None while the forecaster gives no bounds (the
+        record then leaves them and the coverage empty). Shapes: ``(H, N)`` each.
+        """
+        return None
+
+    async def accuracy_idle(self) -> None:
+        """Return once the live record has caught up with every reading written so far: the
+        forecasts from new latest steps made and recorded, the scores recomputed."""
+        if self.recorder is not None:
+            await self.recorder.idle()
+
+    async def live_accuracy(
+        self, version: str | None, windows: list[str]
+    ) -> tuple[dict[str, Any], pd.Timestamp | None, bool] | None:
+        """The live-accuracy summary of a model version (content hash or registry version; None:
+        the serving one) over ``windows`` (names in ``app.accuracy.WINDOWS``) ending at the latest
+        stored observation; that time; and whether the version is the serving one. None when the
+        record knows no such version. See ``app.accuracy.summarize``."""
+        assert self.accuracy is not None and self.store is not None
+        record, model = self.accuracy, self.model
+        serving = model is not None and version in (None, model.version, model.registry_version)
+        if serving:
+            assert model is not None
+            f = model.forecaster
+            meta = ModelMeta(model.version, list(f.sensor_ids), f.horizon, f.freq_minutes)
+        elif version is None:
+            return None
+        else:
+            meta = await asyncio.to_thread(record.meta, version)
+            if meta is None:
+                return None
+        latest = await asyncio.to_thread(self.store.latest_timestamp)
+        names = [w for w in WINDOWS if w in windows]
+        summary = await asyncio.to_thread(record.summary, meta, latest, names)
+        return {"model_version": meta.version, **summary}, latest, serving

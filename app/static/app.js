@@ -213,3 +213,54 @@ async function main() {
 }
 
 main();
+
+// ---- live accuracy panel: the recorded forecasts scored against later readings, beside the
+// test-split figures the model shipped with (GET /v1/accuracy). Independent of the map above.
+function fmtNumber(v, digits = 2) {
+  return v === null || v === undefined || !Number.isFinite(v) ? "—" : v.toFixed(digits);
+}
+
+function drawAccuracy(acc) {
+  const panel = document.getElementById("accuracy-panel");
+  const tests = acc.test_metrics ? acc.test_metrics.dcrnn || Object.values(acc.test_metrics)[0] : null;
+  const day = acc.windows["24h"], hour = acc.windows["1h"];
+  const body = document.querySelector("#accuracy-table tbody");
+  body.replaceChildren();
+  for (const key of Object.keys(day.horizons)) {
+    const d = day.horizons[key], h = hour.horizons[key];
+    const tr = document.createElement("tr");
+    tr.dataset.horizon = key;
+    const cells = [
+      key,
+      fmtNumber(tests && tests[key] ? tests[key].mae : null),
+      fmtNumber(h.mae),
+      fmtNumber(d.mae),
+      fmtNumber(d.rmse),
+      d.coverage === null ? "—" : `${(100 * d.coverage).toFixed(1)}%`,
+      String(d.scored),
+    ];
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+  document.getElementById("accuracy-summary").textContent =
+    `${acc.forecasts} forecasts of model ${acc.model_version} recorded` +
+    (day.end ? `; windows end at the latest reading, ${day.end.replace("T", " ")}` : "") +
+    (acc.pending ? `; ${acc.pending} steps still being scored` : "");
+  panel.hidden = false;
+}
+
+async function loadAccuracy() {
+  try {
+    drawAccuracy(await getJSON("/v1/accuracy"));
+    document.getElementById("accuracy-panel").dataset.ready = "true";
+  } catch (err) {
+    document.getElementById("accuracy-panel").hidden = true;  // off, or no model yet
+  }
+}
+
+loadAccuracy();
+setInterval(loadAccuracy, 60000);
