@@ -94,6 +94,17 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self._add_live_gauges()
+        for result in ("ok", "failed"):
+            self.swaps.labels(result=result)
+        for result in ("hit", "miss"):
+            self.cache.labels(result=result)
+        for endpoint in ("post", "get"):
+            self.forecasts.labels(endpoint=endpoint)
+
+    def _add_live_gauges(self) -> None:
+        """The live-accuracy gauges (``set_live``), one series per horizon and window."""
+        r = self.registry
         live = ("horizon", "window")
         self.live_mae = Gauge(
             "trafficcast_live_mae",
@@ -117,12 +128,6 @@ class Metrics:
             live,
             registry=r,
         )
-        for result in ("ok", "failed"):
-            self.swaps.labels(result=result)
-        for result in ("hit", "miss"):
-            self.cache.labels(result=result)
-        for endpoint in ("post", "get"):
-            self.forecasts.labels(endpoint=endpoint)
 
     def set_live(self, windows: dict[str, Any]) -> None:
         """Set the live-accuracy gauges from a summary's windows (``app.accuracy.summarize``);
