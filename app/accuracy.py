@@ -82,9 +82,15 @@ CREATE INDEX IF NOT EXISTS forecast_scores_target ON forecast_scores (target_ts)
 
 
 def observed(target: np.ndarray) -> np.ndarray:
-    """Which targets count: finite and not 0. The live record's one mask, and the rule of
-    ``models.metrics.MaskedMetrics`` (DCRNN's: a target that is 0 or missing counts nowhere)."""
-    return np.isfinite(target) & (target != 0)
+    """Which stored readings count as targets: the project's one rule
+    (:func:`models.metrics.observed`, as in training and ``trafficcast evaluate``), with the
+    store's NULL (NaN here) as the missing mark."""
+    import torch
+
+    from models.metrics import observed as counts
+
+    values = torch.from_numpy(np.ascontiguousarray(target))
+    return counts(values, torch.from_numpy(np.isfinite(target))).numpy()
 
 
 def score_steps(
