@@ -42,6 +42,13 @@ def register(subparsers) -> None:
         help="relative improvement in holdout MAE needed to promote (default 0.01 = 1%%)",
     )
     p.add_argument("--force", action="store_true", help="promote the challenger regardless")
+    p.add_argument(
+        "--when-live-mae-above",
+        type=float,
+        metavar="X",
+        help="train only if the champion's live MAE over the last day (the service's forecast "
+        "record in --observations) is above X; otherwise keep it (exit 3)",
+    )
     p.add_argument("--warm-start", action="store_true", help="start from the champion's weights")
     p.add_argument("--keep", type=int, default=5, help="versions to keep (default 5)")
     p.add_argument("--summary", help="also write the JSON summary here")
@@ -50,6 +57,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.pipeline import log_stderr
     from app.registry import Registry, RegistryBusy, now_iso
     from app.retrain import (
         EXIT_BAD_INPUT,
@@ -59,9 +67,6 @@ def run(args: argparse.Namespace) -> int:
         run_retrain,
         write_summary,
     )
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     registry = Path(args.registry)
     summary_path = optional_path(args.summary)
@@ -80,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
             warm_start=args.warm_start,
             keep=args.keep,
             progress=not args.no_progress and sys.stderr.isatty(),
+            when_live_mae_above=args.when_live_mae_above,
         )
-        summary = run_retrain(opts, log)
+        summary = run_retrain(opts, log_stderr)
     except RegistryBusy as exc:
         # Not written to the registry: the job holding the lock owns its summary.
         summary = _failure("busy", EXIT_BUSY, exc, registry)

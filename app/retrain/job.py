@@ -18,6 +18,7 @@ import numpy as np
 
 from app.fsutil import atomic_write_json, atomic_write_text
 from app.registry import Registry, RegistryError, now_iso
+from app.retrain.live import champion_live, live_gate
 from app.retrain.options import EXIT_CODES, RetrainOptions
 from app.retrain.stages import (
     STAGES,
@@ -115,6 +116,15 @@ def _run_retrain(
         removed = registry.clean_leftovers()
         if removed:
             log(f"removed what an interrupted job left: {', '.join(removed)}")
+        summary["live"] = champion_live(opts, registry)
+        if summary["live"] is not None:
+            log(_describe_live(summary["live"]))
+        why_not = live_gate(opts, summary["live"])
+        if why_not is not None:
+            log(
+                f"kept {summary['live']['version'] if summary['live'] else 'the champion'}: {why_not}"
+            )
+            return _finish(summary, registry, started, status="kept", reason=why_not)
         job, job_file, resumed = _start_or_resume(opts, registry, log, dist)
         summary["job"] = {
             "created_at": job_file.state["created_at"],
@@ -134,19 +144,44 @@ def _run_retrain(
         summary.update(decision.scores)
         summary["margin"] = opts.margin
         pruned = promote(job, version, decision)
-        summary.update(
+        summary.update(resumed=resumed, pruned=pruned)
+        _finish(
+            summary,
+            registry,
+            started,
             status="promoted" if decision.promote else "kept",
             reason=decision.reason,
-            current=registry.current().version,  # type: ignore[union-attr]
-            resumed=resumed,
-            pruned=pruned,
-            finished_at=now_iso(),
-            wall_s=round(time.perf_counter() - started, 2),
         )
-        summary["exit_code"] = EXIT_CODES[summary["status"]]
-        atomic_write_json(registry.summary_path, summary)
         shutil.rmtree(job.staging)
     return summary
+
+
+def _finish(
+    summary: dict[str, Any], registry: Registry, started: float, status: str, reason: str
+) -> dict[str, Any]:
+    """Complete the summary with the outcome and write it to the registry."""
+    current = registry.current()
+    summary.update(
+        status=status,
+        reason=reason,
+        current=None if current is None else current.version,
+        finished_at=now_iso(),
+        wall_s=round(time.perf_counter() - started, 2),
+    )
+    summary["exit_code"] = EXIT_CODES[status]
+    atomic_write_json(registry.summary_path, summary)
+    return summary
+
+
+def _describe_live(live: dict[str, Any]) -> str:
+    by_horizon = ", ".join(
+        f"{h} {v['mae']:.3f}" for h, v in live["horizons"].items() if v["mae"] is not None
+    )
+    mae = "none scored" if live["mae"] is None else f"{live['mae']:.4f}"
+    return (
+        f"live accuracy of {live['version']} over the last day (to "
+        f"{live['latest_observation']}): MAE {mae}" + (f" ({by_horizon})" if by_horizon else "")
+    )
 
 
 def _start_or_resume(

@@ -37,6 +37,9 @@ class RetrainOptions:
     warm_start: bool = False
     keep: int = 5
     progress: bool = False
+    # Train only when the champion's live MAE (the service's forecast record, read from
+    # ``observations``) is above this; None trains whatever it is.
+    when_live_mae_above: float | None = None
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.margin < 1.0) or not math.isfinite(self.margin):
@@ -45,3 +48,12 @@ class RetrainOptions:
             raise ConfigError(f"--keep = {self.keep} must be >= 1")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs = {self.epochs} must be >= 1")
+        limit = self.when_live_mae_above
+        if limit is not None:
+            if not math.isfinite(limit) or limit < 0:
+                raise ConfigError(f"--when-live-mae-above = {limit} must be a number >= 0")
+            if self.observations is None:
+                raise ConfigError(
+                    "--when-live-mae-above needs --observations DB: the service's database, "
+                    "where its forecast record is"
+                )

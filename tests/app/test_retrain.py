@@ -189,3 +189,70 @@ def test_challenger_progress_hooks(monkeypatch) -> None:
     assert fired == ["training"]
     progress.on_epoch_end("dcrnn", record(3))
     assert fired == ["training"]
+
+
+def _live_record(db, registry_version: str, speeds, error: float) -> None:
+    """The service's record for ``registry_version`` in ``db``: one forecast from the last hour
+    of ``speeds`` that is ``error`` above every reading it is scored against, as the service's
+    recorder writes and scores it (the store holds the readings it is scored on)."""
+    from app.accuracy import ForecastRecord, ModelMeta, epoch_seconds, score_rows
+
+    horizon = 12
+    made_from = speeds.index[-horizon - 1]
+    targets = speeds.values[-horizon:].astype(np.float64)  # (12, N), all observed
+    store = ObservationStore(db)
+    store.add(speeds.sensor_ids, speeds.index[-horizon - 1 :], speeds.values[-horizon - 1 :])
+    store.close()
+    record = ForecastRecord(db)
+    meta = ModelMeta("c0ffee", list(speeds.sensor_ids), horizon=horizon, freq_minutes=5)
+    record.register_model(meta, registry_version=registry_version)
+    made = record.add(
+        meta, epoch_seconds(made_from), "2026-12-01T00:00:00Z", targets + error, None, 0.8
+    )
+    record.put_scores(score_rows(made, targets))
+    record.close()
+
+
+def test_when_live_mae_above_trains_only_when_the_champion_degraded(retrain_env, capsys) -> None:
+    env = retrain_env
+    registry = Registry(env["registry"])
+    code, _ = retrain(
+        env, "--distances", str(env["distances"]), "--config", str(env["config"]), "--epochs", "1"
+    )
+    assert code == 0 and registry.versions() == ["v0001"]
+    db = env["tmp"] / "service.sqlite3"
+    _live_record(db, "v0001", read_speeds(env["data"]), error=2.0)
+
+    # The champion forecasts 2.0 off: not above 3, so it is kept and nothing is trained.
+    code, s = retrain(env, "--observations", str(db), "--when-live-mae-above", "3")
+    assert (code, s["status"], s["current"], s["exit_code"]) == (3, "kept", "v0001", 3)
+    assert s["live"]["version"] == "v0001" and s["live"]["mae"] == pytest.approx(2.0)
+    assert {h: v["mae"] for h, v in s["live"]["horizons"].items()} == pytest.approx(
+        {"15min": 2.0, "30min": 2.0, "60min": 2.0}
+    )
+    assert "not above 3" in s["reason"] and "challenger" not in s
+    assert registry.versions() == ["v0001"] and not registry.staging_dir.exists()
+    assert json.loads(registry.summary_path.read_text())["status"] == "kept"
+    assert "live accuracy of v0001" in capsys.readouterr().err
+
+    # Above 1: degraded, so the job trains a challenger and reports the live MAE beside the
+    # holdout comparison.
+    code, s = retrain(env, "--observations", str(db), "--when-live-mae-above", "1", "--epochs", "1")
+    assert code in (0, 3) and s["challenger"]["version"] == "v0002"
+    assert s["live"]["mae"] == pytest.approx(2.0) and s["champion"]["version"] == "v0001"
+
+    # No record of the champion in the store: no live MAE shows degradation, so no training.
+    empty = env["tmp"] / "empty.sqlite3"
+    ObservationStore(empty).close()
+    code, s = retrain(env, "--observations", str(empty), "--when-live-mae-above", "1")
+    assert (code, s["status"], s["live"]) == (3, "kept", None)
+    assert "no live MAE" in s["reason"]
+
+
+def test_when_live_mae_above_needs_the_store(retrain_env, capsys) -> None:
+    code = main(
+        ["retrain", "--registry", str(retrain_env["registry"]), "--data", str(retrain_env["data"]),
+         "--when-live-mae-above", "2"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: --when-live-mae-above needs --observations")
