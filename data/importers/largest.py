@@ -116,7 +116,7 @@ def import_largest(
     if repeated.any():
         raise DataInputError(f"{src}: timestamp {stamps[int(np.argmax(repeated))]} appears twice")
     index, positions, freq_minutes = grid_positions(stamps[order], src)
-    values = frame.to_numpy(dtype=np.float64, na_value=np.nan)[order][:, cols]  # (rows, N)
+    values = frame.iloc[:, cols].to_numpy(dtype=np.float64, na_value=np.nan)[order]  # (rows, N)
     usable, negative = finite_readings(values)
     grid_values = np.zeros((len(index), len(cols)), dtype=np.float32)
     grid_mask = np.zeros((len(index), len(cols)), dtype=bool)

@@ -127,27 +127,14 @@ def import_pems(
     wanted_types = {t.strip().upper() for t in lane_types}
     meta = read_pems_meta(meta_files)
 
-    frames = []
-    rows_read = 0
-    for path in progress_bar(list(station_files), "PeMS files", progress):
-        frame = _read_station_file(path, quantity)
-        rows_read += len(frame)
-        frames.append(frame)
-    rows = pd.concat(frames, ignore_index=True)
-    stations_seen = rows["station"].nunique()
-
-    other_type = ~rows["lane_type"].str.upper().isin(wanted_types)
-    dropped_type = rows.loc[other_type, "station"].nunique()
-    rows = rows[~other_type]
     located = meta.dropna(subset=["Latitude", "Longitude"])
-    unlocated = ~rows["station"].isin(located["ID"])
-    dropped_unlocated = rows.loc[unlocated, "station"].nunique()
-    rows = rows[~unlocated]
-
+    rows, counts = _read_rows(
+        station_files, quantity, wanted_types, set(located["ID"]), progress=progress
+    )
     values = rows["value"].to_numpy(dtype=np.float64)
     usable, negative = finite_readings(values)
-    low = usable & (rows["observed_pct"].to_numpy(dtype=np.float64) < min_observed)
-    empty = int((~np.isfinite(values)).sum())
+    # An empty "% observed" counts as nothing observed.
+    low = usable & ~(rows["observed_pct"].to_numpy(dtype=np.float64) >= min_observed)
     keep = usable & ~low
     stations = sorted(pd.unique(rows["station"]), key=_station_order)
     observed_stations = set(rows.loc[keep, "station"])
@@ -155,31 +142,14 @@ def import_pems(
     stations = [s for s in stations if s in observed_stations]
     if not stations:
         raise DataInputError(
-            f"no station left: {stations_seen} read, {dropped_type} of another lane type than "
-            f"{', '.join(sorted(wanted_types))}, {dropped_unlocated} without coordinates in the "
-            f"metadata, {len(never)} with no usable {quantity} reading"
+            f"no station left: {counts['stations']} read, {counts['other_type']} of another "
+            f"lane type than {', '.join(sorted(wanted_types))}, {counts['unlocated']} without "
+            f"coordinates in the metadata, {len(never)} with no usable {quantity} reading"
         )
     kept = rows["station"].isin(stations).to_numpy()
-    rows, values, keep = rows[kept], values[kept], keep[kept]
-
-    index, positions, _ = grid_positions(
-        pd.DatetimeIndex(rows["timestamp"]), "PeMS station files", _FREQ_MINUTES
+    index, grid_values, grid_mask = _to_grid(
+        rows[kept], values[kept], keep[kept], stations, station_files
     )
-    column = {sid: k for k, sid in enumerate(stations)}
-    cols = rows["station"].map(column).to_numpy(dtype=np.int64)
-    cells = positions * len(stations) + cols
-    repeated = pd.Series(cells).duplicated().to_numpy()
-    if repeated.any():
-        at = rows.iloc[int(np.argmax(repeated))]
-        raise DataInputError(
-            f"{at['file']}: station {at['station']} at {at['timestamp']} appears more than once "
-            "(the same day given twice?)"
-        )
-    grid_values = np.zeros((len(index), len(stations)), dtype=np.float32)
-    grid_mask = np.zeros((len(index), len(stations)), dtype=bool)
-    grid_values[positions[keep], cols[keep]] = values[keep]
-    grid_mask[positions[keep], cols[keep]] = True
-
     locations = located.set_index("ID").loc[stations, ["Latitude", "Longitude"]]
     data = SpeedData(
         index=index,
@@ -190,11 +160,13 @@ def import_pems(
         source="PeMS station files",
     )
     dropped = {
-        f"stations of another lane type than {'/'.join(sorted(wanted_types))}": dropped_type,
-        "stations without coordinates in the metadata": dropped_unlocated,
+        f"stations of another lane type than {'/'.join(sorted(wanted_types))}": counts[
+            "other_type"
+        ],
+        "stations without coordinates in the metadata": counts["unlocated"],
         f"stations with no usable {quantity} reading": len(never),
         f"readings below {min_observed:g}% observed": int(low.sum()),
-        f"readings with an empty {quantity}": empty,
+        f"readings with an empty {quantity}": int((~np.isfinite(values)).sum()),
         f"readings with a negative {quantity}": negative,
     }
     return ImportResult(
@@ -209,7 +181,11 @@ def import_pems(
             }
         ),
         inputs=[os.fspath(p) for p in (*station_files, *meta_files)],
-        read={"files": len(station_files), "rows": rows_read, "stations": stations_seen},
+        read={
+            "files": len(station_files),
+            "rows": counts["rows"],
+            "stations": counts["stations"],
+        },
         dropped=dropped,
         notes=[
             "PeMS gives no road distances: make them with `trafficcast distances` "
@@ -218,9 +194,80 @@ def import_pems(
     )
 
 
+def _to_grid(
+    rows: pd.DataFrame,
+    values: np.ndarray,
+    keep: np.ndarray,
+    stations: list[str],
+    station_files: Sequence[str | os.PathLike],
+) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]:
+    """The rows on the 5-minute grid: index, values (0 where missing) and mask.
+
+    Shapes:
+        rows, values, keep (R,) -> index (T,), values (T, N) float32, mask (T, N) bool.
+    """
+    index, positions, _ = grid_positions(
+        pd.DatetimeIndex(rows["timestamp"]), "PeMS station files", _FREQ_MINUTES
+    )
+    column = {sid: k for k, sid in enumerate(stations)}
+    cols = rows["station"].map(column).to_numpy(dtype=np.int64)
+    repeated = pd.Series(positions * len(stations) + cols).duplicated().to_numpy()
+    if repeated.any():
+        at = rows.iloc[int(np.argmax(repeated))]
+        raise DataInputError(
+            f"{os.fspath(station_files[at['file']])}: station {at['station']} at "
+            f"{at['timestamp']} appears more than once (the same day given twice?)"
+        )
+    grid_values = np.zeros((len(index), len(stations)), dtype=np.float32)
+    grid_mask = np.zeros((len(index), len(stations)), dtype=bool)
+    grid_values[positions[keep], cols[keep]] = values[keep]
+    grid_mask[positions[keep], cols[keep]] = True
+    return index, grid_values, grid_mask
+
+
+def _read_rows(
+    station_files: Sequence[str | os.PathLike],
+    quantity: str,
+    lane_types: set[str],
+    located: set[str],
+    *,
+    progress: bool,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows of every file whose station has a lane type in ``lane_types`` and coordinates;
+    ``file`` is the position in ``station_files``. Also counts: rows read, stations read,
+    stations of another lane type, stations without coordinates.
+
+    Each file is filtered as it is read, so that only the kept rows of all the days are held.
+    """
+    frames = []
+    rows_read = 0
+    seen: set[str] = set()
+    other_type: set[str] = set()
+    unlocated: set[str] = set()
+    for k, path in enumerate(progress_bar(list(station_files), "PeMS files", progress)):
+        frame = _read_station_file(path, quantity)
+        rows_read += len(frame)
+        seen.update(frame["station"].unique())
+        wrong = ~frame["lane_type"].str.upper().isin(lane_types)
+        other_type.update(frame.loc[wrong, "station"].unique())
+        frame = frame[~wrong]
+        far = ~frame["station"].isin(located)
+        unlocated.update(frame.loc[far, "station"].unique())
+        frame = frame[~far].drop(columns="lane_type")
+        frame["file"] = k
+        frames.append(frame)
+    counts = {
+        "rows": rows_read,
+        "stations": len(seen),
+        "other_type": len(other_type),
+        "unlocated": len(unlocated),
+    }
+    return pd.concat(frames, ignore_index=True), counts
+
+
 def _read_station_file(path: str | os.PathLike, quantity: str) -> pd.DataFrame:
-    """One station 5-minute file -> rows ``timestamp, station, lane_type, observed_pct, value,
-    file`` (``value`` NaN where the field is empty)."""
+    """One station 5-minute file -> rows ``timestamp, station, lane_type, observed_pct, value``
+    (numbers NaN where the field is empty)."""
     src = os.fspath(path)
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
@@ -263,8 +310,8 @@ def _read_station_file(path: str | os.PathLike, quantity: str) -> pd.DataFrame:
     if (station == "").any():
         line = int(np.argmax((station == "").to_numpy()))
         raise DataInputError(f"{src}: line {line + 1}: empty station id")
-    observed = _numbers(table[8], src, "% observed", allow_empty=False)
-    value = _numbers(table[_COLUMN[quantity]], src, f"average {quantity}", allow_empty=True)
+    observed = _numbers(table[8], src, "% observed")
+    value = _numbers(table[_COLUMN[quantity]], src, f"average {quantity}")
     return pd.DataFrame(
         {
             "timestamp": stamps.to_numpy(),
@@ -272,7 +319,6 @@ def _read_station_file(path: str | os.PathLike, quantity: str) -> pd.DataFrame:
             "lane_type": table[5].str.strip().to_numpy(),
             "observed_pct": observed,
             "value": value,
-            "file": src,
         }
     )
 
@@ -284,23 +330,22 @@ def _field_counts(raw: bytes) -> np.ndarray:
         returns (lines,) int64.
     """
     buf = np.frombuffer(raw, dtype=np.uint8)
-    ends = np.flatnonzero(buf == ord("\n"))
-    if len(buf) and buf[-1] != ord("\n"):
-        ends = np.append(ends, len(buf))
-    commas = np.concatenate(([0], np.cumsum(buf == ord(","))))
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    return commas[ends] - commas[starts] + 1
+    starts = np.concatenate(([0], np.flatnonzero(buf == ord("\n")) + 1))
+    starts = starts[starts < len(buf)]  # nothing after a final newline
+    if len(starts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    # Each line's segment runs to the next line's start, its newline included (not a comma).
+    return np.add.reduceat(buf == ord(","), starts, dtype=np.int64) + 1
 
 
-def _numbers(text: pd.Series, src: str, what: str, *, allow_empty: bool) -> np.ndarray:
+def _numbers(text: pd.Series, src: str, what: str) -> np.ndarray:
     """A text column as float64 (NaN where empty); the first non-number is named with its line."""
     text = text.str.strip()
     numbers = pd.to_numeric(text.replace("", np.nan), errors="coerce")
-    bad = numbers.isna() & ((text != "") | (not allow_empty))
+    bad = numbers.isna() & (text != "")
     if bad.any():
         line = int(np.argmax(bad.to_numpy()))
-        shown = repr(text.iloc[line]) if text.iloc[line] else "an empty value"
-        raise DataInputError(f"{src}: line {line + 1}: {what} is {shown}, not a number")
+        raise DataInputError(f"{src}: line {line + 1}: {what} is {text.iloc[line]!r}, not a number")
     return numbers.to_numpy(dtype=np.float64)
 
 
