@@ -79,6 +79,12 @@ class ImportResult:
             return None
         return f"data: {{quantity: {self.quantity}, missing: nan}}"
 
+    def graph_kind(self) -> str | None:
+        """``adjacency`` or ``distances``: which graph file the import writes (None: neither)."""
+        if self.adjacency is not None:
+            return "adjacency"
+        return "distances" if self.distances is not None else None
+
     def summary(self) -> dict:
         """What was read, dropped and found missing (JSON-serialisable)."""
         facts = self.data.summary()
@@ -95,9 +101,7 @@ class ImportResult:
             "freq_minutes": facts["freq_minutes"],
             "missing_pct": round(facts["missing_pct"], 4),
             "always_missing": facts["always_missing"],
-            "graph": "adjacency"
-            if self.adjacency is not None
-            else ("distances" if self.distances is not None else None),
+            "graph": self.graph_kind(),
             "config": self.config_advice(),
             "notes": list(self.notes),
         }

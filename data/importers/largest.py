@@ -148,7 +148,11 @@ def import_largest(
             }
         ),
         inputs=[src, os.fspath(meta)],
-        read={"rows": len(frame), "table_sensors": len(table_ids), "meta_sensors": len(info)},
+        read={
+            "rows": len(frame),
+            "sensors in the table": len(table_ids),
+            "sensors in the metadata": len(info),
+        },
         dropped={
             "table columns without a metadata row": not_in_meta,
             "chosen metadata sensors not in the table": absent,

@@ -101,36 +101,18 @@ def import_libcity(
     geo_ids, locations, geo_rows = _read_geo(geo)
     position = {sid: k for k, sid in enumerate(geo_ids)}
 
-    frames = []
-    for chunk in progress_bar(
-        _read_csv(dyna, _DYNA_COLUMNS, chunked=True), "LibCity .dyna", progress
-    ):
-        frames.append(chunk)
-    table = pd.concat(frames, ignore_index=True)
     src = os.fspath(dyna)
-    name = _data_column(table, column, info, src)
-    stamps = _parse_times(table["time"], src)
-    entity = table["entity_id"].str.strip()
-    unknown = ~entity.isin(position)
-    if unknown.any():
-        line = int(np.argmax(unknown.to_numpy()))
-        raise DataInputError(
-            f"{src}: line {line + 2}: entity_id {entity.iloc[line]!r} is not a geo_id of "
-            f"{os.fspath(geo)}"
-        )
-    values = _numbers(table[name], src, name)
+    name, stamps, cols, values = _read_dyna(dyna, geo, info, column, position, progress)
     interval = info.get("time_intervals")
-    freq_minutes = (
-        int(interval) // 60 if isinstance(interval, (int, float)) and interval >= 60 else None
-    )
+    # A step the grid can hold (whole minutes); anything else is inferred from the times.
+    whole = isinstance(interval, int) and interval >= 60 and interval % 60 == 0
+    freq_minutes = interval // 60 if whole else None
     index, positions, freq_minutes = grid_positions(stamps, src, freq_minutes)
-    cols = entity.map(position).to_numpy(dtype=np.int64)
-    cells = positions * len(geo_ids) + cols
-    repeated = pd.Series(cells).duplicated().to_numpy()
+    repeated = pd.Series(positions * len(geo_ids) + cols).duplicated().to_numpy()
     if repeated.any():
         line = int(np.argmax(repeated))
         raise DataInputError(
-            f"{src}: line {line + 2}: a second reading of {entity.iloc[line]} at {stamps[line]}"
+            f"{src}: line {line + 2}: a second reading of {geo_ids[cols[line]]} at {stamps[line]}"
         )
     usable, negative = finite_readings(values)
     grid_values = np.zeros((len(index), len(geo_ids)), dtype=np.float32)
@@ -154,7 +136,7 @@ def import_libcity(
         data=data,
         locations=locations,
         inputs=[os.fspath(p) for p in (geo, rel, dyna, config) if p is not None],
-        read={"geo_rows": geo_rows, "rel_rows": len(edges), "dyna_rows": len(table)},
+        read={".geo rows": geo_rows, ".rel rows": len(edges), ".dyna rows": len(values)},
         dropped={
             f"readings missing ({name} empty or not finite)": int((~np.isfinite(values)).sum()),
             f"readings with a negative {name}": negative,
@@ -175,6 +157,46 @@ def import_libcity(
         adj[rows, cols] = edges["cost"].to_numpy(dtype=np.float32)
         result.adjacency = adj
     return result
+
+
+def _read_dyna(
+    path: str | os.PathLike,
+    geo: str | os.PathLike,
+    info: dict,
+    column: str | None,
+    position: dict[str, int],
+    progress: bool,
+) -> tuple[str, pd.DatetimeIndex, np.ndarray, np.ndarray]:
+    """The ``.dyna`` column to import, and per row its time, sensor position and value.
+
+    Read in chunks, each reduced to those three arrays before the next, since a ``.dyna``
+    holds one text row per sensor and time step (millions of rows).
+
+    Shapes:
+        returns stamps, cols (int64), values (float64, NaN where empty), all (rows,).
+    """
+    src = os.fspath(path)
+    stamps, cols, values = [], [], []
+    name = None
+    for chunk in progress_bar(
+        _read_csv(path, _DYNA_COLUMNS, chunked=True), "LibCity .dyna", progress
+    ):
+        name = name or _data_column(list(chunk.columns), column, info, src)
+        entity = chunk["entity_id"].fillna("").str.strip()
+        unknown = ~entity.isin(position)
+        if unknown.any():
+            line = int(entity.index[np.argmax(unknown.to_numpy())]) + 2
+            raise DataInputError(
+                f"{src}: line {line}: entity_id {entity[unknown].iloc[0]!r} is not a geo_id of "
+                f"{os.fspath(geo)}"
+            )
+        stamps.append(_parse_times(chunk["time"], src).asi8)
+        cols.append(entity.map(position).to_numpy(dtype=np.int64))
+        values.append(_numbers(chunk[name], src, name))
+    if name is None:
+        raise DataInputError(f"{src}: no rows after the header")
+    stamps_ns = pd.DatetimeIndex(np.concatenate(stamps).view("datetime64[ns]"))
+    return name, stamps_ns, np.concatenate(cols), np.concatenate(values)
 
 
 def _read_config(path: str | os.PathLike | None) -> dict:
@@ -304,8 +326,8 @@ def _read_rel(
     return edges, "weight" if calculate is False else "distance"
 
 
-def _data_column(table: pd.DataFrame, column: str | None, info: dict, src: str) -> str:
-    data_columns = [c for c in table.columns if c not in _DYNA_FIXED]
+def _data_column(header: list[str], column: str | None, info: dict, src: str) -> str:
+    data_columns = [c for c in header if c not in _DYNA_FIXED]
     if not data_columns:
         raise DataInputError(f"{src}: no data column after {', '.join(_DYNA_FIXED)}")
     if column is None:
@@ -326,10 +348,10 @@ def _data_column(table: pd.DataFrame, column: str | None, info: dict, src: str) 
 def _parse_times(text: pd.Series, src: str) -> pd.DatetimeIndex:
     stamps = pd.to_datetime(text.str.strip(), errors="coerce", utc=True, format="ISO8601")
     if stamps.isna().any():
-        line = int(np.argmax(stamps.isna().to_numpy()))
+        row = int(np.argmax(stamps.isna().to_numpy()))
         raise DataInputError(
-            f"{src}: line {line + 2}: cannot read time {text.iloc[line]!r} (expected ISO 8601, "
-            "e.g. 2012-03-01T00:00:00Z)"
+            f"{src}: line {int(text.index[row]) + 2}: cannot read time {text.iloc[row]!r} "
+            "(expected ISO 8601, e.g. 2012-03-01T00:00:00Z)"
         )
     return pd.DatetimeIndex(stamps).tz_convert("UTC").tz_localize(None).as_unit("ns")
 
@@ -340,9 +362,9 @@ def _numbers(values: pd.Series, src: str, name: str) -> np.ndarray:
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna() & values.notna()
     if bad.any():
-        line = int(np.argmax(bad.to_numpy()))
+        row = int(np.argmax(bad.to_numpy()))
         raise DataInputError(
-            f"{src}: line {line + 2}: {name} {values.iloc[line]!r} is not a number"
+            f"{src}: line {int(values.index[row]) + 2}: {name} {values.iloc[row]!r} is not a number"
         )
     return numbers.to_numpy(dtype=np.float64)
 

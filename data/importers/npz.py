@@ -122,7 +122,7 @@ def import_npz(
             "steps": num_steps,
             "sensors": num_sensors,
             "channels": num_channels,
-            "distance_rows": len(table),
+            "distance rows": len(table),
         },
         dropped={
             f"readings not finite ({quantity})": non_finite,

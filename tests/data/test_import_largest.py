@@ -77,7 +77,11 @@ def test_largest_district_import_and_training_run(tmp_path, capsys):
         "longitude": [-121.9012, -121.8775, -121.9069],
     }
     summary = json.loads((out / "import.json").read_text())
-    assert summary["read"] == {"rows": 576, "table_sensors": 6, "meta_sensors": 6}
+    assert summary["read"] == {
+        "rows": 576,
+        "sensors in the table": 6,
+        "sensors in the metadata": 6,
+    }
     assert summary["dropped"]["readings missing (empty)"] == 1
 
     distances = out / "distances.csv"

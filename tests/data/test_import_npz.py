@@ -64,7 +64,7 @@ def test_npz_speed_channel_import_train_evaluate_predict(tmp_path, capsys):
     distances = read_distances(out / "distances.csv")
     assert distances.iloc[1].tolist() == ["1", "2", 515.0]
     summary = json.loads((out / "import.json").read_text())
-    assert summary["read"] == {"steps": 576, "sensors": 5, "channels": 3, "distance_rows": 5}
+    assert summary["read"] == {"steps": 576, "sensors": 5, "channels": 3, "distance rows": 5}
 
     at = "2018-01-02T10:00"
     trained = train_evaluate_predict(
