@@ -223,14 +223,16 @@ def parse_freq_minutes(text: str) -> int:
     return int(minutes)
 
 
-def progress_bar(items: Sequence[_T] | Iterable[_T], desc: str, show: bool) -> Iterator[_T]:
+def progress_bar(
+    items: Sequence[_T] | Iterable[_T], desc: str, show: bool, unit: str = "file"
+) -> Iterator[_T]:
     """``items``, with a tqdm bar on stderr when ``show``."""
     if not show:
         yield from items
         return
     from tqdm import tqdm
 
-    yield from tqdm(items, desc=desc, unit="file", leave=False)
+    yield from tqdm(items, desc=desc, unit=unit, leave=False)
 
 
 def finite_readings(values: np.ndarray) -> tuple[np.ndarray, int]:

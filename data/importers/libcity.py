@@ -144,6 +144,8 @@ def import_libcity(
         },
         notes=[f"column {name}; .rel cost read as {cost_kind}"],
     )
+    if len(locations) < len(geo_ids):
+        result.notes.append(f"{len(geo_ids) - len(locations)} sensors have no coordinates")
     if quantity is None:
         result.notes.append(
             f"column {name} names no speed, flow or occupancy: imported as speed-like values"
@@ -179,7 +181,7 @@ def _read_dyna(
     stamps, cols, values = [], [], []
     name = None
     for chunk in progress_bar(
-        _read_csv(path, _DYNA_COLUMNS, chunked=True), "LibCity .dyna", progress
+        _read_csv(path, _DYNA_COLUMNS, chunked=True), "LibCity .dyna", progress, unit="M rows"
     ):
         name = name or _data_column(list(chunk.columns), column, info, src)
         entity = chunk["entity_id"].fillna("").str.strip()
@@ -257,7 +259,8 @@ def _checked_chunks(reader, src: str):
 
 
 def _read_geo(path: str | os.PathLike) -> tuple[list[str], pd.DataFrame, int]:
-    """Point ids in file order, their coordinates, and the number of rows read."""
+    """Point ids in file order, the coordinates of those that have them, and the number of rows
+    read."""
     src = os.fspath(path)
     table = _read_csv(path, _GEO_COLUMNS)
     ids = table["geo_id"].fillna("").str.strip()
@@ -274,9 +277,11 @@ def _read_geo(path: str | os.PathLike) -> tuple[list[str], pd.DataFrame, int]:
         raise DataInputError(
             f"{src}: geo type {other!r}: only sensors (type Point) can be imported"
         )
-    latitude = np.empty(len(ids))
-    longitude = np.empty(len(ids))
+    latitude = np.full(len(ids), np.nan)
+    longitude = np.full(len(ids), np.nan)
     for k, text in enumerate(table["coordinates"].fillna("")):
+        if text.strip() in ("", "[]"):
+            continue  # releases without coordinates (LibCity's PEMSD4, PEMSD8) write "[]"
         try:
             point = json.loads(text)
             lon, lat = float(point[0]), float(point[1])
@@ -287,9 +292,10 @@ def _read_geo(path: str | os.PathLike) -> tuple[list[str], pd.DataFrame, int]:
                 f"{src}: line {k + 2}: coordinates {text!r} are not [longitude, latitude]"
             ) from exc
         latitude[k], longitude[k] = lat, lon
+    located = np.isfinite(latitude)
     locations = pd.DataFrame(
         {"sensor_id": ids.to_numpy(), "latitude": latitude, "longitude": longitude}
-    )
+    )[located]
     return ids.tolist(), locations, len(table)
 
 

@@ -139,14 +139,19 @@ def test_libcity_weights_become_the_adjacency_and_train(tmp_path, capsys):
     check_round_trip(trained, len(POINTS), at)
 
 
-def test_libcity_link_edges_weigh_one(tmp_path):
+def test_libcity_link_edges_weigh_one_and_empty_coordinates_are_no_location(tmp_path):
     from data.importers import import_libcity
 
     files = write_libcity(tmp_path, info={"set_weight_link_or_dist": "link"})
+    geo = files["geo"].read_text()
+    files["geo"].write_text(geo.replace('"[-118.23799, 34.11621]"', '"[]"'))
     result = import_libcity(
         files["geo"], files["rel"], files["dyna"], config=tmp_path / "config.json"
     )
     assert result.adjacency[0, 1] == 1.0 and result.adjacency.sum() == 3.0
+    assert result.data.sensor_ids == list(POINTS)
+    assert result.locations["sensor_id"].tolist() == ["773869", "767542", "717447"]
+    assert "1 sensors have no coordinates" in result.notes
 
 
 def _mangle_dyna(files, old: str, new: str) -> None:
