@@ -15,6 +15,7 @@ from app.allocator import restart_with_preferred_allocator
 from app.commands import (
     data_cmd,
     graph_cmd,
+    import_cmd,
     model_cmd,
     registry_cmd,
     retrain_cmd,
@@ -25,7 +26,15 @@ from app.commands.common import EXIT_USER_ERROR, describe, user_error_types
 # Commands that train or run models restart once under tcmalloc (app/allocator.py).
 ALLOCATOR_COMMANDS = frozenset({"train", "evaluate", "predict", "serve", "retrain"})
 
-_COMMAND_MODULES = (graph_cmd, data_cmd, model_cmd, serve_cmd, retrain_cmd, registry_cmd)
+_COMMAND_MODULES = (
+    graph_cmd,
+    data_cmd,
+    import_cmd,
+    model_cmd,
+    serve_cmd,
+    retrain_cmd,
+    registry_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,177 @@
+"""ASTGCN-style releases (PEMS03, PEMS04, PEMS07, PEMS08).
+
+Each set is ``PEMS0x.npz`` with one array under the key ``data`` of shape
+``(time, sensors, channels)``: PEMS04 and PEMS08 have three channels (flow, occupancy, speed),
+PEMS03 and PEMS07 one (flow). Beside it, ``distance.csv`` (header ``from,to,cost``) lists road
+distances between sensors named by their column number (0 .. N-1) or, for PEMS03, by the
+station ids that ``PEMS03.txt`` lists one per line in column order. The file holds no
+timestamps: the caller gives the first one and the step.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+import pandas as pd
+
+from data.errors import DataInputError
+from data.importers.common import ImportResult, finite_readings, listing
+from data.io import SpeedData
+from graph.io import read_distances, read_sensor_ids
+
+__all__ = ["CHANNEL_NAMES", "import_npz"]
+
+# The channels of the ASTGCN releases, by how many there are.
+CHANNEL_NAMES = {1: ("flow",), 3: ("flow", "occupancy", "speed")}
+_KEY = "data"
+
+
+def import_npz(
+    npz: str | os.PathLike,
+    *,
+    channel: str,
+    distances: str | os.PathLike,
+    start: pd.Timestamp,
+    freq_minutes: int,
+    sensor_ids: str | os.PathLike | None = None,
+) -> ImportResult:
+    """One channel of an ASTGCN ``.npz`` -> a table with timestamps from ``start``.
+
+    Args:
+        npz: the ``.npz`` (key ``data``, ``(T, N, C)``; a ``(T, N)`` array is one channel).
+        channel: ``flow``, ``occupancy``, ``speed`` (as the release orders its channels) or
+            a channel number.
+        distances: ``distance.csv``; sensors named by column number, or by id with
+            ``sensor_ids``.
+        start: the first timestamp; freq_minutes: the step.
+        sensor_ids: the ids in column order (``PEMS03.txt``); without it, sensors are named
+            ``0`` .. ``N-1``.
+
+    Non-finite and negative readings become missing; zeros are kept as readings (the summary
+    counts them).
+
+    Raises:
+        DataInputError: no ``data`` array, an array that is not 2- or 3-dimensional, a channel
+            the file does not have, ids that do not match the array, or a distance naming an
+            unknown sensor.
+    """
+    src = os.fspath(npz)
+    array = _load_array(src)
+    if array.ndim == 2:
+        array = array[:, :, None]  # (T, N) -> (T, N, 1)
+    if array.ndim != 3:
+        raise DataInputError(
+            f"{src}: '{_KEY}' has shape {array.shape}, expected (time, sensors, channels)"
+        )
+    num_steps, num_sensors, num_channels = array.shape
+    if num_steps == 0 or num_sensors == 0:
+        raise DataInputError(f"{src}: '{_KEY}' has shape {array.shape}: no readings")
+    k, quantity = _channel(channel, num_channels, src)
+    values = array[:, :, k].astype(np.float64)  # (T, N)
+
+    if sensor_ids is None:
+        ids = [str(i) for i in range(num_sensors)]
+    else:
+        ids = read_sensor_ids(sensor_ids)
+        if len(ids) != num_sensors:
+            raise DataInputError(
+                f"{os.fspath(sensor_ids)}: {len(ids)} sensor ids, but {src} has {num_sensors} "
+                "sensors"
+            )
+    table = read_distances(distances)
+    known = set(ids)
+    unknown = [s for s in pd.unique(pd.concat([table["from"], table["to"]])) if s not in known]
+    if unknown:
+        how = "ids from --sensor-ids" if sensor_ids is not None else f"0 .. {num_sensors - 1}"
+        raise DataInputError(
+            f"{os.fspath(distances)}: sensor {listing(unknown)} is not one of the {num_sensors} "
+            f"sensors ({how})"
+        )
+
+    usable, negative = finite_readings(values)
+    non_finite = int((~np.isfinite(values)).sum())
+    zeros = int((usable & (values == 0)).sum())
+    index = pd.date_range(start, periods=num_steps, freq=f"{freq_minutes}min", unit="ns")
+    data = SpeedData(
+        index=index,
+        sensor_ids=ids,
+        values=np.where(usable, values, 0.0),
+        mask=usable,
+        freq_minutes=freq_minutes,
+        source=src,
+    )
+    notes = [
+        f"channel {k} ({quantity}) of {num_channels}; timestamps from {start} every "
+        f"{freq_minutes} min (the file has none)"
+    ]
+    if zeros:
+        notes.append(
+            f"{zeros} readings are 0 ({100.0 * zeros / values.size:.2f}%): kept as readings here; "
+            "a config with missing: zero counts them as missing"
+        )
+    inputs = [src, os.fspath(distances)] + ([os.fspath(sensor_ids)] if sensor_ids else [])
+    return ImportResult(
+        format="npz",
+        quantity=quantity,
+        data=data,
+        distances=table,
+        inputs=inputs,
+        read={
+            "steps": num_steps,
+            "sensors": num_sensors,
+            "channels": num_channels,
+            "distance rows": len(table),
+        },
+        dropped={
+            f"readings not finite ({quantity})": non_finite,
+            f"readings with a negative {quantity}": negative,
+        },
+        notes=notes,
+    )
+
+
+def _load_array(src: str) -> np.ndarray:
+    if not os.path.exists(src):
+        raise FileNotFoundError(2, "No such file or directory", src)
+    try:
+        with np.load(src, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise DataInputError(f"{src}: a single .npy array, expected an .npz archive")
+            if _KEY not in archive.files:
+                found = ", ".join(archive.files) or "nothing"
+                raise DataInputError(f"{src}: no array '{_KEY}' (found: {found})")
+            array = archive[_KEY]
+    except DataInputError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataInputError(f"{src}: not a readable .npz ({' '.join(str(exc).split())})") from exc
+    if array.dtype.kind not in "biuf":
+        raise DataInputError(f"{src}: '{_KEY}' holds {array.dtype}, expected numbers")
+    return array
+
+
+def _channel(channel: str, num_channels: int, src: str) -> tuple[int, str]:
+    """The channel's number and the quantity it holds."""
+    names = CHANNEL_NAMES.get(num_channels)
+    text = str(channel).strip().lower()
+    if text.isdigit():
+        k = int(text)
+        if k >= num_channels:
+            raise DataInputError(
+                f"{src}: no channel {k}: the file has {num_channels} (0 .. {num_channels - 1})"
+            )
+        if names is None:
+            raise DataInputError(
+                f"{src}: {num_channels} channels is not an ASTGCN layout (1: flow; 3: flow, "
+                f"occupancy, speed), so what channel {k} holds is unknown"
+            )
+        return k, names[k]
+    if names is None or text not in names:
+        have = ", ".join(names) if names else "unnamed"
+        raise DataInputError(
+            f"{src}: no channel {channel!r}: the file has {num_channels} channel"
+            f"{'s' if num_channels != 1 else ''} ({have})"
+        )
+    return names.index(text), text

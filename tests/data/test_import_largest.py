@@ -1,0 +1,132 @@
+"""``trafficcast import largest``: a LargeST flow table (pandas HDF, timestamps by sensor id) and
+``ca_meta.csv``, built as released, through import and a one-epoch training run; bad files end
+in one ``error:`` line.
+
+LargeST holds flow only. Until the config's ``data.quantity`` rule lands, training reads a zero
+flow as missing; the table written keeps real zeros as readings and missing ones empty, so it is
+right under either rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.cli import main
+from data import read_sensor_locations
+from tests.data.test_import_common import check_round_trip, train_evaluate_predict, user_error
+
+META_HEADER = "ID,Lat,Lng,District,County,Fwy,Lanes,Type,Direction,ID2"
+# (id, latitude, longitude, district): three in district 4 (GBA), two in 11 (SD), one in 7.
+SENSORS = [
+    (400001, 37.3645, -121.9012, 4),
+    (400017, 37.2532, -121.8775, 4),
+    (400030, 37.3596, -121.9069, 4),
+    (1100115, 32.7641, -117.1523, 11),
+    (1100120, 32.7713, -117.1481, 11),
+    (716928, 34.0563, -118.2303, 7),
+]
+STEPS = 576
+
+
+def flows() -> pd.DataFrame:
+    """Two days of 5-minute flow, one column per sensor id (ints, as LargeST stores them)."""
+    rng = np.random.default_rng(3)
+    index = pd.date_range("2019-01-01", periods=STEPS, freq="5min")
+    hour = index.hour + index.minute / 60
+    busy = np.exp(-((np.asarray(hour) - 17.0) ** 2) / 4.0)[:, None]
+    values = np.round(40 + 300 * busy + rng.normal(0, 8, (STEPS, len(SENSORS))))
+    frame = pd.DataFrame(values, index=index, columns=[s[0] for s in SENSORS])
+    frame.iloc[5, 1] = np.nan
+    return frame
+
+
+def write_largest(root, frame: pd.DataFrame | None = None) -> dict:
+    root.mkdir(parents=True, exist_ok=True)
+    (frame if frame is not None else flows()).to_hdf(root / "ca_his_raw_2019.h5", key="t")
+    rows = [META_HEADER]
+    for k, (sid, lat, lng, district) in enumerate(SENSORS):
+        rows.append(f"{sid},{lat},{lng},{district},Santa Clara,101,4,Mainline,N,{k}")
+    (root / "ca_meta.csv").write_text("\n".join(rows) + "\n")
+    return {"hdf": root / "ca_his_raw_2019.h5", "meta": root / "ca_meta.csv"}
+
+
+def _argv(files: dict, out, *extra: str) -> list[str]:
+    argv = ["import", "largest", "--hdf", str(files["hdf"]), "--meta", str(files["meta"])]
+    return [*argv, *extra, "--output-dir", str(out)]
+
+
+def test_largest_district_import_and_training_run(tmp_path, capsys):
+    files = write_largest(tmp_path / "largest")
+    out = tmp_path / "out"
+    assert main(_argv(files, out, "--district", "4")) == 0
+    printed = capsys.readouterr().out
+    assert "imported largest: flow, 3 sensors x 576 steps of 5 min" in printed
+    assert "data: {quantity: flow, missing: nan}" in printed
+
+    frame = pd.read_hdf(out / "speeds.h5", "df")
+    assert frame.columns.tolist() == ["400001", "400017", "400030"]
+    expected = flows()
+    np.testing.assert_array_equal(frame.to_numpy(), expected.iloc[:, :3].to_numpy())
+    locations = read_sensor_locations(out / "locations.csv")
+    assert locations.to_dict("list") == {
+        "sensor_id": ["400001", "400017", "400030"],
+        "latitude": [37.3645, 37.2532, 37.3596],
+        "longitude": [-121.9012, -121.8775, -121.9069],
+    }
+    summary = json.loads((out / "import.json").read_text())
+    assert summary["read"] == {
+        "rows": 576,
+        "sensors in the table": 6,
+        "sensors in the metadata": 6,
+    }
+    assert summary["dropped"]["readings missing (empty)"] == 1
+
+    distances = out / "distances.csv"
+    argv = ["distances", "--straight-line", "--sensors", str(out / "locations.csv")]
+    assert main([*argv, "--output", str(distances)]) == 0
+    at = "2019-01-02T16:00"
+    trained = train_evaluate_predict(
+        tmp_path, out / "speeds.h5", ("--distances", distances), at, capsys
+    )
+    check_round_trip(trained, 3, at)
+
+
+def test_largest_first_n_sensors_of_several_districts(tmp_path, capsys):
+    files = write_largest(tmp_path / "largest")
+    out = tmp_path / "out"
+    assert main(_argv(files, out, "--district", "4,11", "--sensors", "4")) == 0
+    frame = pd.read_hdf(out / "speeds.h5", "df")
+    assert frame.columns.tolist() == ["400001", "400017", "400030", "1100115"]
+
+
+def test_largest_bad_files_are_one_error_line(tmp_path, capsys):
+    files = write_largest(tmp_path / "largest")
+    line = user_error(_argv(files, tmp_path / "out", "--district", "12"), capsys)
+    assert line == f"error: {files['meta']}: no sensor in district 12 is a column of {files['hdf']}"
+
+    meta = files["meta"].read_text()
+    files["meta"].write_text(meta.replace("37.2532", "north", 1))
+    line = user_error(_argv(files, tmp_path / "out"), capsys)
+    assert line == f"error: {files['meta']}: line 3: Lat 'north' is not a number"
+
+    files["meta"].write_text(meta)
+    flows().to_hdf(files["hdf"], key="extra")
+    line = user_error(_argv(files, tmp_path / "out"), capsys)
+    assert line == f"error: {files['hdf']}: give --key: the file holds extra, t"
+    assert main(_argv(files, tmp_path / "out", "--key", "t")) == 0
+
+    files["hdf"].write_text("not an HDF file")
+    line = user_error(_argv(files, tmp_path / "out"), capsys)
+    assert line == f"error: {files['hdf']}: not a readable HDF5 file"
+
+
+@pytest.mark.parametrize("index", [["yesterday"] * STEPS, list(range(STEPS))])
+def test_largest_index_that_is_not_timestamps_is_one_error_line(tmp_path, capsys, index):
+    frame = flows()
+    frame.index = pd.Index(index)
+    files = write_largest(tmp_path / "largest", frame)
+    line = user_error(_argv(files, tmp_path / "out"), capsys)
+    assert line.startswith(f"error: {files['hdf']}: cannot read timestamp ")
