@@ -44,9 +44,12 @@ class CachedForecast:
     future: pd.DatetimeIndex
     forecast: np.ndarray  # (H, N) in the model's sensor order
     coverage: float
-    # Cache hits for the same (sensors, horizon) answer with the same bytes: serialising 207 x 12
-    # numbers is most of the cost of a cached read, so it is done once per query.
-    rendered: dict[tuple[tuple[str, ...], int], bytes] = field(default_factory=dict)
+    stamps: pd.DatetimeIndex  # (seq_len,) the window the forecast is from
+    window: np.ndarray  # (seq_len, N), NaN = missing
+    # Cache hits for the same (sensors, horizon, interval) answer with the same bytes: serialising
+    # 207 x 12 numbers is most of the cost of a cached read, so it is done once per query.
+    rendered: dict[tuple[tuple[str, ...], int, float | None], bytes] = field(default_factory=dict)
+    bands: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 class Service:
@@ -406,9 +409,40 @@ class Service:
                 )
             forecast = await self.infer(model, window, stamps)
             self.cache = CachedForecast(
-                model, generation, latest, f.future_timestamps(latest), forecast, coverage
+                model,
+                generation,
+                latest,
+                f.future_timestamps(latest),
+                forecast,
+                coverage,
+                stamps,
+                window,
             )
             return self.cache, False
+
+    @staticmethod
+    def bands(
+        model: LoadedModel,
+        window: np.ndarray,
+        stamps: pd.DatetimeIndex,
+        forecast: np.ndarray,
+        level: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated band around ``model``'s forecast of one window (the model must have
+        ``forecaster.intervals``). Shapes: ``window (seq_len, N)``, ``forecast (H, N)`` ->
+        ``lower``, ``upper`` ``(H, N)``."""
+        times = np.asarray(stamps, dtype="datetime64[ns]")
+        lower, upper = model.forecaster.bands(window[None], times[None], forecast[None], level)
+        return lower[0], upper[0]
+
+    def stored_bands(self, entry: CachedForecast, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """The band of a cached forecast at ``level``, computed once per level while cached."""
+        bands = entry.bands.get(level)
+        if bands is None:
+            bands = self.bands(entry.model, entry.window, entry.stamps, entry.forecast, level)
+            if len(entry.bands) < 64:  # bounded: clients may ask for any level
+                entry.bands[level] = bands
+        return bands
 
     # ---- observations ------------------------------------------------------------------
     async def record(
