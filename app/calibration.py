@@ -1,9 +1,10 @@
 """Calibrating a run's prediction intervals (``trafficcast calibrate``), and scoring intervals.
 
 :func:`calibrate_run` fits :class:`models.intervals.IntervalCalibrator` to a run: the difficulty
-model on the training windows' residuals, the conformal quantiles on the validation windows' (which
-the model never trained on), and stores the calibrator's state in the checkpoint under
-``"intervals"``; nothing else in the checkpoint changes, so forecasts stay bit-identical.
+model on the persistence forecast's residuals on the training windows (the traffic's own
+difficulty, see :mod:`models.intervals`), the conformal quantiles on the model's residuals on the
+validation windows (which it never trained on); it stores the calibrator's state in the checkpoint
+under ``"intervals"``. Nothing else in the checkpoint changes, so forecasts stay bit-identical.
 :func:`interval_metrics` and :func:`plot_bands` are what the evaluation report uses for the bands.
 """
 
@@ -19,7 +20,9 @@ import pandas as pd
 import torch
 
 from app.pipeline import LoadedRun, horizon_steps, load_run, log_stderr
-from models.checkpoint import load_checkpoint, save_checkpoint
+from app.registry import file_sha256
+from models.baselines import persistence_forecast
+from models.checkpoint import save_checkpoint
 from models.errors import CheckpointError
 from models.intervals import IntervalCalibrator
 
@@ -27,9 +30,6 @@ INTERVALS_KEY = "intervals"
 # Target times scored apart (minutes of the day, end excluded): the rush hours, where errors are
 # largest, and the night, where they are smallest.
 PERIODS = {"rush": ((420, 540), (960, 1140)), "night": ((0, 300),)}
-# The scale model needs the shape of the errors, not every overlapping window: one training
-# window in TRAIN_STRIDE is enough, and it keeps `calibrate` to a fraction of an epoch.
-TRAIN_STRIDE = 3
 
 
 @dataclass
@@ -57,45 +57,45 @@ def target_minutes(times: np.ndarray) -> np.ndarray:
     return (t - t.astype("datetime64[D]")).astype(np.int64)
 
 
-def split_residuals(run: LoadedRun, split: str, stride: int = 1, model: str = "dcrnn") -> Residuals:
-    """The run's forecasts on every ``stride``-th window of ``split`` (``train``, ``val``,
-    ``test``), with their inputs and targets."""
+def persistence(history: np.ndarray, horizon: int, fallback: float) -> np.ndarray:
+    """The persistence forecast of windows with NaN for missing readings (``fallback`` for a
+    sensor with none). Shapes: ``(B, T, N)`` -> ``(B, horizon, N)`` float64."""
+    observed = np.isfinite(history)
+    x = np.where(observed, history, 0.0)
+    return persistence_forecast(x, observed, horizon, fallback).astype(np.float64)
+
+
+def split_residuals(run: LoadedRun, split: str, model: str = "dcrnn") -> Residuals:
+    """Forecasts of every window of ``split`` (``train``, ``val``, ``test``) with their inputs
+    and targets: the run's model ``model`` (``dcrnn``, ``fc_lstm``) or ``persistence``."""
     p, source = run.prepared, run.source
-    starts_all = p.splits[split][::stride]
+    starts = p.splits[split]
     values = np.where(p.speeds.mask, p.speeds.values, np.nan).astype(np.float32)  # (T, N)
-    size = source.batch_sizes[split]
-    preds = []
-    with torch.inference_mode():
-        for i in range(0, len(starts_all), size):
-            batch = source.batch_at(starts_all[i : i + size])
-            pred = run.models[model](batch.x)[..., 0] * run.scaler.std + run.scaler.mean
-            preds.append(pred.cpu().numpy())
-    x_rows = starts_all[:, None] + np.arange(p.seq_len)  # (B, T)
-    y_rows = starts_all[:, None] + p.seq_len + np.arange(p.horizon)  # (B, H)
+    x_rows = starts[:, None] + np.arange(p.seq_len)  # (B, T)
+    y_rows = starts[:, None] + p.seq_len + np.arange(p.horizon)  # (B, H)
+    if model == "persistence":
+        forecast = persistence(values[x_rows], p.horizon, run.scaler.mean)
+    else:
+        preds = []
+        with torch.inference_mode():
+            for batch_starts in source.starts_batches(split):
+                batch = source.batch_at(batch_starts)
+                pred = run.models[model](batch.x)[..., 0] * run.scaler.std + run.scaler.mean
+                preds.append(pred.cpu().numpy())
+        forecast = np.concatenate(preds).astype(np.float64)
     return Residuals(
         history=values[x_rows],
-        forecast=np.concatenate(preds).astype(np.float64),
+        forecast=forecast,
         y=p.targets.numpy()[y_rows].astype(np.float64),
         y_mask=p.mask.numpy()[y_rows],
         target_times=np.asarray(p.speeds.index)[y_rows],
     )
 
 
-def fit_calibrator(
-    train: Residuals, val: Residuals, factors: tuple[str, ...] | None = None
-) -> IntervalCalibrator:
-    """The difficulty model fitted on ``train``, the quantiles on ``val`` (held-out windows)."""
-    horizon, num_nodes = train.forecast.shape[1:]
-    kwargs = {} if factors is None else {"factors": factors}
-    cal = IntervalCalibrator(horizon, num_nodes, **kwargs)
-    return cal.fit_scale(*train.fit_args()).calibrate(*val.fit_args())
-
-
 def calibrate_run(
     run_dir: str | Path,
     data: str | Path | None = None,
     log: Callable[[str], None] = log_stderr,
-    train_stride: int = TRAIN_STRIDE,
 ) -> dict[str, Any]:
     """Calibrate the intervals of the run's DCRNN and store them in ``RUN_DIR/model.pt``.
 
@@ -103,21 +103,18 @@ def calibrate_run(
     quantiles, so a check of the arithmetic rather than a score: the test split scores them).
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir, data)
-    counts = {k: len(v) for k, v in run.prepared.splits.items()}
-    log(
-        f"calibrate: forecasting {-(-counts['train'] // train_stride)} training and "
-        f"{counts['val']} validation windows"
-    )
-    train = split_residuals(run, "train", stride=train_stride)
-    val = split_residuals(run, "val")
-    cal = fit_calibrator(train, val)
     path = run_dir / "model.pt"
-    payload = load_checkpoint(path)
-    if payload.get("sensor_ids") != run.payload.get("sensor_ids"):
+    digest = file_sha256(path) if path.exists() else None
+    run = load_run(run_dir, data)
+    log(f"calibrate: forecasting the {len(run.prepared.splits['val'])} validation windows")
+    scale = split_residuals(run, "train", model="persistence")
+    val = split_residuals(run, "val")
+    horizon, num_nodes = val.forecast.shape[1:]
+    cal = IntervalCalibrator(horizon, num_nodes)
+    cal.fit_scale(*scale.fit_args()).calibrate(*val.fit_args())
+    if file_sha256(path) != digest:  # e.g. retrained meanwhile: keep the new model as it is
         raise CheckpointError(f"{path} changed while it was being calibrated; run it again")
-    payload[INTERVALS_KEY] = cal.state_dict()
-    save_checkpoint(path, payload)
+    save_checkpoint(path, {**run.payload, INTERVALS_KEY: cal.state_dict()})
     summary = {}
     for level in (0.5, 0.8, 0.95):
         lower, upper = cal.bands(val.forecast, val.history, val.target_times, level)
@@ -125,7 +122,7 @@ def calibrate_run(
             val.y, val.y_mask, lower, upper, val.target_times, run.speeds.freq_minutes
         )
         summary[f"{round(level * 100)}"] = {k: v["overall"]["coverage"] for k, v in metrics.items()}
-    return {"windows": {"train": len(train.y), "val": len(val.y)}, "val_coverage": summary}
+    return {"windows": {"train": len(scale.y), "val": len(val.y)}, "val_coverage": summary}
 
 
 def interval_metrics(

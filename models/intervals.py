@@ -26,14 +26,20 @@ residual):
 
     \log \hat\sigma_{bhn} = c + \sum_k a_k[g_k(b, h, n)]
 
-with the factors of :data:`FACTORS`: the horizon step; the sensor (its own error level); the hour
+with factors among :data:`FACTORS`: the horizon step; the sensor (its own error level); the hour
 of day of the target, weekdays and weekends apart (weekends have no rush hours); and, per step,
 the bin of the recent variability (standard deviation of the sensor's observed readings in the
-input window; a bin of its own when under two are observed). It is fitted to :math:`|r|` by the
-score equations of a log-link quasi-Poisson model, cyclically per factor:
+input window; a bin of its own when under two are observed). :data:`DEFAULT_FACTORS` are the
+first three: the variability measured no gain (``bench/intervals.py``). It is fitted to
+:math:`|r|` by the score equations of a log-link quasi-Poisson model, cyclically per factor:
 :math:`a_k[g] \mathrel{+}= \log(\sum_g |r| / \sum_g \hat\sigma)`, shrunk towards 0 for levels
-with few residuals. The scale may be fitted on training residuals (smaller there than on new
-data, which the calibration on held-out windows corrects for as a whole); the quantiles must not.
+with few residuals.
+
+The residuals the scale is fitted to need not be the model's: only its shape matters, the
+calibration sets its level. A model's residuals on its own training windows are a poor guide,
+smaller than on new data and unevenly so (a network fits the training days' rush hours closely),
+so :mod:`app.calibration` fits the scale to the residuals of the persistence forecast on the
+training windows, which no fitting has shrunk. The quantiles must come from held-out windows.
 The finite-sample correction of split conformal (the :math:`\lceil (n+1)\alpha \rceil`-th score)
 is left out: with tens of thousands of scores per step it moves a quantile by less than the
 interpolation grid.
@@ -48,6 +54,7 @@ import numpy as np
 
 STATE_VERSION = 1
 FACTORS = ("step", "sensor", "hour", "variability")
+DEFAULT_FACTORS = ("step", "sensor", "hour")
 # Quantile functions are stored on this grid of probabilities and interpolated linearly between
 # its points, which keeps them monotone in the level (so bands nest).
 GRID_POINTS = 1001
@@ -93,15 +100,16 @@ class IntervalCalibrator:
 
     Shapes: ``history (B, T, N)`` the input windows in data units (0 or NaN = missing);
     ``target_times (B, H)`` datetime64 of each forecast step; ``forecast``, ``y`` and
-    ``y_mask`` ``(B, H, N)``. Use :meth:`fit_scale` (on any residuals, e.g. training), then
-    :meth:`calibrate` (on held-out residuals only), then :meth:`bands`.
+    ``y_mask`` ``(B, H, N)``. Use :meth:`fit_scale` (on residuals of any forecast, e.g. the
+    persistence forecast's on the training windows), then :meth:`calibrate` (on the model's
+    residuals on held-out windows only), then :meth:`bands`.
     """
 
     def __init__(
         self,
         horizon: int,
         num_nodes: int,
-        factors: Sequence[str] = FACTORS,
+        factors: Sequence[str] = DEFAULT_FACTORS,
         variability_bins: int = VARIABILITY_BINS,
         symmetric: bool = True,
     ) -> None:

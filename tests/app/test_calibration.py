@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import data
-from app.calibration import interval_metrics, plot_bands, split_residuals
+from app.calibration import interval_metrics, persistence, plot_bands, split_residuals
 from app.commands import calibrate_cmd
 from app.forecaster import Forecaster
 from app.pipeline import load_run
@@ -123,3 +123,9 @@ def test_interval_metrics_by_horizon_and_period() -> None:
     assert m["60min"]["rush"]["count"] == 2
     none = interval_metrics(y, np.zeros_like(mask), lower, upper, times)
     assert none["30min"]["night"] == {"coverage": None, "width": None, "count": 0}
+
+
+def test_persistence_repeats_the_last_reading() -> None:
+    history = np.array([[[50.0, np.nan, np.nan], [52.0, 40.0, np.nan], [np.nan, 41.0, np.nan]]])
+    forecast = persistence(history, horizon=2, fallback=55.0)  # (B=1, T=3, N=3) -> (1, 2, 3)
+    np.testing.assert_array_equal(forecast, [[[52.0, 41.0, 55.0], [52.0, 41.0, 55.0]]])

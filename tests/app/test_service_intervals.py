@@ -189,4 +189,5 @@ def test_the_bundled_model_ships_calibrated() -> None:
 
     state = load_checkpoint(Path(BUNDLED_RUN_DIR) / "model.pt")["intervals"]
     assert state["version"] == 1 and state["horizon"] == 12 and state["num_nodes"] == 207
-    assert state["symmetric"] is True and 60 < state["max_speed"] <= 100
+    assert state["symmetric"] is True and state["factors"] == ["step", "sensor", "hour"]
+    assert state["max_speed"] == 70.0  # the bundled week's top speed
