@@ -61,14 +61,20 @@ def residuals(run_dir: str, data: str | None, cache: Path | None) -> dict[str, R
     return out
 
 
-def print_rows(name: str, cal: IntervalCalibrator, test: Residuals) -> None:
-    for level in LEVELS:
+def print_table(calibrators: dict[str, IntervalCalibrator], test: Residuals, level: float) -> None:
+    """One row per candidate; a cell per horizon: coverage % overall / rush / night, then the
+    mean width overall."""
+    print(f"\n| candidate ({level:.0%} band) | 15 min | 30 min | 60 min |")
+    print("| --- | --- | --- | --- |")
+    for name, cal in calibrators.items():
         lower, upper = cal.bands(test.forecast, test.history, test.target_times, level)
         metrics = interval_metrics(test.y, test.y_mask, lower, upper, test.target_times)
-        for key, by in metrics.items():
-            cov = " / ".join(f"{100 * by[p]['coverage']:.1f}" for p in by)
-            width = " / ".join(f"{by[p]['width']:.2f}" for p in by)
-            print(f"| {name} | {level:.0%} | {key} | {cov} | {width} |")
+        cells = [
+            " / ".join(f"{100 * by[p]['coverage']:.1f}" for p in by)
+            + f" · {by['overall']['width']:.2f}"
+            for by in metrics.values()
+        ]
+        print(f"| {name} | {' | '.join(cells)} |")
 
 
 def main() -> None:
@@ -96,22 +102,21 @@ def main() -> None:
             payload["intervals"]
         )
     print(
-        f"windows train/val/test {len(train.y)}/{len(val.y)}/{len(test.y)}; coverage % "
-        "overall / rush (07-09, 16-19) / night (00-05); mean width (mph) overall / rush / night"
+        f"windows train/val/test {len(train.y)}/{len(val.y)}/{len(test.y)}; coverage % overall / "
+        "rush (07-09, 16-19) / night (00-05) · mean width (mph)"
     )
-    print("| candidate | level | horizon | coverage | width |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, cal in calibrators.items():
-        print_rows(name, cal, test)
+    for level in LEVELS:
+        print_table(calibrators, test, level)
     # Widths at equal coverage: each difficulty model with its quantiles taken on the test split
     # itself, so that every band covers exactly the level there. Not a method (it peeks at the
     # test split); it separates the shape of a band from the val/test difference in error level.
     print("\nat equal coverage (quantiles from the test split itself):")
-    print("| candidate | level | horizon | coverage | width |")
-    print("| --- | --- | --- | --- | --- |")
+    oracles = {}
     for name in ("constant per step", "step x sensor x time of day (shipped)"):
         oracle = IntervalCalibrator.from_state_dict(calibrators[name].state_dict())
-        print_rows(name, oracle.calibrate(*test.fit_args()), test)
+        oracles[name] = oracle.calibrate(*test.fit_args())
+    for level in LEVELS:
+        print_table(oracles, test, level)
 
 
 if __name__ == "__main__":
