@@ -13,6 +13,7 @@ import warnings
 
 from app.allocator import restart_with_preferred_allocator
 from app.commands import (
+    calibrate_cmd,
     data_cmd,
     graph_cmd,
     import_cmd,
@@ -24,13 +25,14 @@ from app.commands import (
 from app.commands.common import EXIT_USER_ERROR, describe, user_error_types
 
 # Commands that train or run models restart once under tcmalloc (app/allocator.py).
-ALLOCATOR_COMMANDS = frozenset({"train", "evaluate", "predict", "serve", "retrain"})
+ALLOCATOR_COMMANDS = frozenset({"train", "evaluate", "predict", "calibrate", "serve", "retrain"})
 
 _COMMAND_MODULES = (
     graph_cmd,
     data_cmd,
     import_cmd,
     model_cmd,
+    calibrate_cmd,
     serve_cmd,
     retrain_cmd,
     registry_cmd,

@@ -16,6 +16,7 @@ import torch
 from data import StandardScaler, time_features
 from data.errors import DataInputError
 from models.checkpoint import build_model, load_checkpoint
+from models.intervals import IntervalCalibrator
 
 
 def model_inputs(
@@ -48,8 +49,10 @@ class Forecaster:
     """Forecasts from a checkpoint payload.
 
     Shapes: ``forecast(timestamps (seq_len,), speeds (seq_len, N))`` -> ``(horizon, N)`` in data
-    units; ``forecast_batch(speeds (B, seq_len, N), timestamps (B, seq_len))`` -> ``(B, horizon, N)``.
-    Missing readings are NaN or 0.
+    units; ``forecast_batch(speeds (B, seq_len, N), timestamps (B, seq_len))`` -> ``(B, horizon, N)``;
+    ``bands(speeds, timestamps, forecast (B, horizon, N), level)`` -> ``lower``, ``upper`` of the
+    forecast's shape. Missing readings are NaN or 0. ``intervals`` says whether the checkpoint
+    carries a calibration (``trafficcast calibrate``) so that :meth:`bands` can answer.
     """
 
     def __init__(self, payload: dict[str, Any], device: str | torch.device = "cpu") -> None:
@@ -65,6 +68,12 @@ class Forecaster:
         features = payload.get("features", {})
         self.time_in_day = bool(features.get("time_in_day", True))
         self.day_in_week = bool(features.get("day_in_week", False))
+        state = payload.get("intervals")
+        self.calibrator = None if state is None else IntervalCalibrator.from_state_dict(state)
+
+    @property
+    def intervals(self) -> bool:
+        return self.calibrator is not None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Forecaster:
@@ -110,6 +119,19 @@ class Forecaster:
         x = torch.from_numpy(self.features(timestamps, speeds)).to(self.device)
         pred = self.model(x)[..., 0]  # (B, H, N), scaled
         return (pred * self.scaler.std + self.scaler.mean).cpu().numpy()
+
+    def bands(
+        self, speeds: np.ndarray, timestamps: np.ndarray, forecast: np.ndarray, level: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated band at central coverage ``level`` (0.5 <= level < 1) around
+        ``forecast``, the forecast of these windows: see :class:`models.intervals.IntervalCalibrator`.
+        Raises ``ValueError`` for a bad level or a model without calibration."""
+        if self.calibrator is None:
+            raise ValueError("this model has no calibration: run trafficcast calibrate")
+        last = np.asarray(timestamps, dtype="datetime64[ns]")[:, -1:]  # (B, 1)
+        steps = np.arange(1, self.horizon + 1) * np.timedelta64(self.freq_minutes, "m")
+        lower, upper = self.calibrator.bands(forecast, speeds, last + steps, level)
+        return lower.astype(np.float32), upper.astype(np.float32)
 
     def forecast(
         self, timestamps: pd.DatetimeIndex, speeds: np.ndarray

@@ -38,6 +38,12 @@ Timestamp = Annotated[dt.datetime, BeforeValidator(_iso_text), AfterValidator(_n
 SensorId = Annotated[str, Field(min_length=1, max_length=64)]
 # strict: true and "55" are not speeds (lax mode would read them as 1.0 and 55.0).
 Speed = Annotated[float, Field(strict=True, ge=0.0, le=MAX_SPEED, allow_inf_nan=False)]
+INTERVAL_DESCRIPTION = (
+    "central coverage of a prediction interval, e.g. 0.8: the answer then carries lower and upper "
+    "bounds (calibrated on data the model did not train on); 0.5 <= interval < 1"
+)
+# The same bounds as the GET query parameter of the same name (app.service.routes.forecasts).
+Interval = Annotated[float, Field(strict=True, ge=0.5, lt=1.0, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -58,6 +64,7 @@ class ForecastRequest(_Strict):
         min_length=1,
         description="one row per timestamp, one value per sensor; null or 0 is a missing reading",
     )
+    interval: Interval | None = Field(None, description=INTERVAL_DESCRIPTION)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -79,6 +86,14 @@ class ForecastResponse(_Strict):
     timestamps: list[str] = Field(..., description="the horizon's future timestamps")
     forecast: list[list[float]] = Field(
         ..., description="one row per future timestamp, one value per sensor (request order)"
+    )
+    # Present only when the request asked for an interval: answers without one are unchanged.
+    interval: float | None = Field(None, description="the central coverage of lower..upper")
+    lower: list[list[float]] | None = Field(
+        None, description="lower bound of the interval, the shape of forecast"
+    )
+    upper: list[list[float]] | None = Field(
+        None, description="upper bound of the interval, the shape of forecast"
     )
 
 

@@ -16,6 +16,7 @@ def constrain_schema(schema: dict[str, Any], service: Service, model: LoadedMode
 
     Its sensor ids, ``seq_len``, ``horizon`` and the request caps are known only once the model is
     loaded, so clients and fuzzers read them from the schema rather than discover them by 422s.
+    A model without calibrated intervals does not offer the ``interval`` field and parameter.
     """
     f, s = model.forecaster, service.settings
     ids = list(f.sensor_ids)
@@ -38,6 +39,10 @@ def constrain_schema(schema: dict[str, Any], service: Service, model: LoadedMode
             props[key]["minItems"], props[key]["maxItems"] = rows
         props["speeds"]["items"]["minItems"] = 1
         props["speeds"]["items"]["maxItems"] = max_sensors
+    if not f.intervals:
+        del comps["ForecastRequest"]["properties"]["interval"]
+        get = schema["paths"]["/v1/forecast"]["get"]
+        get["parameters"] = [p for p in get.get("parameters", []) if p["name"] != "interval"]
     for path, method, params in (
         ("/v1/forecast", "get", {"sensors", "horizon"}),
         ("/v1/history", "get", {"sensor", "steps"}),

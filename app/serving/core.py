@@ -12,7 +12,6 @@ latest observed step and scores it as its readings arrive (``app.accuracy``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import threading
@@ -30,10 +29,10 @@ from app.batching import MicroBatcher
 from app.forecaster import Forecaster
 from app.observations import ObservationStore
 from app.registry import file_sha256, now_iso
-from app.schemas import SwapError
 from app.serving.errors import NonFiniteForecast, NotEnoughData
 from app.serving.loading import LoadedModel, read_locations, read_report, seed_store, smoke_test
 from app.serving.recorder import Recorder
+from app.serving.swap import RegistryWatcher
 from app.settings import BUNDLED_CONFIG, Settings
 from app.telemetry import Metrics
 
@@ -48,9 +47,12 @@ class CachedForecast:
     future: pd.DatetimeIndex
     forecast: np.ndarray  # (H, N) in the model's sensor order
     coverage: float
-    # Cache hits for the same (sensors, horizon) answer with the same bytes: serialising 207 x 12
-    # numbers is most of the cost of a cached read, so it is done once per query.
-    rendered: dict[tuple[tuple[str, ...], int], bytes] = field(default_factory=dict)
+    stamps: pd.DatetimeIndex  # (seq_len,) the window the forecast is from
+    window: np.ndarray  # (seq_len, N), NaN = missing
+    # Cache hits for the same (sensors, horizon, interval) answer with the same bytes: serialising
+    # 207 x 12 numbers is most of the cost of a cached read, so it is done once per query.
+    rendered: dict[tuple[tuple[str, ...], int, float | None], bytes] = field(default_factory=dict)
+    bands: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 class Service:
@@ -68,12 +70,10 @@ class Service:
         self.status = "starting"
         self.load_error: str | None = None
         self._trainer: threading.Thread | None = None
-        self._watcher: asyncio.Task | None = None
-        # Hot swap from a registry: the last failed version (not retried until the pointer moves
-        # on), why it failed, and when the pointer was last read.
-        self.swap_error: SwapError | None = None
-        self.failed_version: str | None = None
-        self.registry_checked_at: str | None = None
+        # Hot swap from the registry, when one is configured.
+        self.swap: RegistryWatcher | None = (
+            RegistryWatcher(self) if settings.registry is not None else None
+        )
         self._retired: set[asyncio.Task] = set()
         # The live-accuracy record and its background task (None when accuracy_enabled is off).
         self.accuracy: ForecastRecord | None = None
@@ -131,8 +131,9 @@ class Service:
     async def _start_from_registry(self, model_path: Path) -> None:
         """Serve the registry's current version and start the watcher that swaps in new ones."""
         s = self.settings
+        assert self.swap is not None
         try:
-            await self.check_registry()
+            await self.swap.check()
         except Exception as exc:  # not ready yet; the watcher keeps trying
             self.status = f"cannot read the registry {s.registry}: {exc}"
             log.warning(self.status)
@@ -146,18 +147,15 @@ class Service:
                 model_path,
             )
             await loop.run_in_executor(None, self.load)
-        self._watcher = loop.create_task(self.watch_registry(), name="registry-watcher")
+        self.swap.start()
 
     async def stop(self) -> None:
         """Let the accuracy recorder finish (for a while), stop the registry watcher and the
         batchers, then close the pool and the store."""
         if self.recorder is not None:
             await self.recorder.stop()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        if self.swap is not None:
+            await self.swap.stop()
         for task in list(self._retired):
             task.cancel()
         if self.model is not None and self.model.batcher is not None:
@@ -235,7 +233,9 @@ class Service:
         self.metrics.observations.inc(written)
 
     def train_then_load(self) -> None:
-        """First start without the bundled checkpoint: train it (with a progress bar), then load."""
+        """First start without the bundled checkpoint: train it (with a progress bar), calibrate
+        its intervals (the bundled model ships calibrated), then load."""
+        from app.calibration import calibrate_run
         from app.pipeline import load_config, train_run
         from data import sample_adjacency_pkl_path, sample_speeds_path
 
@@ -249,91 +249,13 @@ class Service:
                 config=config,
                 progress=True,
             )
+            self.status = "calibrating the bundled model's intervals (first start)"
+            calibrate_run(self.settings.run_dir, data=sample_speeds_path(), log=log.info)
             self.load()
         except Exception as exc:  # readiness reports it; the process keeps answering /healthz
             log.exception("training the bundled model failed")
             self.load_error = f"training the bundled model failed: {exc}"
             self.status = self.load_error
-
-    # ---- registry: hot swap ------------------------------------------------------------
-    async def check_registry(self) -> None:
-        """Swap to the registry's current version if it is a new one.
-
-        The version is verified against its manifest, loaded and smoke-tested off the event loop;
-        only then is the serving reference swapped. Requests already running keep the model they
-        started with. On failure the old model keeps serving, and ``/v1/model`` and the log say
-        why; that version is not retried until the pointer moves on.
-        """
-        from app.registry import Registry
-
-        assert self.settings.registry is not None
-        registry = Registry(self.settings.registry)
-        loop = asyncio.get_running_loop()
-        pointer = await loop.run_in_executor(None, registry.current)
-        self.registry_checked_at = now_iso()
-        if pointer is None:
-            if self.model is None:
-                self.status = (
-                    f"no version promoted in the registry {registry.root} yet "
-                    "(run `trafficcast retrain`)"
-                )
-            return
-        serving = self.model.registry_version if self.model is not None else None
-        if pointer.version in (serving, self.failed_version):
-            return
-        try:
-            model = await loop.run_in_executor(None, self._load_version, registry, pointer)
-        except Exception as exc:  # any failure: the old model keeps serving
-            self._swap_failed(pointer.version, exc, serving)
-            return
-        if self.model is None:
-            await loop.run_in_executor(None, self.seed, model.forecaster)
-        old = self.install(model)
-        self.failed_version = None
-        self.retire(old)
-        if old is not None:  # the first load is not a swap
-            self.metrics.swaps.labels(result="ok").inc()
-        log.info(
-            "now serving registry version %s (model %s; was %s)",
-            pointer.version,
-            model.version,
-            serving or "nothing",
-        )
-
-    def _swap_failed(self, version: str, exc: Exception, serving: str | None) -> None:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        self.failed_version = version
-        self.swap_error = SwapError(version=version, error=reason, at=now_iso())
-        self.metrics.swaps.labels(result="failed").inc()
-        if self.model is None:
-            self.status = f"registry version {version} cannot be served: {reason}"
-        log.error(
-            "swap to registry version %s failed; still serving %s: %s",
-            version,
-            serving or "nothing",
-            reason,
-        )
-
-    def _load_version(self, registry: Any, pointer: Any) -> LoadedModel:
-        problems = registry.verify_version(pointer.version)
-        if problems:
-            raise RuntimeError("; ".join(problems))
-        return self.build(
-            registry.version_dir(pointer.version),
-            smoke=True,
-            registry_version=pointer.version,
-            promoted_at=pointer.promoted_at,
-            reason=pointer.reason,
-        )
-
-    async def watch_registry(self) -> None:
-        """Poll the registry pointer every ``registry_poll_s`` seconds; never gives up."""
-        while True:
-            await asyncio.sleep(self.settings.registry_poll_s)
-            try:
-                await self.check_registry()
-            except Exception as exc:  # e.g. a pointer edited by hand: say so, keep polling
-                log.warning("cannot read the registry %s: %s", self.settings.registry, exc)
 
     # ---- inference ---------------------------------------------------------------------
     def _forward(self, model: LoadedModel, speeds: np.ndarray, stamps: np.ndarray) -> np.ndarray:
@@ -412,17 +334,25 @@ class Service:
                 raise NotEnoughData(
                     "no observations stored yet: POST readings to /v1/observations first"
                 )
-            forecast, coverage = await self.window_forecast(model, latest)
+            stamps, window, forecast, coverage = await self.window_forecast(model, latest)
             self.cache = CachedForecast(
-                model, generation, latest, f.future_timestamps(latest), forecast, coverage
+                model,
+                generation,
+                latest,
+                f.future_timestamps(latest),
+                forecast,
+                coverage,
+                stamps,
+                window,
             )
             return self.cache, False
 
     async def window_forecast(
         self, model: LoadedModel, end: pd.Timestamp
-    ) -> tuple[np.ndarray, float]:
-        """The forecast from the stored window of ``model``'s ``seq_len`` steps ending at ``end``,
-        and the fraction of the window's readings present. Shapes: forecast ``(H, N)``.
+    ) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, float]:
+        """The stored window of ``model``'s ``seq_len`` steps ending at ``end``, the forecast from
+        it, and the fraction of the window's readings present. Shapes: window ``(seq_len, N)``
+        (NaN: missing), forecast ``(H, N)``.
 
         Raises :class:`NotEnoughData` when the window holds under ``min_window_coverage`` of its
         readings or none at its last step.
@@ -440,7 +370,31 @@ class Service:
                 f"hold {coverage:.0%} of their readings, {need:.0%} needed; POST more "
                 "readings to /v1/observations"
             )
-        return await self.infer(model, window, stamps), coverage
+        return stamps, window, await self.infer(model, window, stamps), coverage
+
+    @staticmethod
+    def bands(
+        model: LoadedModel,
+        window: np.ndarray,
+        stamps: pd.DatetimeIndex,
+        forecast: np.ndarray,
+        level: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated band around ``model``'s forecast of one window (the model must have
+        ``forecaster.intervals``). Shapes: ``window (seq_len, N)``, ``forecast (H, N)`` ->
+        ``lower``, ``upper`` ``(H, N)``."""
+        times = np.asarray(stamps, dtype="datetime64[ns]")
+        lower, upper = model.forecaster.bands(window[None], times[None], forecast[None], level)
+        return lower[0], upper[0]
+
+    def stored_bands(self, entry: CachedForecast, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """The band of a cached forecast at ``level``, computed once per level while cached."""
+        bands = entry.bands.get(level)
+        if bands is None:
+            bands = self.bands(entry.model, entry.window, entry.stamps, entry.forecast, level)
+            if len(entry.bands) < 64:  # bounded: clients may ask for any level
+                entry.bands[level] = bands
+        return bands
 
     # ---- observations ------------------------------------------------------------------
     async def record(
@@ -472,16 +426,6 @@ class Service:
         )
 
     # ---- live accuracy -----------------------------------------------------------------
-    async def forecast_bands(
-        self, model: LoadedModel, end: pd.Timestamp, forecast: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The seam for prediction intervals in the live record: lower and upper bounds at
-        central coverage ``settings.accuracy_interval_level`` for ``forecast``, made by ``model``
-        from the stored window ending at ``end``; None while the forecaster gives no bounds (the
-        record then leaves them and the coverage empty). Shapes: ``(H, N)`` each.
-        """
-        return None
-
     async def accuracy_idle(self) -> None:
         """Return once the live record has caught up with every reading written so far: the
         forecasts from new latest steps made and recorded, the scores recomputed."""

@@ -177,11 +177,10 @@ class Recorder:
         assert model is not None
         self._high_water = epoch_seconds(end)
         try:
-            forecast = await self._forecast(model, end)
+            forecast, bands = await self._forecast(model, end)
         except (NotEnoughData, NonFiniteForecast) as exc:
             log.info("live accuracy: no forecast from %s: %s", end.isoformat(), exc.detail)
             return
-        bands = await service.forecast_bands(model, end, forecast)
         level = service.settings.accuracy_interval_level
         meta = await asyncio.to_thread(self._meta, model)
         recorded = await asyncio.to_thread(
@@ -191,17 +190,25 @@ class Recorder:
             rows = await asyncio.to_thread(self._score, [recorded], None)
             await asyncio.to_thread(self.record.put_scores, rows)
 
-    async def _forecast(self, model: LoadedModel, end: pd.Timestamp) -> np.ndarray:
-        """``(H, N)``: the latest step through the forecast cache, an older one directly."""
+    async def _forecast(
+        self, model: LoadedModel, end: pd.Timestamp
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """The forecast ``(H, N)`` from the stored window ending at ``end`` and its band at the
+        record's level (None for a model without calibration): the latest step through the
+        forecast cache, an older one directly."""
         service = self.service
         assert service.store is not None
+        level = service.settings.accuracy_interval_level
+        calibrated = model.forecaster.intervals
         latest = await asyncio.to_thread(service.store.latest_timestamp)
         if end == latest and model is service.model:  # the cache holds the serving model's only
             entry, _ = await service.stored_forecast(model)
             if entry.last_observation == end:  # else newer readings came in meanwhile
-                return entry.forecast
-        forecast, _ = await service.window_forecast(model, end)
-        return forecast
+                bands = service.stored_bands(entry, level) if calibrated else None
+                return entry.forecast, bands
+        stamps, window, forecast, _ = await service.window_forecast(model, end)
+        bands = service.bands(model, window, stamps, forecast, level) if calibrated else None
+        return forecast, bands
 
     def _meta(self, model: LoadedModel) -> ModelMeta:
         f = model.forecaster

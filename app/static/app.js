@@ -14,6 +14,7 @@ const BANDS = [
   { max: Infinity, color: "#2b8a3e", label: "≥ 55" },
 ];
 const NO_DATA = "#adb5bd";
+const BAND_LEVEL = 0.8;  // central coverage of the band drawn around the forecast
 
 function colorFor(speed) {
   if (speed === null || speed === undefined || !Number.isFinite(speed)) return NO_DATA;
@@ -30,7 +31,11 @@ function el(name, attrs = {}, parent = null) {
 async function getJSON(url) {
   const res = await fetch(url);
   const body = await res.json().catch(() => ({}));
-  if (!res.ok) throw new Error(body.detail || `${url}: HTTP ${res.status}`);
+  if (!res.ok) {
+    const err = new Error(body.detail || `${url}: HTTP ${res.status}`);
+    err.field = body.field;
+    throw err;
+  }
   return body;
 }
 
@@ -116,22 +121,30 @@ async function selectSensor(id) {
   const f = state.forecast;
   const k = f ? f.index.get(id) : undefined;
   const future = f && k !== undefined
-    ? f.timestamps.map((t, i) => ({ t: Date.parse(t), v: f.forecast[i][k] }))
+    ? f.timestamps.map((t, i) => ({
+      t: Date.parse(t), v: f.forecast[i][k],
+      lo: f.lower ? f.lower[i][k] : null, hi: f.upper ? f.upper[i][k] : null,
+    }))
     : [];
   const past = history.timestamps.map((t, i) => ({ t: Date.parse(t), v: history.speeds[i] }));
   drawChart(past, future);
   const step = horizonStep();
   const ahead = forecastAt(id, step);
+  const band = future[step - 1] && future[step - 1].lo !== null
+    ? ` (${Math.round(BAND_LEVEL * 100)} %: ${future[step - 1].lo.toFixed(1)}–${future[step - 1].hi.toFixed(1)})`
+    : "";
   document.getElementById("detail-summary").textContent =
     `last data ${history.timestamps[history.timestamps.length - 1].replace("T", " ")}; ` +
-    (ahead === null ? "no forecast" : `${(step * state.model.freq_minutes)} min ahead: ${ahead.toFixed(1)}`);
+    (ahead === null ? "no forecast" : `${(step * state.model.freq_minutes)} min ahead: ${ahead.toFixed(1)}${band}`);
 }
 
 function drawChart(past, future) {
   const svg = document.getElementById("chart");
   svg.replaceChildren();
   const W = 520, H = 300, L = 44, R = 12, T = 12, B = 30;
-  const all = [...past, ...future].filter((p) => p.v !== null && Number.isFinite(p.v));
+  const banded = future.filter((p) => p.lo !== null && p.lo !== undefined);
+  const all = [...past, ...future, ...banded.map((p) => ({ v: p.lo })), ...banded.map((p) => ({ v: p.hi }))]
+    .filter((p) => p.v !== null && Number.isFinite(p.v));
   if (!all.length) { el("text", { x: L, y: H / 2 }, svg).textContent = "no readings"; return; }
   const t0 = Math.min(...past.concat(future).map((p) => p.t));
   const t1 = Math.max(...past.concat(future).map((p) => p.t));
@@ -168,16 +181,30 @@ function drawChart(past, future) {
     el("line", { x1: x(now), x2: x(now), y1: T, y2: H - B, class: "now" }, svg);
     el("path", { d: pathOf(past), class: "history", id: "history-line" }, svg);
   }
+  const last = [...past].reverse().find((p) => p.v !== null && Number.isFinite(p.v));
+  if (banded.length) {
+    // The band opens from the last observation: nothing is uncertain about the present.
+    const start = last ? [{ t: last.t, lo: last.v, hi: last.v }] : [];
+    const edge = [...start, ...banded];
+    const d = edge.map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p.hi).toFixed(1)}`).join("") +
+      [...edge].reverse().map((p) => `L${x(p.t).toFixed(1)},${y(p.lo).toFixed(1)}`).join("") + "Z";
+    el("path", { d, class: "band", id: "forecast-band" }, svg);
+  }
   if (future.length) {
     // Start the forecast at the last observation so the two lines join.
-    const last = [...past].reverse().find((p) => p.v !== null && Number.isFinite(p.v));
     el("path", { d: pathOf(last ? [last, ...future] : future), class: "forecast", id: "forecast-line" }, svg);
   }
 }
 
 async function loadForecast() {
+  const url = `/v1/forecast?horizon=${state.model.horizon}`;
   try {
-    const f = await getJSON(`/v1/forecast?horizon=${state.model.horizon}`);
+    // The band when the model is calibrated; a model without calibration refuses "interval".
+    const f = await getJSON(`${url}&interval=${BAND_LEVEL}`).catch((err) => {
+      if (err.field !== "interval") throw err;
+      return getJSON(url);
+    });
+    document.getElementById("band-key").hidden = !f.lower;
     f.index = new Map(f.sensors.map((s, i) => [s, i]));
     state.forecast = f;
     setStatus("");

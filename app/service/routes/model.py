@@ -20,14 +20,14 @@ async def model_info(service: ReadyService) -> ModelInfo:
     f = m.forecaster
     metrics = m.report.get("metrics") if m.report else None
     registry = None
-    if service.settings.registry is not None:
+    if service.swap is not None:
         registry = RegistryInfo(
             path=str(service.settings.registry),
             version=m.registry_version,
             promoted_at=m.promoted_at,
             reason=m.reason,
             poll_s=service.settings.registry_poll_s,
-            checked_at=service.registry_checked_at,
+            checked_at=service.swap.checked_at,
         )
     return ModelInfo(
         version=m.version,
@@ -40,7 +40,7 @@ async def model_info(service: ReadyService) -> ModelInfo:
         training=f.payload.get("training"),
         loaded_at=m.loaded_at,
         registry=registry,
-        last_swap_error=service.swap_error,
+        last_swap_error=None if service.swap is None else service.swap.swap_error,
     )
 
 

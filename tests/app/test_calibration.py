@@ -1,0 +1,131 @@
+"""Calibrating a run (``trafficcast calibrate``) and scoring bands, on real runs of the bundled week."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from app.calibration import interval_metrics, persistence, plot_bands, split_residuals
+from app.commands import calibrate_cmd
+from app.forecaster import Forecaster
+from app.pipeline import load_run
+from models.checkpoint import load_checkpoint
+from models.errors import CheckpointError
+
+
+def run_calibrate(argv: list[str]) -> int:
+    """``trafficcast calibrate`` through its own module (app.cli lists it once merged)."""
+    parser = argparse.ArgumentParser()
+    calibrate_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["calibrate", *argv])
+    return args.handler(args)
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(service_run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("calibrate") / "run"
+    shutil.copytree(service_run_dir, run_dir)
+    assert run_calibrate(["--run", str(run_dir)]) == 0
+    return run_dir
+
+
+def equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_calibrate_adds_intervals_and_changes_nothing_else(
+    service_run_dir: Path, calibrated_run: Path
+) -> None:
+    before = load_checkpoint(service_run_dir / "model.pt")
+    after = load_checkpoint(calibrated_run / "model.pt")
+    assert "intervals" not in before and set(after) == set(before) | {"intervals"}
+    assert all(equal(before[k], after[k]) for k in before)
+    week = data.read_speeds(data.sample_speeds_path())
+    window = np.where(week.mask[:12], week.values[:12], np.nan)
+    old, new = Forecaster(before), Forecaster(after)
+    assert not old.intervals and new.intervals
+    np.testing.assert_array_equal(
+        old.forecast(week.index[:12], window)[0], new.forecast(week.index[:12], window)[0]
+    )
+
+
+def test_calibrate_prints_the_validation_coverage(
+    service_run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(service_run_dir, run_dir)
+    assert run_calibrate(["--run", str(run_dir), "--data", str(data.sample_speeds_path())]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # The quantiles come from the validation windows, so there the coverage is the level.
+    assert out[1].startswith("80% band, validation coverage: 15min 8")
+    assert out[-1] == f"wrote the intervals into {run_dir}/model.pt"
+    # Calibrating again replaces the calibration (here with the full week's validation split).
+    first = load_checkpoint(run_dir / "model.pt")["intervals"]
+    run_calibrate(["--run", str(run_dir)])
+    second = load_checkpoint(run_dir / "model.pt")["intervals"]
+    assert first["calibration_count"] != second["calibration_count"]
+
+
+def test_calibrate_names_a_missing_run(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such run directory"):
+        run_calibrate(["--run", str(tmp_path / "nothing")])
+
+
+def test_bands_of_a_calibrated_run_on_its_test_split(calibrated_run: Path, tmp_path: Path) -> None:
+    run = load_run(calibrated_run)
+    test = split_residuals(run, "test")
+    f = Forecaster.from_run(calibrated_run)
+    stamps = np.asarray(test.target_times)[:, :1] - np.timedelta64(5, "m") * np.arange(12)[::-1]
+    lower, upper = f.bands(test.history, stamps, test.forecast, 0.8)
+    assert lower.shape == upper.shape == test.forecast.shape
+    assert np.all(lower <= test.forecast + 1e-4) and np.all(test.forecast - 1e-4 <= upper)
+    metrics = interval_metrics(test.y, test.y_mask, lower, upper, test.target_times)
+    assert set(metrics) == {"15min", "30min", "60min"}
+    # A tiny model on one day: still a band that covers most of what happened.
+    assert 0.6 < metrics["15min"]["overall"]["coverage"] < 0.97
+    plot_bands(tmp_path / "band.png", test, lower, upper, np.array([0, 1]), f.sensor_ids, 3, 0.8)
+    assert (tmp_path / "band.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interval_metrics_by_horizon_and_period() -> None:
+    # Two windows of 12 steps and 2 sensors; targets at 08:00+ (rush) and 02:00+ (night).
+    first = np.array(["2012-03-07T08:00", "2012-03-07T02:00"], dtype="datetime64[ns]")
+    times = first[:, None] + np.arange(12) * np.timedelta64(5, "m")  # (2, 12)
+    y = np.full((2, 12, 2), 50.0)
+    y[1, :, 1] = 0.0  # missing: counts nowhere
+    lower = np.full_like(y, 45.0)
+    upper = np.full_like(y, 55.0)
+    upper[0, :, 0] = 49.0  # misses the target
+    upper[1, :, 0] = 53.0
+    mask = np.ones_like(y, dtype=bool)
+    m = interval_metrics(y, mask, lower, upper, times)
+    at15 = m["15min"]
+    assert at15["overall"] == {
+        "coverage": pytest.approx(2 / 3, abs=1e-4),
+        "width": 7.3333,
+        "count": 3,
+    }
+    assert at15["rush"] == {"coverage": 0.5, "width": 7.0, "count": 2}
+    assert at15["night"] == {"coverage": 1.0, "width": 8.0, "count": 1}
+    # At 60 minutes the first window's target is 08:55, still rush hour; none are missing there.
+    assert m["60min"]["rush"]["count"] == 2
+    none = interval_metrics(y, np.zeros_like(mask), lower, upper, times)
+    assert none["30min"]["night"] == {"coverage": None, "width": None, "count": 0}
+
+
+def test_persistence_repeats_the_last_reading() -> None:
+    history = np.array([[[50.0, np.nan, np.nan], [52.0, 40.0, np.nan], [np.nan, 41.0, np.nan]]])
+    forecast = persistence(history, horizon=2, fallback=55.0)  # (B=1, T=3, N=3) -> (1, 2, 3)
+    np.testing.assert_array_equal(forecast, [[[52.0, 41.0, 55.0], [52.0, 41.0, 55.0]]])
