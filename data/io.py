@@ -320,13 +320,14 @@ def _load_csv_without_timestamps(
     path: Path, src: str, first_row: list[str]
 ) -> tuple[pd.Index, pd.DataFrame, str]:
     """Every column a sensor; the first row a header of ids or readings (see :func:`read_speeds`)."""
-    if first_row[0] and not _is_number(first_row[0]) and _is_timestamp(first_row[0]):
-        raise DataInputError(
-            f"{src}: the file has timestamps (first column {first_row[0]!r}); leave out --start "
-            "and --freq"
-        )
     text_header = not all(_is_number(cell) for cell in first_row)
     raw = _read_csv_rows(path, src, len(first_row), skip=1 if text_header else 0)
+    for cell in (first_row[0], raw.iat[0, 0] if len(raw) else None):
+        if isinstance(cell, str) and cell.strip() and not _is_number(cell) and _is_timestamp(cell):
+            raise DataInputError(
+                f"{src}: the file has timestamps (first column {cell.strip()!r}); leave out "
+                "--start and --freq"
+            )
     if text_header:
         ids = first_row
     else:

@@ -201,7 +201,8 @@ def read_dense_matrix(
     ids: list[str] | None = None
     if rows == cols + 1:
         ids, cells, first_line = cells.iloc[0].tolist(), cells.iloc[1:], 2
-    elif rows == cols and rows > 1 and not _is_number(cells.iat[0, 1]):
+    elif rows == cols and rows > 1 and not _is_number(cells.iat[0, 0]):
+        # The top-left cell of a plain matrix is a number; above an index column it is a label.
         ids = cells.iloc[0, 1:].tolist()
         index = cells.iloc[1:, 0].tolist()
         if index != ids:
@@ -244,7 +245,8 @@ def _matrix_values(cells: pd.DataFrame, source: str, first_line: int, what: str)
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise GraphInputError(
-            f"{source}: line {row + first_line}, column {col + 1}: {text[row, col]!r} is not {rule}"
+            f"{source}: line {row + first_line}, column {col + 1}: {str(text[row, col])!r} is not "
+            f"{rule}"
         )
     return matrix
 
