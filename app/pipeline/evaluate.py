@@ -149,9 +149,6 @@ def _report(run: LoadedRun, metrics: dict[str, MaskedMetrics]) -> dict[str, Any]
             "sensors": speeds.num_sensors,
             "steps": speeds.num_steps,
             "freq_minutes": int(speeds.freq_minutes),
-            "quantity": payload.get("quantity", "speed"),
-            "unit": payload.get("unit", "mph"),
-            "missing": missing_rule(payload),
         },
         "split": counts,
         "metrics": {},
@@ -172,6 +169,10 @@ def _report(run: LoadedRun, metrics: dict[str, MaskedMetrics]) -> dict[str, Any]
             "source": str(speeds.source),
             "start": str(speeds.index[0]),
             "end": str(speeds.index[-1]),
+            # What the metrics are of, in which unit, and which targets counted.
+            "quantity": payload.get("quantity", "speed"),
+            "unit": payload.get("unit", "mph"),
+            "missing": missing_rule(payload),
         },
     }
     for name in MODEL_ORDER:

@@ -40,14 +40,14 @@ def clean_list(values: list[float]) -> list[float | None]:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    ds, split = report["dataset"], report["split"]
-    missing = "0 or missing" if ds.get("missing", "zero") == "zero" else "missing (a 0 counts)"
+    ds, split, data = report["dataset"], report["split"], report.get("data", {})
+    missing = "0 or missing" if data.get("missing", "zero") == "zero" else "missing (a 0 counts)"
     lines = [
         "# trafficcast evaluation",
         "",
         f"Test split: {split['test']} windows ({split['train']} train / {split['val']} validation), "
         f"{ds['sensors']} sensors, {ds['freq_minutes']}-minute data. Masked metrics of "
-        f"{ds.get('quantity', 'speed')} in {ds.get('unit', 'mph')} (a target that is {missing} "
+        f"{data.get('quantity', 'speed')} in {data.get('unit', 'mph')} (a target that is {missing} "
         "counts nowhere).",
         "",
         "| model | MAE 15 min | MAE 30 min | MAE 60 min | RMSE 15 | RMSE 30 | RMSE 60 | MAPE % 15 | MAPE % 30 | MAPE % 60 |",
@@ -132,7 +132,7 @@ def write_plots(
                 ax.plot(times, actual, color="black", lw=1.2, label="actual")
             pred = np.concatenate(traces[step])[keep, row]
             ax.plot(times, pred, style, lw=1, label=f"dcrnn {step * speeds.freq_minutes} min ahead")
-        ax.set_ylabel(report["dataset"].get("quantity", "speed"))
+        ax.set_ylabel(report["data"]["quantity"])
         ax.set_title(f"sensor {speeds.sensor_ids[sensor_pos]}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="lower left")
