@@ -320,7 +320,8 @@ def _load_csv_without_timestamps(
     path: Path, src: str, first_row: list[str]
 ) -> tuple[pd.Index, pd.DataFrame, str]:
     """Every column a sensor; the first row a header of ids or readings (see :func:`read_speeds`)."""
-    text_header = not all(_is_number(cell) for cell in first_row)
+    # An empty cell is a missing reading, not text: a first row with gaps is still readings.
+    text_header = any(cell and not _is_number(cell) for cell in first_row)
     raw = _read_csv_rows(path, src, len(first_row), skip=1 if text_header else 0)
     for cell in (first_row[0], raw.iat[0, 0] if len(raw) else None):
         if isinstance(cell, str) and cell.strip() and not _is_number(cell) and _is_timestamp(cell):

@@ -117,7 +117,9 @@ def _score_test(run: LoadedRun) -> _TestScores:
     scores = _TestScores(
         metrics={name: MaskedMetrics(horizon) for name in names},
         plot_sensors=_plot_sensors(speeds, train_rows),
-        traces={name: {step: [] for step in trace_steps(horizon)} for name in names},
+        traces={
+            name: {step: [] for step in trace_steps(horizon, speeds.freq_minutes)} for name in names
+        },
     )
     with torch.inference_mode():
         for starts in source.starts_batches("test"):

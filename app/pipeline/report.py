@@ -25,9 +25,9 @@ def horizon_steps(freq_minutes: int, horizon: int) -> dict[str, int | None]:
     return steps
 
 
-def trace_steps(horizon: int) -> tuple[int, int]:
+def trace_steps(horizon: int, freq_minutes: int = 5) -> tuple[int, int]:
     """The two horizon steps drawn in the forecast-vs-actual plot: about 15 minutes and the last."""
-    return min(3, horizon), horizon
+    return min(max(1, 15 // freq_minutes), horizon), horizon
 
 
 def clean(d: dict[str, float]) -> dict[str, float | None]:
@@ -119,7 +119,7 @@ def write_plots(
     )
     for row, sensor_pos in enumerate(sensors):
         ax = axes[row, 0]
-        short_step, long_step = trace_steps(horizon)
+        short_step, long_step = trace_steps(horizon, speeds.freq_minutes)
         for step, style in ((short_step, "-"), (long_step, "--")):
             target_rows = starts[keep] + seq_len + step - 1
             times = speeds.index[target_rows]

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.cli import main
-from app.pipeline import horizon_steps
+from app.pipeline import horizon_steps, trace_steps
 from data import SpeedData, read_speeds, sample_speeds_path, split_windows, write_speeds
 
 SEQ, HORIZON = 12, 12
@@ -157,6 +157,7 @@ def quarter_hour(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_fifteen_minute_report_uses_steps_1_2_4(quarter_hour, capsys):
     assert horizon_steps(15, 12) == {"15min": 1, "30min": 2, "60min": 4}
+    assert trace_steps(12, 15) == (1, 12)  # the plot's "15 minutes ahead" is one step
     assert main(["evaluate", "--run", str(quarter_hour)]) == 0
     capsys.readouterr()
     report = json.loads((quarter_hour / "report.json").read_text())
@@ -180,6 +181,7 @@ def test_fifteen_minute_model_serves_15_minute_windows(quarter_hour, tmp_path):
     with TestClient(create_app(_settings(quarter_hour, tmp_path))) as client:
         info = client.get("/v1/model").json()
         assert (info["freq_minutes"], info["quantity"], info["unit"]) == (15, "speed", "mph")
+        assert 'id="quantity-line"' in client.get("/").text  # the dashboard's label
         sensors = client.get("/v1/sensors").json()["sensors"][:2]
         ids = [s["id"] for s in sensors]
         stamps = pd.date_range("2012-03-05 06:00", periods=SEQ, freq="15min")

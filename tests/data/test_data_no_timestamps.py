@@ -51,6 +51,8 @@ def test_headerless_file_gets_sensor_ids_in_column_order(tmp_path):
         ("12,0,4\n30,7,2\n5,9,31\n", ["0", "1", "2"], 3),
         # Repeated values cannot be ids.
         ("900,900\n1.5,2.5\n", ["0", "1"], 2),
+        # A gap in the first row is a missing reading, not a header.
+        (",61.5\n1.5,2.5\n", ["0", "1"], 2),
     ],
 )
 def test_numeric_header_is_told_from_a_first_row_of_readings(tmp_path, text, ids, steps):
