@@ -6,6 +6,7 @@ Library code is imported inside the handlers so that ``trafficcast --help`` stay
 from __future__ import annotations
 
 import argparse
+import math
 
 DEFAULT_THRESHOLD = 0.1
 DEFAULT_MAX_SNAP_M = 500.0
@@ -112,7 +113,7 @@ def run_graph(args: argparse.Namespace) -> int:
         sensor_ids = _matrix_ids(args.distance_matrix, header_ids, given_ids, len(dist))
         adj, sigma_m = adjacency_from_distance_matrix(dist, sensor_ids, args.threshold)
     save_adjacency(args.output, sensor_ids, adj)
-    sigma = "no distances" if sigma_m != sigma_m else f"sigma {sigma_m:.1f} m"  # NaN: none
+    sigma = "no distances" if math.isnan(sigma_m) else f"sigma {sigma_m:.1f} m"
     print(
         f"wrote {args.output}: {len(sensor_ids)} sensors, {int((adj != 0).sum())} nonzero "
         f"weights (threshold {args.threshold:g}, {sigma})"
