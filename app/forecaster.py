@@ -19,6 +19,12 @@ from models.checkpoint import build_model, load_checkpoint
 from models.intervals import IntervalCalibrator
 
 
+def missing_rule(payload: dict[str, Any]) -> str:
+    """The missing-value rule a checkpoint was trained with: ``"zero"`` (a 0 is missing) or
+    ``"nan"``; checkpoints that predate the rule forecast METR-LA-style speeds, so ``"zero"``."""
+    return str(payload.get("missing", "zero"))
+
+
 def model_inputs(
     speeds: np.ndarray,
     observed: np.ndarray,
@@ -51,8 +57,10 @@ class Forecaster:
     Shapes: ``forecast(timestamps (seq_len,), speeds (seq_len, N))`` -> ``(horizon, N)`` in data
     units; ``forecast_batch(speeds (B, seq_len, N), timestamps (B, seq_len))`` -> ``(B, horizon, N)``;
     ``bands(speeds, timestamps, forecast (B, horizon, N), level)`` -> ``lower``, ``upper`` of the
-    forecast's shape. Missing readings are NaN or 0. ``intervals`` says whether the checkpoint
-    carries a calibration (``trafficcast calibrate``) so that :meth:`bands` can answer.
+    forecast's shape. Missing readings are NaN, and 0 too under the checkpoint's ``"zero"`` rule
+    (``missing``). ``quantity`` and ``unit``: what is forecast (speed in mph for checkpoints that
+    predate them). ``intervals`` says whether the checkpoint carries a calibration
+    (``trafficcast calibrate``) so that :meth:`bands` can answer.
     """
 
     def __init__(self, payload: dict[str, Any], device: str | torch.device = "cpu") -> None:
@@ -65,6 +73,9 @@ class Forecaster:
         self.seq_len = int(payload["seq_len"])
         self.horizon = int(payload["horizon"])
         self.freq_minutes = int(payload["freq_minutes"])
+        self.quantity = str(payload.get("quantity", "speed"))
+        self.unit = str(payload.get("unit", "mph"))
+        self.missing = missing_rule(payload)
         features = payload.get("features", {})
         self.time_in_day = bool(features.get("time_in_day", True))
         self.day_in_week = bool(features.get("day_in_week", False))
@@ -95,9 +106,12 @@ class Forecaster:
         return pd.date_range(last + self.freq, periods=self.horizon, freq=self.freq)
 
     def features(self, timestamps: pd.DatetimeIndex, speeds: np.ndarray) -> np.ndarray:
-        """Model inputs for one or more windows (NaN or 0 = missing): see :func:`model_inputs`."""
+        """Model inputs for one or more windows (missing: NaN, and 0 under the ``"zero"`` rule):
+        see :func:`model_inputs`."""
         speeds = np.asarray(speeds, dtype=np.float32)
-        observed = np.isfinite(speeds) & (speeds != 0)
+        observed = np.isfinite(speeds)
+        if self.missing == "zero":
+            observed &= speeds != 0
         return model_inputs(
             speeds, observed, timestamps, self.scaler, self.time_in_day, self.day_in_week
         )

@@ -8,7 +8,7 @@ Timestamps in responses are naive ISO 8601 strings in the same clock as the data
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -170,6 +170,14 @@ class ModelInfo(_Strict):
         None,
         description="the last promoted version that could not be served, and why (the "
         "previous model kept serving)",
+    )
+    quantity: Literal["speed", "flow", "occupancy"] = Field(
+        "speed", description="what the model forecasts (the field names say speeds for all)"
+    )
+    unit: str = Field("mph", description="the unit of the readings and forecasts")
+    missing: Literal["zero", "nan"] = Field(
+        "zero",
+        description="what is a missing reading: zero (null or 0) or nan (only null; 0 is real)",
     )
 
 

@@ -15,12 +15,13 @@ from data.bundled import (
 )
 from data.errors import DataInputError, DataWarning
 from data.features import day_of_week, time_features, time_of_day
-from data.io import SpeedData, read_speeds, write_speeds
+from data.io import MISSING_RULES, SpeedData, read_speeds, write_speeds
 from data.scaler import StandardScaler
 from data.synthetic import SyntheticDataset, make_synthetic, write_synthetic
 from data.windows import WindowBatches, gather, num_windows, split_counts, split_windows
 
 __all__ = [
+    "MISSING_RULES",
     "SAMPLE_DIR",
     "DataInputError",
     "DataWarning",

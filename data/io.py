@@ -1,15 +1,23 @@
 """Reading and writing METR-LA-style speed tables.
 
-A speed table has one row per timestamp and one column per sensor; a reading of 0, NaN or an
-empty cell means "missing" (METR-LA stores missing readings as 0). Every reader turns the file
-into a :class:`SpeedData`: a regular, sorted time index, sensor ids as strings, float32 speeds with
-missing readings set to 0.0 and a boolean mask of what was actually observed.
+A speed table has one row per timestamp and one column per sensor. The table may hold speed,
+flow or occupancy; the name "speed" stays for all three. What counts as missing is a rule of the
+data, decided once here and kept in the mask (:data:`MISSING_RULES`): ``"zero"`` (the default,
+METR-LA's convention) makes a reading of 0, NaN or an empty cell missing; ``"nan"`` makes only NaN
+and empty cells missing, so that a flow of 0 at 3 am is a real reading. Every reader turns the
+file into a :class:`SpeedData`: a regular, sorted time index, sensor ids as strings, float32
+values with missing readings set to 0.0 and a boolean mask of what was actually observed.
 
 Supported formats, chosen by extension:
 
 - ``.h5`` / ``.hdf5``: pandas HDF, key ``df`` (the METR-LA layout; other keys are ignored).
 - ``.csv``: first column timestamps, header row = sensor ids.
 - ``.parquet``: a DatetimeIndex, or a first column of timestamps.
+
+A file without timestamps (the T-GCN / STGCN layout: one column per sensor, nothing else) is read
+with ``start`` and ``freq_minutes``: row ``k`` is ``start + k * freq``. Its CSV may have a header
+row of sensor ids or none (ids ``0 .. N-1``); see :func:`read_speeds` for how a header is told
+from a first row of readings.
 """
 
 from __future__ import annotations
@@ -29,7 +37,10 @@ import pandas as pd
 from data.errors import DataInputError, DataWarning
 from graph.io import atomic_write
 
-__all__ = ["SpeedData", "read_speeds", "write_speeds"]
+__all__ = ["MISSING_RULES", "SpeedData", "read_speeds", "write_speeds"]
+
+# How a reading counts as missing: "zero" (0, NaN or empty) or "nan" (only NaN or empty).
+MISSING_RULES = ("zero", "nan")
 
 _HDF_SUFFIXES = (".h5", ".hdf5")
 _SUFFIXES = (*_HDF_SUFFIXES, ".csv", ".parquet")
@@ -51,6 +62,7 @@ class SpeedData:
         mask: True where a reading was observed.
         freq_minutes: the time step in minutes.
         source: the file the data came from, or a label.
+        missing: the rule the mask was made with (:data:`MISSING_RULES`); a writer follows it.
 
     Shapes:
         index: (T,); values: (T, N) float32; mask: (T, N) bool.
@@ -62,8 +74,10 @@ class SpeedData:
     mask: np.ndarray
     freq_minutes: int
     source: str = "<memory>"
+    missing: str = "zero"
 
     def __post_init__(self) -> None:
+        _check_missing_rule(self.missing)
         self.sensor_ids = [str(s) for s in self.sensor_ids]
         self.values = np.asarray(self.values, dtype=np.float32)
         self.mask = np.asarray(self.mask, dtype=bool)
@@ -115,6 +129,7 @@ class SpeedData:
             mask=self.mask[:, cols],
             freq_minutes=self.freq_minutes,
             source=self.source,
+            missing=self.missing,
         )
 
     def slice_steps(self, start: int | None, stop: int | None) -> SpeedData:
@@ -131,6 +146,7 @@ class SpeedData:
             mask=self.mask[rows].copy(),
             freq_minutes=self.freq_minutes,
             source=self.source,
+            missing=self.missing,
         )
 
     def summary(self) -> dict:
@@ -151,15 +167,30 @@ class SpeedData:
         }
 
 
-def read_speeds(path: str | os.PathLike, *, freq_minutes: int | None = None) -> SpeedData:
+def read_speeds(
+    path: str | os.PathLike,
+    *,
+    freq_minutes: int | None = None,
+    start: str | pd.Timestamp | None = None,
+    missing: str = "zero",
+) -> SpeedData:
     """Read a speed table (``.h5``/``.hdf5`` key ``df``, ``.csv`` or ``.parquet``).
 
     Args:
         path: the file; its extension selects the format.
         freq_minutes: the time step; inferred as the most common difference between consecutive
-            timestamps when not given.
+            timestamps when not given. Required with ``start``.
+        start: the time of the first row of a file without timestamps; every column is then a
+            sensor. Not given, the file must have timestamps (a file whose first column holds
+            numbers is refused with a message naming ``--start`` and ``--freq``).
+        missing: ``"zero"`` or ``"nan"`` (:data:`MISSING_RULES`), what counts as missing.
 
-    Missing readings (0, NaN, empty cells) get ``mask`` False and value 0.0. An unsorted index is
+    A CSV read with ``start`` has a header row of sensor ids when its first row holds text, or
+    distinct whole numbers that cannot be readings: all above every later value, or whole where
+    later rows have fractions, or exactly ``0 .. N-1`` / ``1 .. N``. Otherwise the first row is
+    readings and the sensors are named ``0 .. N-1``.
+
+    Missing readings (by ``missing``) get ``mask`` False and value 0.0. An unsorted index is
     sorted, and gaps in the time grid are filled with missing rows (both with a
     :class:`~data.errors.DataWarning`), as are sensors that are never observed. Time-zone-aware
     timestamps are converted to UTC and the zone dropped, so a file written in local time with
@@ -175,6 +206,9 @@ def read_speeds(path: str | os.PathLike, *, freq_minutes: int | None = None) -> 
     """
     path = Path(path)
     src = str(path)
+    _check_missing_rule(missing)
+    if start is not None and freq_minutes is None:
+        raise DataInputError(f"{src}: --start needs --freq (the time step, e.g. 5min)")
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src)
     if path.is_dir():
@@ -186,19 +220,24 @@ def read_speeds(path: str | os.PathLike, *, freq_minutes: int | None = None) -> 
         )
     if path.stat().st_size == 0:
         raise DataInputError(f"{src}: empty file")
+    timestamps = start is None
     if suffix in _HDF_SUFFIXES:
-        raw_index, frame, where = _load_hdf(path, src)
+        raw_index, frame, where = _load_hdf(path, src, timestamps)
     elif suffix == ".csv":
-        raw_index, frame, where = _load_csv(path, src)
+        raw_index, frame, where = _load_csv(path, src, timestamps)
     else:
-        raw_index, frame, where = _load_parquet(path, src)
-    return _to_speed_data(raw_index, frame, src, where, freq_minutes)
+        raw_index, frame, where = _load_parquet(path, src, timestamps)
+    if not timestamps:
+        raw_index = _made_index(start, len(frame), freq_minutes, src)
+    return _to_speed_data(raw_index, frame, src, where, freq_minutes, missing)
 
 
 def write_speeds(data: SpeedData, path: str | os.PathLike) -> None:
-    """Write ``data`` atomically in the format named by the extension (missing readings as 0).
+    """Write ``data`` atomically in the format named by the extension.
 
-    ``.h5``/``.hdf5`` gets key ``df`` with float64 speeds, the METR-LA layout.
+    ``.h5``/``.hdf5`` gets key ``df`` with float64 speeds, the METR-LA layout. Missing readings
+    are written as 0 under the ``"zero"`` rule and as empty (NaN) under ``"nan"``, where a 0 is a
+    real reading.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -207,9 +246,10 @@ def write_speeds(data: SpeedData, path: str | os.PathLike) -> None:
             f"{path}: unknown speed file type {path.suffix!r} (use .h5, .hdf5, .csv or .parquet)"
         )
     # float64 like METR-LA; float32 -> float64 is exact, so reading back gives the same values.
-    frame = pd.DataFrame(
-        data.values.astype(np.float64), index=data.index.copy(), columns=list(data.sensor_ids)
-    )
+    values = data.values.astype(np.float64)
+    if data.missing == "nan":
+        values = np.where(data.mask, values, np.nan)
+    frame = pd.DataFrame(values, index=data.index.copy(), columns=list(data.sensor_ids))
     frame.index.name = "timestamp"
     if suffix in _HDF_SUFFIXES:
         atomic_write(path, lambda tmp: frame.to_hdf(tmp, key="df", mode="w"))
@@ -222,7 +262,7 @@ def write_speeds(data: SpeedData, path: str | os.PathLike) -> None:
 # --- loaders: each returns (raw index, raw values frame with str columns, what the index is) ---
 
 
-def _load_hdf(path: Path, src: str) -> tuple[pd.Index, pd.DataFrame, str]:
+def _load_hdf(path: Path, src: str, timestamps: bool) -> tuple[pd.Index, pd.DataFrame, str]:
     try:
         store = pd.HDFStore(path, mode="r")
     except Exception as exc:  # PyTables raises several unrelated types for a non-HDF file
@@ -243,55 +283,144 @@ def _load_hdf(path: Path, src: str) -> tuple[pd.Index, pd.DataFrame, str]:
         obj = obj.to_frame()
     if not isinstance(obj, pd.DataFrame):
         raise DataInputError(f"{src}: key 'df' holds a {type(obj).__name__}, not a table")
+    if not timestamps and isinstance(obj.index, pd.DatetimeIndex):
+        raise DataInputError(f"{src}: the file has timestamps; leave out --start and --freq")
     frame = obj.reset_index(drop=True)
     frame.columns = [_clean_id(c) for c in obj.columns]
     return obj.index, frame, "index"
 
 
-def _load_csv(path: Path, src: str) -> tuple[pd.Index, pd.DataFrame, str]:
+def _load_csv(path: Path, src: str, timestamps: bool) -> tuple[pd.Index, pd.DataFrame, str]:
     # The header is read by hand: pandas would rename a duplicated "773869" to "773869.1"
     # and hide the duplicate we must report.
     with open(path, newline="", encoding="utf-8-sig") as fh:
         try:
-            header = next(csv.reader(fh), [])
+            header = [cell.strip() for cell in next(csv.reader(fh), [])]
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DataInputError(f"{src}: cannot read the CSV header ({_reason(exc)})") from exc
-    if not any(cell.strip() for cell in header):
+    if not any(header):
         raise DataInputError(f"{src}: empty file (no header row)")
+    if not timestamps:
+        return _load_csv_without_timestamps(path, src, header)
     if len(header) < 2:
         raise DataInputError(f"{src}: no sensor columns (the header has only {header[0]!r})")
+    raw = _read_csv_rows(path, src, len(header), skip=1, text_first_column=True)
+    first = raw.iloc[0, 0] if len(raw) else None
+    if isinstance(first, str) and _is_number(first):
+        raise DataInputError(
+            f"{src}: cannot read timestamp {first.strip()!r} in the first column (row 1); for a "
+            "file without timestamps give --start TIMESTAMP and --freq (e.g. 5min)"
+        )
+    frame = raw.iloc[:, 1:].reset_index(drop=True)
+    frame.columns = [_clean_id(c) for c in header[1:]]
+    return pd.Index(raw.iloc[:, 0].to_numpy(dtype=object)), frame, "first column"
+
+
+def _load_csv_without_timestamps(
+    path: Path, src: str, first_row: list[str]
+) -> tuple[pd.Index, pd.DataFrame, str]:
+    """Every column a sensor; the first row a header of ids or readings (see :func:`read_speeds`)."""
+    # An empty cell is a missing reading, not text: a first row with gaps is still readings.
+    text_header = any(cell and not _is_number(cell) for cell in first_row)
+    raw = _read_csv_rows(path, src, len(first_row), skip=1 if text_header else 0)
+    for cell in (first_row[0], raw.iat[0, 0] if len(raw) else None):
+        if isinstance(cell, str) and cell.strip() and not _is_number(cell) and _is_timestamp(cell):
+            raise DataInputError(
+                f"{src}: the file has timestamps (first column {cell.strip()!r}); leave out "
+                "--start and --freq"
+            )
+    if text_header:
+        ids = first_row
+    else:
+        numbers = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        if len(numbers) > 1 and _numeric_header(numbers[0], numbers[1:]):
+            ids, raw = first_row, raw.iloc[1:]
+        else:
+            ids = [str(k) for k in range(len(first_row))]
+    frame = raw.reset_index(drop=True)
+    frame.columns = [_clean_id(c) for c in ids]
+    return pd.RangeIndex(len(frame)), frame, "rows"
+
+
+def _read_csv_rows(
+    path: Path, src: str, width: int, skip: int, text_first_column: bool = False
+) -> pd.DataFrame:
+    """The CSV's rows after ``skip`` as ``width`` columns; a row with more fields is refused.
+
+    Shapes: returns ``(rows, width)``, short rows padded with NaN.
+    """
     # One spare column catches rows with an extra field, which pandas would otherwise drop.
-    names = [f"c{i}" for i in range(len(header) + 1)]
+    names = [f"c{i}" for i in range(width + 1)]
     try:
         raw = pd.read_csv(
             path,
             names=names,
-            skiprows=1,
+            skiprows=skip,
             header=None,
             index_col=False,
-            dtype={names[0]: str},
+            dtype={names[0]: str} if text_first_column else None,
             encoding="utf-8-sig",
             low_memory=False,
         )
+    except pd.errors.EmptyDataError:
+        raw = pd.DataFrame(columns=names)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataInputError(f"{src}: cannot parse CSV ({_reason(exc)})") from exc
     extra = raw[names[-1]].notna().to_numpy()
     if extra.any():
         row = int(np.argmax(extra))
         raise DataInputError(
-            f"{src}: line {row + 2} has more fields than the header ({len(header)} columns)"
+            f"{src}: line {row + skip + 1} has more fields than the header ({width} columns)"
         )
-    frame = raw.iloc[:, 1:-1].reset_index(drop=True)
-    frame.columns = [_clean_id(c) for c in header[1:]]
-    return pd.Index(raw.iloc[:, 0].to_numpy(dtype=object)), frame, "first column"
+    return raw.iloc[:, :-1]
 
 
-def _load_parquet(path: Path, src: str) -> tuple[pd.Index, pd.DataFrame, str]:
+def _numeric_header(first: np.ndarray, rest: np.ndarray) -> bool:
+    """Whether a first row of numbers is a header of numeric sensor ids (:func:`read_speeds`).
+
+    Shapes: ``first (N,)``, ``rest (T - 1, N)`` with NaN for empty cells.
+    """
+    if not np.isfinite(first).all() or (first != np.round(first)).any():
+        return False
+    if len(np.unique(first)) != len(first):
+        return False
+    count = len(first)
+    if np.array_equal(first, np.arange(count)) or np.array_equal(first, np.arange(1, count + 1)):
+        return True
+    later = rest[np.isfinite(rest)]
+    if later.size == 0:
+        return False
+    return bool(first.min() > later.max() or (later != np.round(later)).any())
+
+
+def _made_index(
+    start: str | pd.Timestamp, rows: int, freq_minutes: int | None, src: str
+) -> pd.DatetimeIndex:
+    """``rows`` timestamps from ``start``, ``freq_minutes`` apart, for a file without any."""
+    try:
+        first = pd.Timestamp(start)
+    except (ValueError, TypeError) as exc:
+        raise DataInputError(f"--start {start!r} is not a timestamp") from exc
+    if first is pd.NaT:
+        raise DataInputError(f"--start {start!r} is not a timestamp")
+    if first.tzinfo is not None:
+        first = first.tz_convert("UTC").tz_localize(None)
+    step = _step_ns(pd.DatetimeIndex([]), src, freq_minutes)
+    return pd.date_range(first, periods=rows, freq=pd.Timedelta(step), unit="ns")
+
+
+def _load_parquet(path: Path, src: str, timestamps: bool) -> tuple[pd.Index, pd.DataFrame, str]:
     try:
         obj = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises its own error types for a broken file
         raise DataInputError(f"{src}: not a readable Parquet file ({_reason(exc)})") from exc
-    if isinstance(obj.index, pd.RangeIndex):
+    if not timestamps:
+        if isinstance(obj.index, pd.DatetimeIndex) or (
+            obj.shape[1] and pd.api.types.is_datetime64_any_dtype(obj.iloc[:, 0].dtype)
+        ):
+            raise DataInputError(f"{src}: the file has timestamps; leave out --start and --freq")
+        raw_index, values, where = obj.index, obj, "index"
+    elif isinstance(obj.index, pd.RangeIndex):
         # No stored index: the timestamps are the first column.
         if obj.shape[1] < 1:
             raise DataInputError(f"{src}: no columns")
@@ -316,6 +445,7 @@ def _to_speed_data(
     src: str,
     where: str,
     freq_minutes: int | None,
+    missing: str,
 ) -> SpeedData:
     if frame.shape[1] == 0:
         raise DataInputError(f"{src}: no sensor columns")
@@ -374,7 +504,9 @@ def _to_speed_data(
             f"{step_ns // _NS_PER_MINUTE} minutes; too many to fill as missing"
         )
 
-    observed = np.isfinite(values) & (values != 0)
+    observed = np.isfinite(values)
+    if missing == "zero":
+        observed &= values != 0
     full_values = np.zeros((total, len(ids)), dtype=np.float32)
     full_mask = np.zeros((total, len(ids)), dtype=bool)
     full_values[positions] = np.where(observed, values, 0.0)
@@ -402,6 +534,7 @@ def _to_speed_data(
         mask=full_mask,
         freq_minutes=freq,
         source=src,
+        missing=missing,
     )
 
 
@@ -507,6 +640,28 @@ def _step_ns(stamps: pd.DatetimeIndex, src: str, freq_minutes: int | None) -> in
             "minutes"
         )
     return step
+
+
+def _check_missing_rule(rule: str) -> None:
+    if rule not in MISSING_RULES:
+        raise DataInputError(
+            f"missing-value rule {rule!r} is not one of {', '.join(MISSING_RULES)}"
+        )
+
+
+def _is_number(text: object) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True
+
+
+def _is_timestamp(text: str) -> bool:
+    try:
+        return pd.Timestamp(text) is not pd.NaT
+    except (ValueError, TypeError):
+        return False
 
 
 def _clean_id(label: object) -> str:

@@ -6,7 +6,12 @@ sensor i to sensor j, in the order of the sensor ids.
 
 from __future__ import annotations
 
-from graph.adjacency import build_adjacency, build_adjacency_with_sigma, distance_matrix
+from graph.adjacency import (
+    adjacency_from_distance_matrix,
+    build_adjacency,
+    build_adjacency_with_sigma,
+    distance_matrix,
+)
 from graph.distances import (
     haversine_m,
     read_road_nodes,
@@ -19,6 +24,7 @@ from graph.errors import GraphInputError, GraphWarning
 from graph.io import (
     atomic_write,
     load_adjacency,
+    read_dense_matrix,
     read_distances,
     read_sensor_ids,
     save_adjacency,
@@ -41,6 +47,7 @@ __all__ = [
     "GraphInputError",
     "GraphWarning",
     "RestrictedUnpickler",
+    "adjacency_from_distance_matrix",
     "atomic_write",
     "build_adjacency",
     "build_adjacency_with_sigma",
@@ -51,6 +58,7 @@ __all__ = [
     "load_dcrnn_adj_pkl",
     "load_pickle_restricted",
     "random_walk_matrix",
+    "read_dense_matrix",
     "read_distances",
     "read_road_nodes",
     "read_roads",

@@ -24,7 +24,12 @@ import pandas as pd
 
 from graph.errors import GraphInputError, GraphWarning
 
-__all__ = ["build_adjacency", "build_adjacency_with_sigma", "distance_matrix"]
+__all__ = [
+    "adjacency_from_distance_matrix",
+    "build_adjacency",
+    "build_adjacency_with_sigma",
+    "distance_matrix",
+]
 
 _NAMED_ISOLATED = 5  # how many isolated sensors a warning names before "..."
 
@@ -83,16 +88,21 @@ def distance_matrix(distances: pd.DataFrame, sensor_ids: Sequence[str]) -> np.nd
     return dist
 
 
-def _build(
-    distances: pd.DataFrame, sensor_ids: Sequence[str], threshold: float
-) -> tuple[np.ndarray, float]:
-    """Shared body of the two public builders; warnings point at their caller (stacklevel 3)."""
+def _check_threshold(threshold: float) -> float:
     try:
         kappa = float(threshold)
     except (TypeError, ValueError):
         kappa = math.nan
     if not 0.0 <= kappa <= 1.0:  # NaN fails this too
         raise GraphInputError(f"threshold {threshold!r} is outside [0, 1]")
+    return kappa
+
+
+def _build(
+    distances: pd.DataFrame, sensor_ids: Sequence[str], threshold: float
+) -> tuple[np.ndarray, float]:
+    """Shared body of the two public builders; warnings point at their caller (stacklevel 4)."""
+    kappa = _check_threshold(threshold)
     index = _check_sensor_ids(sensor_ids)
     _check_columns(distances)
     listed = set(distances["from"].astype(str)) | set(distances["to"].astype(str))
@@ -100,8 +110,13 @@ def _build(
         raise GraphInputError(
             f"no sensor in common between {len(index)} sensor ids and the distances file"
         )
-    dist = distance_matrix(distances, sensor_ids)
+    return _kernel(distance_matrix(distances, sensor_ids), sensor_ids, kappa)
 
+
+def _kernel(dist: np.ndarray, sensor_ids: Sequence[str], kappa: float) -> tuple[np.ndarray, float]:
+    """The thresholded Gaussian kernel of a distance matrix (``+inf``: no road) and its sigma;
+    warns about sensors left isolated. Shapes: ``dist (N, N)`` -> ``(N, N)`` float32."""
+    index = _check_sensor_ids(sensor_ids)
     finite = np.isfinite(dist)
     # A sensor with no finite distance to or from another listed sensor ends up isolated; a
     # self-distance row (PEMS-BAY lists i,i,0 for every sensor) does not connect it to anything.
@@ -116,8 +131,11 @@ def _build(
             f"{len(isolated)} of {len(index)} sensors have no road distance to another listed "
             f"sensor and will be isolated nodes: {named}",
             GraphWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+    if not finite.any():
+        # No distance at all: a graph without edges, on which DCRNN is a per-sensor GRU.
+        return np.zeros(dist.shape, dtype=np.float32), math.nan
 
     # Population std (numpy's default, ddof=0) over the flattened finite entries, self-distances
     # included, as gen_adj_mx.py. float64 here; DCRNN used float32, which gives the same matrix
@@ -174,3 +192,34 @@ def build_adjacency_with_sigma(
         returns ``(N, N)`` float32 and a float.
     """
     return _build(distances, sensor_ids, threshold)
+
+
+def adjacency_from_distance_matrix(
+    dist: np.ndarray, sensor_ids: Sequence[str], threshold: float = 0.1
+) -> tuple[np.ndarray, float]:
+    """The DCRNN adjacency of a dense distance matrix, as :func:`build_adjacency` builds it from
+    ``from,to,cost`` rows: ``W = exp(-(d / sigma)^2)`` over the finite distances, sigma their
+    population standard deviation, weights below ``threshold`` set to 0; also returns sigma
+    (metres; NaN when there is no finite distance, and the matrix is then all zeros).
+
+    Shapes:
+        dist: ``(N, N)`` metres, ``+inf`` where there is no road, in the order of
+        ``sensor_ids``; returns ``(N, N)`` float32 and a float.
+
+    Warns:
+        GraphWarning: some sensors have no distance to or from any other sensor (named).
+
+    Raises:
+        GraphInputError: ``threshold`` outside ``[0, 1]``; duplicate ids; a matrix that is not
+            N×N for the N ids, or holds a negative or NaN distance.
+    """
+    kappa = _check_threshold(threshold)
+    dist = np.asarray(dist, dtype=np.float64)
+    n = len(sensor_ids)
+    if dist.shape != (n, n):
+        raise GraphInputError(
+            f"distance matrix has shape {dist.shape}, expected ({n}, {n}) for {n} sensor ids"
+        )
+    if np.isnan(dist).any() or (dist < 0).any():
+        raise GraphInputError("distance matrix: distances must be >= 0 (+inf for no road)")
+    return _kernel(dist, sensor_ids, kappa)

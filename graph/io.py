@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write",
     "fsync_directory",
     "load_adjacency",
+    "read_dense_matrix",
     "read_distances",
     "read_sensor_ids",
     "save_adjacency",
@@ -157,6 +158,97 @@ def read_distances(path: str | os.PathLike[str]) -> pd.DataFrame:
             "cost": cost.to_numpy(dtype=np.float64),
         }
     ).astype({"from": str, "to": str})
+
+
+def read_dense_matrix(
+    path: str | os.PathLike[str], what: str = "weights"
+) -> tuple[list[str] | None, np.ndarray]:
+    """Read a dense N×N matrix from a CSV (the T-GCN / STGCN layout): weights or distances.
+
+    The layout is told by its shape: N rows of N numbers (no ids: the matrix is in the order of
+    the data's sensors, or of a sensor-id file); N + 1 rows, the first a header of N sensor ids;
+    or N + 1 rows of N + 1 cells, the first row and the first column both the ids (a pandas
+    ``to_csv`` with its index). ``matrix[i, j]`` is from sensor i to sensor j.
+
+    ``what`` is ``"weights"`` (every cell a finite number >= 0) or ``"distances"`` (numbers >= 0
+    in metres; an empty cell, ``inf`` or ``nan`` means no road between the two sensors, read as
+    ``+inf``).
+
+    Shapes:
+        returns ids (N) or None, and the matrix ``(N, N)`` float64.
+
+    Raises:
+        GraphInputError: an empty file, a shape that is none of the above, ids that repeat or
+            disagree between the header and the first column, or a bad cell (line and column
+            named).
+    """
+    source = os.fspath(path)
+    if not os.path.exists(source):
+        raise FileNotFoundError(2, "No such file or directory", source)
+    try:
+        raw = pd.read_csv(
+            path, header=None, dtype=str, keep_default_na=False, na_filter=False,
+            encoding="utf-8-sig",
+        )  # fmt: skip
+    except pd.errors.EmptyDataError as exc:
+        raise GraphInputError(f"{source}: empty file, expected an N x N matrix") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise GraphInputError(f"{source}: not a matrix CSV ({reason})") from exc
+    cells = raw.fillna("").apply(lambda column: column.str.strip())
+    rows, cols = cells.shape
+    first_line = 1
+    ids: list[str] | None = None
+    if rows == cols + 1:
+        ids, cells, first_line = cells.iloc[0].tolist(), cells.iloc[1:], 2
+    elif rows == cols and rows > 1 and not _is_number(cells.iat[0, 0]):
+        # The top-left cell of a plain matrix is a number; above an index column it is a label.
+        ids = cells.iloc[0, 1:].tolist()
+        index = cells.iloc[1:, 0].tolist()
+        if index != ids:
+            raise GraphInputError(
+                f"{source}: the first column's sensor ids are not the header's, in its order"
+            )
+        cells, first_line = cells.iloc[1:, 1:], 2
+    elif rows != cols:
+        raise GraphInputError(
+            f"{source}: not a square matrix ({rows} rows of {cols} columns); expected N rows of "
+            "N numbers, optionally under a header row of N sensor ids"
+        )
+    if ids is not None:
+        if "" in ids:
+            raise GraphInputError(f"{source}: empty sensor id in the header")
+        duplicate = _first_duplicate(ids)
+        if duplicate is not None:
+            raise GraphInputError(f"{source}: duplicate sensor id '{duplicate}'")
+    matrix = _matrix_values(cells, source, first_line, what)
+    return ids, matrix
+
+
+def _matrix_values(cells: pd.DataFrame, source: str, first_line: int, what: str) -> np.ndarray:
+    """The cells as float64; the first bad one is named by line and column.
+
+    Shapes: ``cells (N, N)`` of str -> ``(N, N)`` float64.
+    """
+    text = cells.to_numpy(dtype=str)
+    empty = text == ""
+    values = pd.to_numeric(pd.Series(np.where(empty, "nan", text).ravel()), errors="coerce")
+    matrix = values.to_numpy(dtype=np.float64).reshape(text.shape)
+    no_road = empty | np.isin(np.char.lower(text), ["nan", "inf", "+inf", "infinity"])
+    if what == "distances":
+        bad = (np.isnan(matrix) & ~no_road) | (matrix < 0)
+        matrix = np.where(no_road, np.inf, matrix)
+        rule = "a distance >= 0 in metres, or empty/inf for no road"
+    else:
+        bad = ~np.isfinite(matrix) | (matrix < 0)
+        rule = "a finite weight >= 0"
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise GraphInputError(
+            f"{source}: line {row + first_line}, column {col + 1}: {str(text[row, col])!r} is not "
+            f"{rule}"
+        )
+    return matrix
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:

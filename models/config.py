@@ -70,8 +70,14 @@ class _Section(BaseModel):
             raise ConfigError(_describe(exc, {name: value}, where, None)) from None
 
 
+# The unit each quantity is reported in (METR-LA and PEMS-BAY speeds are in mph; PeMS flow is
+# a count of vehicles per time step; PeMS occupancy the fraction of time a detector is covered).
+QUANTITY_UNITS = {"speed": "mph", "flow": "vehicles per step", "occupancy": "fraction"}
+
+
 class DataConfig(_Section):
-    """``data:``: batch sizes, the time features appended to speed, the chronological split."""
+    """``data:``: batch sizes, the time features appended to the reading, the chronological
+    split, what is forecast and what counts as missing."""
 
     batch_size: StrictInt = Field(64, ge=1)
     val_batch_size: StrictInt = Field(64, ge=1)
@@ -84,6 +90,23 @@ class DataConfig(_Section):
     # Accepted for compatibility with DCRNN's files; the CLI names the data instead.
     dataset_dir: StrictStr | None = None
     graph_pkl_filename: StrictStr | None = None
+    # What the readings are; reported with its unit (QUANTITY_UNITS) by the service.
+    quantity: Literal["speed", "flow", "occupancy"] = "speed"
+    # What counts as a missing reading: "zero" (0, NaN or empty, METR-LA's convention) or "nan"
+    # (only NaN or empty: a 0 is real). None: from the quantity, "zero" for speed (a stopped
+    # sensor reads 0) and "nan" for flow and occupancy (0 vehicles at 3 am is a reading).
+    missing: Literal["zero", "nan"] | None = None
+
+    @property
+    def missing_rule(self) -> str:
+        """``missing`` with its default filled in from ``quantity``."""
+        if self.missing is not None:
+            return self.missing
+        return "zero" if self.quantity == "speed" else "nan"
+
+    @property
+    def unit(self) -> str:
+        return QUANTITY_UNITS[self.quantity]
 
     @model_validator(mode="after")
     def _leave_a_validation_split(self) -> DataConfig:

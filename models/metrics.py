@@ -1,4 +1,9 @@
-"""Masked losses and metrics, as DCRNN computes them: a target that is 0 or missing counts nowhere.
+"""Masked losses and metrics, as DCRNN computes them: a missing target counts nowhere.
+
+What is missing is a rule of the data (``data.missing``: a 0 is a missing speed in METR-LA but a
+real flow at 3 am), decided once when the data is read and carried by the mask; here a target
+counts where the mask says observed and it is not NaN. On METR-LA-style data (the ``zero`` rule)
+the mask already excludes zeros, so this is DCRNN's ``labels != 0`` masking.
 
 The mask is renormalised to mean 1 over the batch (DCRNN's ``mask /= mask.mean()``) so that the
 loss is the mean absolute error over observed targets only, whatever fraction is missing.
@@ -12,22 +17,22 @@ import torch
 
 
 def observed(y_raw: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
-    """Where a target counts: marked observed by ``y_mask``, not 0 and not NaN.
+    """Where a target counts: marked observed by ``y_mask`` and not NaN.
 
-    The one rule for the loss, the metrics and the training loop's MAE. METR-LA stores a
-    missing reading as 0, so a 0 target counts nowhere even where ``y_mask`` says observed
-    (DCRNN masks ``labels != 0``); a NaN target is missing whatever the mask says.
+    The one rule for the loss, the metrics and the training loop's MAE. Whether a 0 is a
+    reading or a gap was decided by the data's missing-value rule when the mask was made
+    (:func:`data.read_speeds`), so a 0 marked observed counts (a real flow of 0); a NaN target
+    is missing whatever the mask says.
 
     Shapes: ``y_raw`` and ``y_mask`` broadcastable to one shape; returns a bool tensor of it.
     """
-    return y_mask.bool() & (y_raw != 0) & ~torch.isnan(y_raw)
+    return y_mask.bool() & ~torch.isnan(y_raw)
 
 
 def masked_mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute error over the targets that count (:func:`observed`); 0 if none does.
 
-    ``target`` is in data units, where a 0 means a missing reading: on scaled targets a 0 would
-    be a real value and would wrongly not count.
+    ``target`` is in data units; a missing target's placeholder value is never used.
 
     Shapes: ``pred``, ``target``, ``mask`` broadcastable to one shape; returns a scalar.
     """
@@ -46,6 +51,9 @@ def masked_mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 class MaskedMetrics:
     """Accumulates masked MAE, RMSE and MAPE per horizon step over batches (chunked evaluation).
 
+    MAPE is the mean over the targets that count and are not 0: a real 0 (a flow at night)
+    counts in MAE and RMSE but has no percentage error.
+
     Shapes: ``update(pred, target, mask)`` with ``(B, H, N)``; sums are kept per horizon step.
     """
 
@@ -55,17 +63,20 @@ class MaskedMetrics:
         self.sq_sum = torch.zeros(horizon, dtype=torch.float64)
         self.pct_sum = torch.zeros(horizon, dtype=torch.float64)
         self.count = torch.zeros(horizon, dtype=torch.float64)
+        self.pct_count = torch.zeros(horizon, dtype=torch.float64)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
         pred = pred.detach().to("cpu", torch.float64)
         target = target.detach().to("cpu", torch.float64)
         mask = observed(target, mask.detach().to("cpu"))
         err = (pred - target).masked_fill(~mask, 0.0)
-        safe_target = target.masked_fill(~mask, 1.0)
+        pct_mask = mask & (target != 0)
+        safe_target = target.masked_fill(~pct_mask, 1.0)
         self.abs_sum += err.abs().sum(dim=(0, 2))
         self.sq_sum += (err**2).sum(dim=(0, 2))
-        self.pct_sum += (err.abs() / safe_target.abs()).masked_fill(~mask, 0.0).sum(dim=(0, 2))
+        self.pct_sum += (err.abs() / safe_target.abs()).masked_fill(~pct_mask, 0.0).sum(dim=(0, 2))
         self.count += mask.sum(dim=(0, 2)).to(torch.float64)
+        self.pct_count += pct_mask.sum(dim=(0, 2)).to(torch.float64)
 
     def at(self, step: int) -> dict[str, float]:
         """Metrics at horizon ``step`` (1-based, e.g. 3 = 15 minutes of 5-minute data)."""
@@ -73,10 +84,11 @@ class MaskedMetrics:
         n = float(self.count[i])
         if n == 0:
             return {"mae": math.nan, "rmse": math.nan, "mape_pct": math.nan}
+        n_pct = float(self.pct_count[i])
         return {
             "mae": float(self.abs_sum[i]) / n,
             "rmse": math.sqrt(float(self.sq_sum[i]) / n),
-            "mape_pct": 100.0 * float(self.pct_sum[i]) / n,
+            "mape_pct": 100.0 * float(self.pct_sum[i]) / n_pct if n_pct else math.nan,
         }
 
     def mae_by_step(self) -> list[float]:

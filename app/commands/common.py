@@ -57,6 +57,47 @@ def registry_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def data_arguments(p: argparse.ArgumentParser, help: str, required: bool = True) -> None:
+    """Add ``--data SPEEDS`` and, for a file without timestamps, ``--start`` and ``--freq``."""
+    p.add_argument("--data", required=required, metavar="SPEEDS", help=help)
+    p.add_argument(
+        "--start",
+        metavar="TIMESTAMP",
+        help="time of the first row of a --data file without timestamps (needs --freq)",
+    )
+    p.add_argument(
+        "--freq",
+        metavar="STEP",
+        help="time step of the --data rows, e.g. 5min or 15min (inferred from timestamps if any)",
+    )
+
+
+def data_timing(args: argparse.Namespace) -> dict[str, object]:
+    """``--start`` and ``--freq`` as the keyword arguments of the readers and pipeline jobs
+    (``start``, ``freq_minutes``); a ``--freq`` that is not a whole number of minutes is a user
+    error naming it."""
+    return {"start": args.start, "freq_minutes": parse_freq(args.freq)}
+
+
+def parse_freq(text: str | None) -> int | None:
+    """``5min``, ``15min``, ``1h`` or a bare number of minutes, as whole minutes; None stays."""
+    if text is None:
+        return None
+    import pandas as pd
+
+    from data.errors import DataInputError
+
+    value = text.strip()
+    try:
+        step = pd.Timedelta(int(value), unit="min") if value.isdigit() else pd.Timedelta(value)
+    except (ValueError, TypeError):
+        step = None
+    minute = pd.Timedelta(minutes=1)
+    if step is None or step is pd.NaT or step < minute or step % minute != pd.Timedelta(0):
+        raise DataInputError(f"--freq {text!r} is not a whole number of minutes such as 5min")
+    return int(step // minute)
+
+
 def optional_path(value: str | None) -> Path | None:
     """An optional path argument as a ``Path``; an option not given stays None."""
     return None if value is None else Path(value)

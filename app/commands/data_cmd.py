@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from app.commands.common import data_arguments, data_timing
+
 _SEQ_LEN = 12
 _HORIZON = 12
 
@@ -13,7 +15,14 @@ def register(subparsers) -> None:
         "summary",
         help="describe a speed file: size, period, missing readings, windows and splits",
     )
-    p.add_argument("--data", required=True, metavar="SPEEDS", help=".h5 (key df), .csv or .parquet")
+    data_arguments(p, ".h5 (key df), .csv or .parquet")
+    p.add_argument(
+        "--missing",
+        choices=("zero", "nan"),
+        default="zero",
+        help="what is a missing reading: zero (0, NaN or empty; speeds) or nan (only NaN or "
+        "empty; flows, where 0 is real); default zero",
+    )
     p.set_defaults(handler=run_summary)
 
     p = subparsers.add_parser(
@@ -38,7 +47,7 @@ def run_summary(args: argparse.Namespace) -> int:
     from data.io import read_speeds
     from data.windows import num_windows, split_counts
 
-    speeds = read_speeds(args.data)
+    speeds = read_speeds(args.data, missing=args.missing, **data_timing(args))
     facts = speeds.summary()
     dead = facts["always_missing"]
     shown = ", ".join(dead[:10]) + (f" and {len(dead) - 10} more" if len(dead) > 10 else "")

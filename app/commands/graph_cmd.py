@@ -6,6 +6,7 @@ Library code is imported inside the handlers so that ``trafficcast --help`` stay
 from __future__ import annotations
 
 import argparse
+import math
 
 DEFAULT_THRESHOLD = 0.1
 DEFAULT_MAX_SNAP_M = 500.0
@@ -19,15 +20,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="build the DCRNN adjacency (Gaussian kernel of road distances) as .npz",
         description=(
             "Build DCRNN's sensor graph: w_ij = exp(-(d_ij/sigma)^2), sigma the standard "
-            "deviation of the finite distances, weights below the threshold set to 0."
+            "deviation of the finite distances, weights below the threshold set to 0. The "
+            "distances come as from,to,cost rows or as a dense N x N matrix."
         ),
     )
-    p.add_argument("--distances", required=True, metavar="D.csv", help="from,to,cost rows (metres)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--distances", metavar="D.csv", help="from,to,cost rows (metres)")
+    source.add_argument(
+        "--distance-matrix",
+        metavar="D.csv",
+        help="dense N x N distances in metres (empty or inf: no road), optionally under a "
+        "header row of sensor ids",
+    )
     p.add_argument(
         "--sensor-ids",
-        required=True,
         metavar="IDS.txt",
-        help="sensor ids, comma-separated (DCRNN format) or one per line; sets the matrix order",
+        help="sensor ids, comma-separated (DCRNN format) or one per line; sets the matrix order "
+        "(required with --distances, and with a --distance-matrix without a header)",
     )
     p.add_argument(
         "--threshold",
@@ -87,18 +96,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_graph(args: argparse.Namespace) -> int:
-    from graph.adjacency import build_adjacency_with_sigma
-    from graph.io import read_distances, read_sensor_ids, save_adjacency
+    from graph.adjacency import adjacency_from_distance_matrix, build_adjacency_with_sigma
+    from graph.errors import GraphInputError
+    from graph.io import read_dense_matrix, read_distances, read_sensor_ids, save_adjacency
 
-    sensor_ids = read_sensor_ids(args.sensor_ids)
-    distances = read_distances(args.distances)
-    adj, sigma_m = build_adjacency_with_sigma(distances, sensor_ids, args.threshold)
+    given_ids = read_sensor_ids(args.sensor_ids) if args.sensor_ids else None
+    if args.distances is not None:
+        if given_ids is None:
+            raise GraphInputError("--distances needs --sensor-ids IDS.txt (the matrix order)")
+        sensor_ids = given_ids
+        adj, sigma_m = build_adjacency_with_sigma(
+            read_distances(args.distances), sensor_ids, args.threshold
+        )
+    else:
+        header_ids, dist = read_dense_matrix(args.distance_matrix, what="distances")
+        sensor_ids = _matrix_ids(args.distance_matrix, header_ids, given_ids, len(dist))
+        adj, sigma_m = adjacency_from_distance_matrix(dist, sensor_ids, args.threshold)
     save_adjacency(args.output, sensor_ids, adj)
+    sigma = "no distances" if math.isnan(sigma_m) else f"sigma {sigma_m:.1f} m"
     print(
         f"wrote {args.output}: {len(sensor_ids)} sensors, {int((adj != 0).sum())} nonzero "
-        f"weights (threshold {args.threshold:g}, sigma {sigma_m:.1f} m)"
+        f"weights (threshold {args.threshold:g}, {sigma})"
     )
     return 0
+
+
+def _matrix_ids(
+    path: str, header_ids: list[str] | None, given_ids: list[str] | None, size: int
+) -> list[str]:
+    """A dense matrix's sensor order: its header's, which ``--sensor-ids`` must then equal,
+    or ``--sensor-ids``'."""
+    from graph.errors import GraphInputError
+
+    if header_ids is not None:
+        if given_ids is not None and given_ids != header_ids:
+            raise GraphInputError(
+                f"{path}: its header's sensor ids are not those of --sensor-ids, in that order"
+            )
+        return header_ids
+    if given_ids is None:
+        raise GraphInputError(f"{path}: no header of sensor ids; give --sensor-ids IDS.txt")
+    if len(given_ids) != size:
+        raise GraphInputError(
+            f"{path}: the matrix is {size} x {size} but --sensor-ids lists {len(given_ids)} ids"
+        )
+    return given_ids
 
 
 def run_graph_info(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from app.commands.common import data_arguments, data_timing
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -12,11 +14,19 @@ def register(subparsers) -> None:
         help="train DCRNN (and the baselines) on speeds and a road graph",
         description="Train DCRNN on METR-LA-style speeds and write RUN_DIR with the checkpoint and report.json.",
     )
-    p.add_argument("--data", required=True, help="speeds: .h5 (key df), .csv or .parquet")
+    data_arguments(p, "speeds (or flows, occupancies): .h5 (key df), .csv or .parquet")
     graph = p.add_mutually_exclusive_group(required=True)
     graph.add_argument("--distances", help="road distances CSV (from,to,cost)")
     graph.add_argument(
-        "--adjacency", help="adjacency .npz from `trafficcast graph`, or DCRNN's adj_mx.pkl"
+        "--adjacency",
+        help="adjacency .npz from `trafficcast graph`, DCRNN's adj_mx.pkl, or a dense N x N "
+        "CSV of weights",
+    )
+    p.add_argument(
+        "--sensor-ids",
+        metavar="IDS.txt",
+        help="the sensor order of a dense --adjacency CSV without a header (default: the "
+        "data's columns)",
     )
     p.add_argument("--config", help="YAML in DCRNN's layout (data:, model:, train:)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
@@ -34,8 +44,8 @@ def register(subparsers) -> None:
         description="Score DCRNN and the baselines on the test split (the last 20%% in time).",
     )
     p.add_argument("--run", required=True, help="run directory written by `trafficcast train`")
-    p.add_argument(
-        "--data", help="speeds to evaluate on (default: the data the run was trained on)"
+    data_arguments(
+        p, "speeds to evaluate on (default: the data the run was trained on)", required=False
     )
     p.add_argument("--output", help="report path (default: RUN_DIR/report.json)")
     p.set_defaults(handler=_evaluate)
@@ -46,7 +56,7 @@ def register(subparsers) -> None:
         description="Forecast the horizon after --at from the seq_len steps ending at --at.",
     )
     p.add_argument("--run", required=True, help="run directory written by `trafficcast train`")
-    p.add_argument("--data", required=True, help="speeds holding the history up to --at")
+    data_arguments(p, "speeds holding the history up to --at")
     p.add_argument("--at", required=True, help="the last observed timestamp, e.g. 2012-03-07T22:00")
     p.add_argument("--output", required=True, help="forecast CSV to write (timestamp x sensor)")
     p.set_defaults(handler=_predict)
@@ -66,6 +76,8 @@ def _train(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         resume=args.resume,
         progress=not args.no_progress and sys.stderr.isatty(),
+        sensor_ids=args.sensor_ids,
+        **data_timing(args),
     )
     if not is_main_process():
         return 0  # under torchrun, rank 0 speaks for the job
@@ -77,7 +89,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from app.pipeline import evaluate_run
 
-    report = evaluate_run(args.run, data=args.data, output=args.output)
+    report = evaluate_run(args.run, data=args.data, output=args.output, **data_timing(args))
     _print_table(report)
     print(f"wrote {args.output or args.run + '/report.json'}")
     return 0
@@ -86,7 +98,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from app.pipeline import predict_run
 
-    frame = predict_run(args.run, args.data, args.at, args.output)
+    frame = predict_run(args.run, args.data, args.at, args.output, **data_timing(args))
     print(
         f"wrote {args.output}: {frame.shape[0]} steps ({frame.index[0]} to {frame.index[-1]}) "
         f"x {frame.shape[1]} sensors"

@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from app.commands.common import describe, optional_path, registry_argument, user_error_types
+from app.commands.common import (
+    data_arguments,
+    data_timing,
+    describe,
+    optional_path,
+    registry_argument,
+    user_error_types,
+)
 
 
 def register(subparsers) -> None:
@@ -23,7 +30,7 @@ def register(subparsers) -> None:
         ),
     )
     registry_argument(p)
-    p.add_argument("--data", required=True, help="speeds: .h5 (key df), .csv or .parquet")
+    data_arguments(p, "speeds: .h5 (key df), .csv or .parquet")
     p.add_argument(
         "--observations",
         metavar="DB",
@@ -31,7 +38,11 @@ def register(subparsers) -> None:
     )
     graph = p.add_mutually_exclusive_group()
     graph.add_argument("--distances", help="road distances CSV (default: the champion's graph)")
-    graph.add_argument("--adjacency", help="adjacency .npz or adj_mx.pkl (default: the champion's)")
+    graph.add_argument(
+        "--adjacency",
+        help="adjacency .npz, adj_mx.pkl or a dense N x N CSV in the data's sensor order "
+        "(default: the champion's)",
+    )
     p.add_argument("--threshold", type=float, default=0.1, help="adjacency threshold")
     p.add_argument("--config", help="YAML config (default: the champion's config)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
@@ -74,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         opts = RetrainOptions(
             registry=registry,
             data=Path(args.data),
+            **data_timing(args),
             observations=optional_path(args.observations),
             config=optional_path(args.config),
             epochs=args.epochs,

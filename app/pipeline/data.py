@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.forecaster import model_inputs
+from app.forecaster import missing_rule, model_inputs
 from data import SpeedData, StandardScaler, gather, read_speeds, split_windows
 from data.errors import DataInputError
 from models.baselines import time_slots
@@ -156,6 +156,7 @@ def read_graph(
     adjacency: str | Path | None,
     threshold: float = 0.1,
     owner: str = "data",
+    order: Sequence[str] | None = None,
 ) -> tuple[list[str], np.ndarray, str] | None:
     """The road graph given as a distances file or an adjacency file: ``(ids, adj, source)``,
     ``adj`` float32 in the order of ``ids`` and ``source`` the file's name; None when neither
@@ -164,7 +165,10 @@ def read_graph(
     ``distances``: the Gaussian-kernel adjacency built in the order of ``sensor_ids`` (the
     threshold as in :func:`graph.build_adjacency`). ``adjacency``: the stored matrix in its own
     order, refused with a :class:`DataInputError` naming the file unless it has exactly the
-    sensors of ``sensor_ids``; ``owner`` says whose sensors those are ("data", "model").
+    sensors of ``sensor_ids``; ``owner`` says whose sensors those are ("data", "model"). A
+    ``.csv`` adjacency is a dense N×N matrix of weights (:func:`graph.read_dense_matrix`): in
+    the order of its header when it has one, else of ``order`` (a ``--sensor-ids`` file), else
+    of ``sensor_ids``.
 
     Shapes: ``adj (N, N)`` with ``N == len(sensor_ids)``.
     """
@@ -175,7 +179,10 @@ def read_graph(
         return list(sensor_ids), np.asarray(adj, dtype=np.float32), str(distances)
     if adjacency is None:
         return None
-    ids, adj = load_adjacency(adjacency)
+    if Path(adjacency).suffix.lower() == ".csv":
+        ids, adj = _dense_adjacency(adjacency, sensor_ids, order, owner)
+    else:
+        ids, adj = load_adjacency(adjacency)
     wanted, graph_ids = set(sensor_ids), set(ids)
     if wanted != graph_ids:
         only_owner = [s for s in sensor_ids if s not in graph_ids]
@@ -189,14 +196,42 @@ def read_graph(
     return list(ids), np.asarray(adj, dtype=np.float32), str(adjacency)
 
 
+def _dense_adjacency(
+    path: str | Path, sensor_ids: Sequence[str], order: Sequence[str] | None, owner: str
+) -> tuple[list[str], np.ndarray]:
+    """A dense weight matrix and its sensor order (see :func:`read_graph`).
+
+    Shapes: returns ids (N) and ``(N, N)`` float32.
+    """
+    from graph import read_dense_matrix
+
+    header, adj = read_dense_matrix(path, what="weights")
+    if header is not None:
+        if order is not None and list(order) != header:
+            raise DataInputError(
+                f"{path}: the matrix's header lists other sensors than --sensor-ids, or another "
+                "order"
+            )
+        return header, adj.astype(np.float32)
+    ids = list(order) if order is not None else list(sensor_ids)
+    if len(ids) != len(adj):
+        whose = "--sensor-ids lists" if order is not None else f"the {owner} has"
+        raise DataInputError(
+            f"{path}: the matrix is {len(adj)} x {len(adj)} but {whose} {len(ids)} sensors"
+        )
+    return ids, adj.astype(np.float32)
+
+
 def load_graph_for(
     speeds: SpeedData,
     distances: str | Path | None,
     adjacency: str | Path | None,
     threshold: float = 0.1,
+    order: Sequence[str] | None = None,
 ) -> tuple[SpeedData, np.ndarray, str]:
-    """The adjacency in the data's sensor order (the data reordered to the graph's if needed)."""
-    graph = read_graph(speeds.sensor_ids, distances, adjacency, threshold)
+    """The adjacency in the data's sensor order (the data reordered to the graph's if needed);
+    ``order``: the sensor order of a dense matrix without a header (:func:`read_graph`)."""
+    graph = read_graph(speeds.sensor_ids, distances, adjacency, threshold, order=order)
     if graph is None:
         raise ConfigError("give the graph with --distances D.csv or --adjacency ADJ")
     ids, adj, source = graph
@@ -231,18 +266,31 @@ def check_data_fits(speeds: SpeedData, config: RunConfig, source: str) -> None:
 
 
 def checkpoint_speeds(
-    payload: dict[str, Any], data: str | Path | None, speeds: SpeedData | None
+    payload: dict[str, Any],
+    data: str | Path | None,
+    speeds: SpeedData | None,
+    start: str | None = None,
+    freq_minutes: int | None = None,
 ) -> SpeedData:
     """The speeds a checkpoint is applied to, in the model's sensor order: ``speeds``, else read
-    from ``data``, else from the file the model was trained on. Refused (one line) when the
-    model's sensors are not all there or the data's frequency is another."""
+    from ``data`` (``start``/``freq_minutes`` for a file without timestamps), else from the file
+    the model was trained on (with the start it was given, if it had no timestamps). Read with
+    the checkpoint's missing-value rule. Refused (one line) when the model's sensors are not all
+    there or the data's frequency is another."""
     if speeds is None:
-        path = data if data is not None else payload["data"]["path"]
-        if data is None and not Path(path).exists():
-            raise DataInputError(
-                f"the run was trained on {path}, which is not there any more: give --data"
-            )
-        speeds = read_speeds(path)
+        if data is None:
+            path = payload["data"]["path"]
+            if not Path(path).exists():
+                raise DataInputError(
+                    f"the run was trained on {path}, which is not there any more: give --data"
+                )
+            if payload["data"].get("timestamps") is False:
+                start, freq_minutes = payload["data"]["start"], int(payload["freq_minutes"])
+        else:
+            path = data
+        speeds = read_speeds(
+            path, start=start, freq_minutes=freq_minutes, missing=missing_rule(payload)
+        )
     ids = payload["sensor_ids"]
     missing = [s for s in ids if s not in set(speeds.sensor_ids)]
     if missing:

@@ -10,7 +10,13 @@ import numpy as np
 import torch
 
 from app.fsutil import atomic_write_json, atomic_write_text
-from app.pipeline.data import PreparedData, WindowSource, checkpoint_speeds, prepare_data
+from app.pipeline.data import (
+    PreparedData,
+    WindowSource,
+    checkpoint_speeds,
+    missing_rule,
+    prepare_data,
+)
 from app.pipeline.report import (
     MODEL_ORDER,
     NO_METRICS,
@@ -52,10 +58,12 @@ def load_run(
     data: str | Path | None = None,
     speeds: SpeedData | None = None,
     device: torch.device | None = None,
+    start: str | None = None,
+    freq_minutes: int | None = None,
 ) -> LoadedRun:
     """Load a run directory's checkpoints and the data they are scored on (see
-    :func:`app.pipeline.data.checkpoint_speeds`); one-line :class:`CheckpointError` when the
-    run is not there."""
+    :func:`app.pipeline.data.checkpoint_speeds`, which ``start``/``freq_minutes`` go to); one-line
+    :class:`CheckpointError` when the run is not there."""
     run_dir = Path(run_dir)
     model_path = run_dir / "model.pt"
     if not run_dir.is_dir():
@@ -67,7 +75,7 @@ def load_run(
     payload = load_checkpoint(model_path)
     config = _config_from_payload(payload)
     device = device or torch.device("cpu")
-    speeds = checkpoint_speeds(payload, data, speeds)
+    speeds = checkpoint_speeds(payload, data, speeds, start, freq_minutes)
     scaler = StandardScaler.from_state_dict(payload["scaler"])
     prepared = prepare_data(speeds, config, scaler=scaler)
     source = WindowSource(
@@ -101,14 +109,17 @@ def _score_test(run: LoadedRun) -> _TestScores:
     horizon = prepared.horizon
     names = (*run.models, "persistence", "historical_average")
     train_rows = prepared.train_rows()
-    ha = HistoricalAverage(num_slots=(24 * 60) // speeds.freq_minutes).fit(
+    # Rounded up: with a step that does not divide the day the last slot is a short one.
+    ha = HistoricalAverage(num_slots=-(-24 * 60 // speeds.freq_minutes)).fit(
         speeds.values[:train_rows], speeds.mask[:train_rows], prepared.slots[:train_rows]
     )
     fallback = np.float32(mean)
     scores = _TestScores(
         metrics={name: MaskedMetrics(horizon) for name in names},
         plot_sensors=_plot_sensors(speeds, train_rows),
-        traces={name: {step: [] for step in trace_steps(horizon)} for name in names},
+        traces={
+            name: {step: [] for step in trace_steps(horizon, speeds.freq_minutes)} for name in names
+        },
     )
     with torch.inference_mode():
         for starts in source.starts_batches("test"):
@@ -160,6 +171,10 @@ def _report(run: LoadedRun, metrics: dict[str, MaskedMetrics]) -> dict[str, Any]
             "source": str(speeds.source),
             "start": str(speeds.index[0]),
             "end": str(speeds.index[-1]),
+            # What the metrics are of, in which unit, and which targets counted.
+            "quantity": payload.get("quantity", "speed"),
+            "unit": payload.get("unit", "mph"),
+            "missing": missing_rule(payload),
         },
     }
     for name in MODEL_ORDER:
@@ -181,10 +196,13 @@ def evaluate_run(
     speeds: SpeedData | None = None,
     device: torch.device | None = None,
     plots: bool = True,
+    start: str | None = None,
+    freq_minutes: int | None = None,
 ) -> dict[str, Any]:
-    """Score the run's models and the baselines on the test split; write the report files."""
+    """Score the run's models and the baselines on the test split; write the report files.
+    ``start``/``freq_minutes``: the times of a ``data`` file without timestamps."""
     run_dir = Path(run_dir)
-    run = load_run(run_dir, data, speeds, device)
+    run = load_run(run_dir, data, speeds, device, start, freq_minutes)
     scores = _score_test(run)
     report = _report(run, scores.metrics)
     out_path = Path(output) if output is not None else run_dir / "report.json"

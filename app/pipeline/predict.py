@@ -9,18 +9,24 @@ import pandas as pd
 
 from app.fsutil import atomic_write_text
 from app.pipeline.data import checkpoint_speeds
-from data import read_speeds
 from data.errors import DataInputError
 
 
-def predict_run(run_dir: str | Path, data: str | Path, at: str, output: str | Path) -> pd.DataFrame:
-    """Forecast the ``horizon`` steps after ``at`` from the ``seq_len`` steps ending at ``at``."""
+def predict_run(
+    run_dir: str | Path,
+    data: str | Path,
+    at: str,
+    output: str | Path,
+    start: str | None = None,
+    freq_minutes: int | None = None,
+) -> pd.DataFrame:
+    """Forecast the ``horizon`` steps after ``at`` from the ``seq_len`` steps ending at ``at``
+    (``start``/``freq_minutes``: the times of a ``data`` file without timestamps)."""
     from app.forecaster import Forecaster
 
     run_dir = Path(run_dir)
     forecaster = Forecaster.from_run(run_dir)
-    speeds = read_speeds(data)
-    speeds = checkpoint_speeds(forecaster.payload, data, speeds)
+    speeds = checkpoint_speeds(forecaster.payload, data, None, start, freq_minutes)
     try:
         when = pd.Timestamp(at)
     except (ValueError, TypeError) as exc:

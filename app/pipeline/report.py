@@ -25,9 +25,9 @@ def horizon_steps(freq_minutes: int, horizon: int) -> dict[str, int | None]:
     return steps
 
 
-def trace_steps(horizon: int) -> tuple[int, int]:
+def trace_steps(horizon: int, freq_minutes: int = 5) -> tuple[int, int]:
     """The two horizon steps drawn in the forecast-vs-actual plot: about 15 minutes and the last."""
-    return min(3, horizon), horizon
+    return min(max(1, 15 // freq_minutes), horizon), horizon
 
 
 def clean(d: dict[str, float]) -> dict[str, float | None]:
@@ -40,13 +40,15 @@ def clean_list(values: list[float]) -> list[float | None]:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    ds, split = report["dataset"], report["split"]
+    ds, split, data = report["dataset"], report["split"], report.get("data", {})
+    missing = "0 or missing" if data.get("missing", "zero") == "zero" else "missing (a 0 counts)"
     lines = [
         "# trafficcast evaluation",
         "",
         f"Test split: {split['test']} windows ({split['train']} train / {split['val']} validation), "
-        f"{ds['sensors']} sensors, {ds['freq_minutes']}-minute data. Masked metrics in data units "
-        "(a target that is 0 or missing counts nowhere).",
+        f"{ds['sensors']} sensors, {ds['freq_minutes']}-minute data. Masked metrics of "
+        f"{data.get('quantity', 'speed')} in {data.get('unit', 'mph')} (a target that is {missing} "
+        "counts nowhere).",
         "",
         "| model | MAE 15 min | MAE 30 min | MAE 60 min | RMSE 15 | RMSE 30 | RMSE 60 | MAPE % 15 | MAPE % 30 | MAPE % 60 |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -117,7 +119,7 @@ def write_plots(
     )
     for row, sensor_pos in enumerate(sensors):
         ax = axes[row, 0]
-        short_step, long_step = trace_steps(horizon)
+        short_step, long_step = trace_steps(horizon, speeds.freq_minutes)
         for step, style in ((short_step, "-"), (long_step, "--")):
             target_rows = starts[keep] + seq_len + step - 1
             times = speeds.index[target_rows]
@@ -130,7 +132,7 @@ def write_plots(
                 ax.plot(times, actual, color="black", lw=1.2, label="actual")
             pred = np.concatenate(traces[step])[keep, row]
             ax.plot(times, pred, style, lw=1, label=f"dcrnn {step * speeds.freq_minutes} min ahead")
-        ax.set_ylabel("speed")
+        ax.set_ylabel(report["data"]["quantity"])
         ax.set_title(f"sensor {speeds.sensor_ids[sensor_pos]}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="lower left")

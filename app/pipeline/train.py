@@ -29,6 +29,7 @@ from app.pipeline.data import (
 )
 from app.pipeline.evaluate import evaluate_run
 from data import read_speeds
+from graph.io import read_sensor_ids
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import RunConfig, TrainConfig
 from models.dcrnn import DCRNN
@@ -87,6 +88,7 @@ def _payload(
     data_path: str,
     graph_source: str | None,
     result: Any,
+    timestamps: bool = True,
 ) -> dict[str, Any]:
     speeds = prepared.speeds
     return {
@@ -101,6 +103,10 @@ def _payload(
             "day_in_week": config.data.add_day_in_week,
         },
         "freq_minutes": int(speeds.freq_minutes),
+        # What is forecast, in which unit, and what counted as missing (config.data).
+        "quantity": config.data.quantity,
+        "unit": config.data.unit,
+        "missing": config.data.missing_rule,
         "seq_len": prepared.seq_len,
         "horizon": prepared.horizon,
         "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -108,6 +114,8 @@ def _payload(
             "path": str(Path(data_path).resolve()),
             "start": str(speeds.index[0]),
             "end": str(speeds.index[-1]),
+            # False: the file had none, its times came from --start and --freq.
+            "timestamps": timestamps,
             "steps": int(speeds.num_steps),
             "fingerprint": data_fingerprint(speeds),
             "graph": graph_source,
@@ -177,10 +185,16 @@ def train_run(
     log: Callable[[str], None] = log_stderr,
     init_from: str | Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    start: str | None = None,
+    freq_minutes: int | None = None,
+    sensor_ids: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train DCRNN (and FC-LSTM) on ``data``, write the run directory, return the report.
 
-    ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a resumed
+    ``start``, ``freq_minutes``: the times of a data file without timestamps (see
+    :func:`data.read_speeds`); the data is read with ``config.data``'s missing-value rule.
+    ``sensor_ids``: a sensor-id file giving the order of a dense ``.csv`` adjacency without a
+    header (:func:`app.pipeline.read_graph`). ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a resumed
     run's own state takes precedence over it. ``callbacks``: progress hooks of both trainers
     (after the one that writes ``train_log.jsonl``).
 
@@ -195,7 +209,8 @@ def train_run(
     device = resolve_device(config.train.device)
     job = {"data": data, "output": output, "distances": distances, "adjacency": adjacency,
            "config": config, "threshold": threshold, "resume": resume,
-           "init_from": init_from, "callbacks": callbacks}  # fmt: skip
+           "init_from": init_from, "callbacks": callbacks, "start": start,
+           "freq_minutes": freq_minutes, "sensor_ids": sensor_ids}  # fmt: skip
     with distributed_session(process_device(device)) as dist:
         if dist is None:
             return _train(**job, progress=progress, log=log, device=device, dist=None)
@@ -225,6 +240,7 @@ class _Training:
     run_dir: Path
     data_path: str
     graph_source: str
+    timestamps: bool
     device: torch.device
     dist: DistContext | None
     resume: bool
@@ -275,6 +291,7 @@ class _Training:
                 self.data_path,
                 self.graph_source,
                 result,
+                self.timestamps,
             )
             save_checkpoint(self.run_dir / _CHECKPOINTS[name], payload)
         return result
@@ -293,6 +310,9 @@ def _train(
     resume: bool,
     init_from: str | Path | None,
     callbacks: Sequence[TrainerCallback],
+    start: str | None,
+    freq_minutes: int | None,
+    sensor_ids: str | Path | None,
     progress: bool,
     log: Callable[[str], None],
     device: torch.device,
@@ -302,8 +322,11 @@ def _train(
     empty dict elsewhere; its trainers (and their DDP wrappers) are closed before it returns,
     so that the process group can be torn down cleanly after."""
     torch.manual_seed(config.train.seed)
-    speeds = read_speeds(data)
-    speeds, adj, graph_source = load_graph_for(speeds, distances, adjacency, threshold)
+    speeds = read_speeds(
+        data, start=start, freq_minutes=freq_minutes, missing=config.data.missing_rule
+    )
+    order = read_sensor_ids(sensor_ids) if sensor_ids is not None else None
+    speeds, adj, graph_source = load_graph_for(speeds, distances, adjacency, threshold, order)
     check_data_fits(speeds, config, str(data))
     prepared = prepare_data(speeds, config)
     if config.model.input_dim is not None and config.model.input_dim != prepared.input_dim:
@@ -325,6 +348,7 @@ def _train(
         run_dir=run_dir,
         data_path=str(data),
         graph_source=graph_source,
+        timestamps=start is None,
         device=device,
         dist=dist,
         resume=resume,

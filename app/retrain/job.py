@@ -198,7 +198,12 @@ def _start_or_resume(
     champion = _champion(registry, job_file)
     champion_dir = registry.version_dir(champion) if champion else None
     config = _job_config(opts, champion_dir)
-    speeds = read_speeds(opts.data)
+    speeds = read_speeds(
+        opts.data,
+        start=opts.start,
+        freq_minutes=opts.freq_minutes,
+        missing=config.data.missing_rule,
+    )
     graph = _resolve_graph(opts, speeds, champion_dir)
     key = _options_key(opts, config, _graph_sha(graph[0], graph[1]), champion)
     if job_file is not None and (job_file.state.get("key") != key or job_file.stage not in STAGES):

@@ -85,5 +85,6 @@ def merge_observations(speeds: SpeedData, db: Path) -> tuple[SpeedData, dict[str
         mask=mask,
         freq_minutes=speeds.freq_minutes,
         source=f"{speeds.source} + {db}",
+        missing=speeds.missing,
     )
     return merged, info

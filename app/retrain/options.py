@@ -26,6 +26,9 @@ EXIT_CODES = {
 class RetrainOptions:
     registry: Path
     data: Path
+    # The times of a --data file without timestamps (--start, --freq).
+    start: str | None = None
+    freq_minutes: int | None = None
     observations: Path | None = None
     config: Path | None = None
     epochs: int | None = None

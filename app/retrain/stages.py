@@ -312,7 +312,7 @@ def _score_champion(job: JobContext) -> tuple[str | None, dict[str, Any]]:
         return why_not, {"version": job.champion, "holdout_mae": None}
     champion_report = evaluate_run(
         job.champion_dir,
-        speeds=read_speeds(job.data_path),
+        speeds=read_speeds(job.data_path, missing=job.config.data.missing_rule),
         output=job.staging / "champion-report.json",
         plots=False,
     )

@@ -227,6 +227,8 @@ async function main() {
   }
   document.getElementById("model-line").textContent =
     `model ${state.model.version} · ${state.model.sensors} sensors`;
+  document.getElementById("quantity-line").textContent =
+    `forecasts ${state.model.quantity} in ${state.model.unit}`;
   state.sensors = (await getJSON("/v1/sensors")).sensors;
   await loadForecast();
   drawMap();

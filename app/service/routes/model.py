@@ -41,6 +41,9 @@ async def model_info(service: ReadyService) -> ModelInfo:
         loaded_at=m.loaded_at,
         registry=registry,
         last_swap_error=None if service.swap is None else service.swap.swap_error,
+        quantity=f.quantity,
+        unit=f.unit,
+        missing=f.missing,
     )
 
 

@@ -32,7 +32,8 @@ async def post_observations(body: ObservationBatch, service: WriterService) -> O
     # pandas 3 keeps datetime's microseconds unit; the checks below work in nanoseconds.
     stamps = pd.DatetimeIndex(body.timestamps).as_unit("ns")
     check_grid(stamps, f.freq_minutes, service.settings.max_future_minutes)
-    values = np.where(values == 0, np.nan, values)  # 0 is "no reading", as in METR-LA
+    if f.missing == "zero":
+        values = np.where(values == 0, np.nan, values)  # 0 is "no reading", as in METR-LA
     written, latest = await service.record(list(body.sensors), stamps, values)
     return ObservationResult(
         written=written,
