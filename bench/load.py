@@ -2,6 +2,7 @@
 
     python bench/load.py [--run RUN_DIR] [--requests 5000] [--concurrency 16] [--time-limit 60]
     python bench/load.py --url http://127.0.0.1:8000 --scenarios post   # an already running server
+    python bench/load.py --interval 0.8    # every request also asks for the 80 % band
 
 Scenarios, each against a fresh ``uvicorn app.service:app_from_env`` subprocess on 127.0.0.1
 unless ``--url`` is given:
@@ -59,8 +60,9 @@ class Result:
         )
 
 
-def forecast_bodies(count: int = 8) -> list[bytes]:
-    """POST bodies: ``count`` different windows of the bundled week, all 207 sensors each."""
+def forecast_bodies(count: int = 8, interval: float | None = None) -> list[bytes]:
+    """POST bodies: ``count`` different windows of the bundled week, all 207 sensors each (with
+    ``"interval"`` when given)."""
     week = data.read_speeds(data.sample_speeds_path())
     bodies = []
     for k in range(count):
@@ -72,6 +74,8 @@ def forecast_bodies(count: int = 8) -> list[bytes]:
             "sensors": week.sensor_ids,
             "speeds": [[None if math.isnan(v) else round(float(v), 3) for v in r] for r in values],
         }
+        if interval is not None:
+            body["interval"] = interval
         bodies.append(json.dumps(body).encode())
     return bodies
 
@@ -195,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument(
+        "--interval",
+        type=float,
+        help="ask every forecast for its band at this central coverage (e.g. 0.8)",
+    )
+    parser.add_argument(
         "--scenarios",
         default="post-batched,post-single,get-cached",
         help=f"comma-separated, from {', '.join(SCENARIOS)}",
@@ -209,17 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.url and not (args.run / "model.pt").exists():
         parser.error(f"{args.run}: no model.pt (train one, or give --run / --url)")
 
-    bodies = forecast_bodies()
+    bodies = forecast_bodies(interval=args.interval)
     print(
         f"{args.requests} requests max, {args.concurrency} concurrent clients, "
         f"{args.time_limit:.0f} s limit per scenario; POST bodies: 12 steps x 207 sensors "
         f"({len(bodies[0]) / 1024:.0f} KiB); torch threads {args.torch_threads}; "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs; intervals {args.interval or 'off'}"
     )
     results = []
     with tempfile.TemporaryDirectory(prefix="trafficcast-load-") as tmp:
         for name in names:
             method, path, mode = SCENARIOS[name]
+            if method == "GET" and args.interval is not None:
+                path = f"{path}?interval={args.interval}"
             server = None
             url = args.url
             if url is None:
