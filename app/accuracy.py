@@ -83,8 +83,9 @@ CREATE INDEX IF NOT EXISTS forecast_scores_target ON forecast_scores (target_ts)
 
 def observed(target: np.ndarray) -> np.ndarray:
     """Which stored readings count as targets: the project's one rule
-    (:func:`models.metrics.observed`, as in training and ``trafficcast evaluate``), with the
-    store's NULL (NaN here) as the missing mark."""
+    (:func:`models.metrics.observed`, as in training and ``trafficcast evaluate``) over the
+    store's mask. The store keeps NULL (NaN here) for no reading, decided by the model's
+    missing-value rule when the reading arrived, so a stored 0 is a real reading."""
     import torch
 
     from models.metrics import observed as counts

@@ -25,6 +25,7 @@ from models.baselines import persistence_forecast
 from models.checkpoint import save_checkpoint
 from models.errors import CheckpointError
 from models.intervals import IntervalCalibrator
+from models.metrics import observed
 
 INTERVALS_KEY = "intervals"
 # Target times scored apart (minutes of the day, end excluded): the rush hours, where errors are
@@ -134,15 +135,15 @@ def interval_metrics(
     freq_minutes: int = 5,
 ) -> dict[str, dict[str, dict[str, float | None]]]:
     """Empirical coverage and mean width of bands per report horizon, over all targets and in
-    the rush hours and the night (:data:`PERIODS`, by the target's time of day). A target that
-    is 0 or missing counts nowhere.
+    the rush hours and the night (:data:`PERIODS`, by the target's time of day). Targets count
+    as everywhere else (:func:`models.metrics.observed`).
 
     Shapes: ``y``, ``y_mask``, ``lower``, ``upper`` ``(B, H, N)``; ``target_times (B, H)``.
     Returns ``{"15min": {"overall": {"coverage", "width", "count"}, "rush": ..., "night": ...}}``
     (coverage and width None where no target counts).
     """
     y = np.asarray(y, dtype=np.float64)
-    mask = np.asarray(y_mask, dtype=bool) & (y != 0)
+    mask = observed(torch.from_numpy(y), torch.from_numpy(np.asarray(y_mask, dtype=bool))).numpy()
     inside = (y >= lower) & (y <= upper)
     width = np.asarray(upper, np.float64) - lower
     minutes = target_minutes(target_times)  # (B, H)

@@ -28,7 +28,7 @@ CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
 """
 # The latest time with a real reading: 0 and NULL are missing. Also read by the live-accuracy
 # summary (``app.accuracy``), which opens the file read-only.
-LATEST_TS_SQL = "SELECT MAX(ts) FROM readings WHERE speed IS NOT NULL AND speed != 0"
+LATEST_TS_SQL = "SELECT MAX(ts) FROM readings WHERE speed IS NOT NULL"
 
 
 def to_epoch_seconds(stamps: pd.DatetimeIndex) -> np.ndarray:
@@ -100,8 +100,7 @@ class ObservationStore:
         """The times later than ``after`` with at least one real reading, in order."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT DISTINCT ts FROM readings WHERE ts > ? AND speed IS NOT NULL "
-                "AND speed != 0 ORDER BY ts",
+                "SELECT DISTINCT ts FROM readings WHERE ts > ? AND speed IS NOT NULL ORDER BY ts",
                 (int(to_epoch_seconds(pd.DatetimeIndex([after]))[0]),),
             ).fetchall()
         return pd.DatetimeIndex(pd.to_datetime([int(r[0]) for r in rows], unit="s")).as_unit("ns")
@@ -145,7 +144,7 @@ def read_readings(path: str | Path) -> pd.DataFrame:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
     try:
         rows = conn.execute(
-            "SELECT sensor_id, ts, speed FROM readings WHERE speed IS NOT NULL AND speed != 0"
+            "SELECT sensor_id, ts, speed FROM readings WHERE speed IS NOT NULL"
         ).fetchall()
     except sqlite3.DatabaseError as exc:
         raise DataInputError(f"{path}: not a trafficcast observation store ({exc})") from exc

@@ -37,7 +37,7 @@ import pandas as pd
 from data.errors import DataInputError, DataWarning
 from graph.io import atomic_write
 
-__all__ = ["MISSING_RULES", "SpeedData", "read_speeds", "write_speeds"]
+__all__ = ["MISSING_RULES", "SpeedData", "observed_readings", "read_speeds", "write_speeds"]
 
 # How a reading counts as missing: "zero" (0, NaN or empty) or "nan" (only NaN or empty).
 MISSING_RULES = ("zero", "nan")
@@ -504,9 +504,7 @@ def _to_speed_data(
             f"{step_ns // _NS_PER_MINUTE} minutes; too many to fill as missing"
         )
 
-    observed = np.isfinite(values)
-    if missing == "zero":
-        observed &= values != 0
+    observed = observed_readings(values, missing)
     full_values = np.zeros((total, len(ids)), dtype=np.float32)
     full_mask = np.zeros((total, len(ids)), dtype=bool)
     full_values[positions] = np.where(observed, values, 0.0)
@@ -640,6 +638,19 @@ def _step_ns(stamps: pd.DatetimeIndex, src: str, freq_minutes: int | None) -> in
             "minutes"
         )
     return step
+
+
+def observed_readings(values: np.ndarray, missing: str) -> np.ndarray:
+    """Which raw readings are real under the missing-value rule (:data:`MISSING_RULES`): not NaN,
+    and not 0 under ``"zero"``. The one place the rule is applied, to a file as it is read and to
+    readings as the service receives them; everything downstream goes by the mask it gives.
+
+    Shapes: any -> a bool array of the same shape.
+    """
+    observed = np.isfinite(values)
+    if missing == "zero":
+        observed &= values != 0
+    return observed
 
 
 def _check_missing_rule(rule: str) -> None:

@@ -462,7 +462,8 @@ def test_record_scores_bounds_and_keeps_the_first_forecast(tmp_path: Path) -> No
     assert first is not None
     again = record.add(meta, made_from, "2026-01-01T00:05:00Z", point + 1, None, 0.8)
     assert again is None and record.made_between(None, None)[0].point[0, 0] == 10
-    # Step 1: one target missing (NaN), one 0 (missing too), one 1 off (inside the bounds).
+    # Step 1: one target missing (NaN); one 0, a real reading (the store keeps NULL for none,
+    # by the model's rule when it arrived), 20 off and outside; one 1 off (inside the bounds).
     # Steps 2 and 3: 2 off (outside), 0.5 off (inside), 3 off (outside).
     targets = np.array([[np.nan, 0.0, 31.0], [13.0, 21.5, 34.0], [14.0, 22.5, 35.0]])
     record.put_scores(score_rows(first, targets))
@@ -482,4 +483,4 @@ def test_record_scores_bounds_and_keeps_the_first_forecast(tmp_path: Path) -> No
     record.close()
     with sqlite3.connect(tmp_path / "record.sqlite3") as conn:
         rows = conn.execute("SELECT step, n, abs_err, hits FROM forecast_scores ORDER BY step")
-        assert rows.fetchall() == [(1, 1, 4.0, 0), (2, 3, 2 + 0.5 + 3, 1), (3, 3, 2 + 0.5 + 3, 1)]
+        assert rows.fetchall() == [(1, 2, 24.0, 0), (2, 3, 2 + 0.5 + 3, 1), (3, 3, 2 + 0.5 + 3, 1)]

@@ -13,6 +13,7 @@ from app.schemas import HistoryResponse, ObservationBatch, ObservationResult, is
 from app.service.checks import check_grid, check_matrix, check_sensors
 from app.service.deps import ReadyService, WriterService
 from app.service.errors import ApiError, responses
+from data.io import observed_readings
 
 router = APIRouter(tags=["observations"])
 
@@ -32,8 +33,9 @@ async def post_observations(body: ObservationBatch, service: WriterService) -> O
     # pandas 3 keeps datetime's microseconds unit; the checks below work in nanoseconds.
     stamps = pd.DatetimeIndex(body.timestamps).as_unit("ns")
     check_grid(stamps, f.freq_minutes, service.settings.max_future_minutes)
-    if f.missing == "zero":
-        values = np.where(values == 0, np.nan, values)  # 0 is "no reading", as in METR-LA
+    # The model's missing-value rule decides once, here, what the store keeps as no reading
+    # (NULL): under "zero" (METR-LA's) a 0 is none; under "nan" a 0 is a real flow.
+    values = np.where(observed_readings(values, f.missing), values, np.nan)
     written, latest = await service.record(list(body.sensors), stamps, values)
     return ObservationResult(
         written=written,
