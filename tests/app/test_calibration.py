@@ -104,12 +104,12 @@ def test_interval_metrics_by_horizon_and_period() -> None:
     first = np.array(["2012-03-07T08:00", "2012-03-07T02:00"], dtype="datetime64[ns]")
     times = first[:, None] + np.arange(12) * np.timedelta64(5, "m")  # (2, 12)
     y = np.full((2, 12, 2), 50.0)
-    y[1, :, 1] = 0.0  # missing: counts nowhere
     lower = np.full_like(y, 45.0)
     upper = np.full_like(y, 55.0)
     upper[0, :, 0] = 49.0  # misses the target
     upper[1, :, 0] = 53.0
     mask = np.ones_like(y, dtype=bool)
+    y[1, :, 1], mask[1, :, 1] = 0.0, False  # missing (by the data's rule, in the mask): nowhere
     m = interval_metrics(y, mask, lower, upper, times)
     at15 = m["15min"]
     assert at15["overall"] == {
