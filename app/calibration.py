@@ -21,6 +21,7 @@ import torch
 
 from app.pipeline import LoadedRun, horizon_steps, load_run, log_stderr
 from app.registry import file_sha256
+from data import SpeedData
 from models.baselines import persistence_forecast
 from models.checkpoint import save_checkpoint
 from models.errors import CheckpointError
@@ -97,8 +98,11 @@ def calibrate_run(
     run_dir: str | Path,
     data: str | Path | None = None,
     log: Callable[[str], None] = log_stderr,
+    speeds: SpeedData | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Calibrate the intervals of the run's DCRNN and store them in ``RUN_DIR/model.pt``.
+    """Calibrate the intervals of the run's DCRNN and store them in ``RUN_DIR/model.pt``
+    (``data`` or ``speeds``: what it is calibrated on, by default what it was trained on).
 
     Returns the validation coverage per report horizon at 50/80/95 % (in-sample for the
     quantiles, so a check of the arithmetic rather than a score: the test split scores them).
@@ -106,7 +110,7 @@ def calibrate_run(
     run_dir = Path(run_dir)
     path = run_dir / "model.pt"
     digest = file_sha256(path) if path.exists() else None
-    run = load_run(run_dir, data)
+    run = load_run(run_dir, data, speeds, device)
     log(f"calibrate: forecasting the {len(run.prepared.splits['val'])} validation windows")
     scale = split_residuals(run, "train", model="persistence")
     val = split_residuals(run, "val")
@@ -124,6 +128,39 @@ def calibrate_run(
         )
         summary[f"{round(level * 100)}"] = {k: v["overall"]["coverage"] for k, v in metrics.items()}
     return {"windows": {"train": len(scale.y), "val": len(val.y)}, "val_coverage": summary}
+
+
+REPORT_LEVELS = (0.5, 0.8, 0.95)
+
+
+def interval_report(
+    run: LoadedRun, plot_dir: Path | None = None, plot_sensors: np.ndarray | None = None
+) -> dict[str, Any] | None:
+    """The run's bands scored on the test split, for ``report.json``: per model with a
+    calibration (the DCRNN checkpoint's ``"intervals"``), per level in :data:`REPORT_LEVELS`
+    (keys ``"50"``, ``"80"``, ``"95"``), :func:`interval_metrics`. None for a run without one.
+
+    With ``plot_dir``: also ``intervals.png``, the 80 % band at the last horizon step for the
+    sensors ``plot_sensors``.
+    """
+    state = run.payload.get(INTERVALS_KEY)
+    if state is None:
+        return None
+    cal = IntervalCalibrator.from_state_dict(state)
+    test = split_residuals(run, "test")
+    freq = run.speeds.freq_minutes
+    out: dict[str, Any] = {}
+    for level in REPORT_LEVELS:
+        lower, upper = cal.bands(test.forecast, test.history, test.target_times, level)
+        out[f"{round(level * 100)}"] = interval_metrics(
+            test.y, test.y_mask, lower, upper, test.target_times, freq
+        )
+        if plot_dir is not None and plot_sensors is not None and level == 0.8:
+            plot_bands(
+                plot_dir / "intervals.png", test, lower, upper, plot_sensors,
+                run.speeds.sensor_ids, step=test.y.shape[1], level=level, freq_minutes=freq,
+            )  # fmt: skip
+    return {"dcrnn": out}
 
 
 def interval_metrics(

@@ -179,6 +179,11 @@ class ModelInfo(_Strict):
         "zero",
         description="what is a missing reading: zero (null or 0) or nan (only null; 0 is real)",
     )
+    intervals: bool = Field(
+        False,
+        description="whether the model carries a calibration, so forecasts can be asked for "
+        "their band (`interval`)",
+    )
 
 
 class Status(_Strict):

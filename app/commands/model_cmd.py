@@ -59,6 +59,13 @@ def register(subparsers) -> None:
     data_arguments(p, "speeds holding the history up to --at")
     p.add_argument("--at", required=True, help="the last observed timestamp, e.g. 2012-03-07T22:00")
     p.add_argument("--output", required=True, help="forecast CSV to write (timestamp x sensor)")
+    p.add_argument(
+        "--interval",
+        type=float,
+        metavar="LEVEL",
+        help="also the calibrated band at this central coverage (e.g. 0.8): columns "
+        "SENSOR_lower and SENSOR_upper after the forecast's",
+    )
     p.set_defaults(handler=_predict)
 
 
@@ -98,10 +105,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from app.pipeline import predict_run
 
-    frame = predict_run(args.run, args.data, args.at, args.output, **data_timing(args))
+    frame = predict_run(
+        args.run, args.data, args.at, args.output, interval=args.interval, **data_timing(args)
+    )
+    sensors = frame.shape[1] // (1 if args.interval is None else 3)
+    band = "" if args.interval is None else f", with the {args.interval:g} band"
     print(
         f"wrote {args.output}: {frame.shape[0]} steps ({frame.index[0]} to {frame.index[-1]}) "
-        f"x {frame.shape[1]} sensors"
+        f"x {sensors} sensors{band}"
     )
     return 0
 

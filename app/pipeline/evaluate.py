@@ -202,10 +202,15 @@ def evaluate_run(
     """Score the run's models and the baselines on the test split; write the report files.
     ``start``/``freq_minutes``: the times of a ``data`` file without timestamps."""
     run_dir = Path(run_dir)
+    from app.calibration import interval_report  # it scores runs that this module loads
+
     run = load_run(run_dir, data, speeds, device, start, freq_minutes)
     scores = _score_test(run)
     report = _report(run, scores.metrics)
     out_path = Path(output) if output is not None else run_dir / "report.json"
+    intervals = interval_report(run, out_path.parent if plots else None, scores.plot_sensors)
+    if intervals is not None:
+        report["intervals"] = intervals
     atomic_write_json(out_path, report)
     atomic_write_text(out_path.with_suffix(".md"), report_markdown(report))
     if plots:

@@ -19,13 +19,20 @@ def predict_run(
     output: str | Path,
     start: str | None = None,
     freq_minutes: int | None = None,
+    interval: float | None = None,
 ) -> pd.DataFrame:
     """Forecast the ``horizon`` steps after ``at`` from the ``seq_len`` steps ending at ``at``
-    (``start``/``freq_minutes``: the times of a ``data`` file without timestamps)."""
+    (``start``/``freq_minutes``: the times of a ``data`` file without timestamps).
+
+    ``interval``: also the calibrated band at that central coverage, as columns
+    ``<sensor>_lower`` and ``<sensor>_upper`` after the forecast's (which stay as without it).
+    """
     from app.forecaster import Forecaster
 
     run_dir = Path(run_dir)
     forecaster = Forecaster.from_run(run_dir)
+    if interval is not None:
+        _check_interval(forecaster, interval)
     speeds = checkpoint_speeds(forecaster.payload, data, None, start, freq_minutes)
     try:
         when = pd.Timestamp(at)
@@ -48,8 +55,26 @@ def predict_run(
         )
     window = np.where(speeds.mask[start:end], speeds.values[start:end], np.nan)
     forecast, future = forecaster.forecast(speeds.index[start:end], window)
-    frame = pd.DataFrame(
-        forecast, index=pd.DatetimeIndex(future, name="timestamp"), columns=forecaster.sensor_ids
-    )
+    ids = list(forecaster.sensor_ids)
+    columns, values = ids, forecast  # (H, N)
+    if interval is not None:
+        stamps = np.asarray(speeds.index[start:end], dtype="datetime64[ns]")[None]
+        lower, upper = forecaster.bands(window[None], stamps, forecast[None], interval)
+        columns = ids + [f"{s}_lower" for s in ids] + [f"{s}_upper" for s in ids]
+        values = np.concatenate([forecast, lower[0], upper[0]], axis=1)  # (H, 3N)
+    frame = pd.DataFrame(values, index=pd.DatetimeIndex(future, name="timestamp"), columns=columns)
     atomic_write_text(output, frame.to_csv(float_format="%.4f"))
     return frame
+
+
+def _check_interval(forecaster, interval: float) -> None:
+    from models.intervals import check_level
+
+    try:
+        check_level(interval)
+    except ValueError as exc:
+        raise DataInputError(f"--interval {interval}: {exc}") from None
+    if not forecaster.intervals:
+        raise DataInputError(
+            "--interval: this model has no calibration: run trafficcast calibrate --run RUN_DIR"
+        )

@@ -62,6 +62,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         for metric in ("mae", "rmse", "mape_pct"):
             row += [fmt(by_h[h][metric]) for h in REPORT_MINUTES]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _interval_lines(report.get("intervals"))
     training = (report.get("model") or {}).get("training")
     if training:
         lines += [
@@ -70,6 +71,36 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"of {training['epochs_run']}; training time {training['wall_time_s']:.0f} s.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _interval_lines(intervals: dict[str, Any] | None) -> list[str]:
+    """The prediction intervals' table: coverage and mean width per level and horizon, over all
+    test targets, in the rush hours (07-09 and 16-19 h) and at night (00-05 h)."""
+    if not intervals:
+        return []
+    lines = [
+        "",
+        "Prediction intervals on the test split (calibrated on the validation split): empirical "
+        "coverage and mean width.",
+        "",
+        "| model | band | horizon | coverage | rush hours | night | width | width, rush | width, night |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f} %"
+
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    for name, levels in intervals.items():
+        for level, by_h in levels.items():
+            for h, p in by_h.items():
+                row = [name, f"{level} %", h.replace("min", " min")]
+                row += [pct(p[k]["coverage"]) for k in ("overall", "rush", "night")]
+                row += [num(p[k]["width"]) for k in ("overall", "rush", "night")]
+                lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def write_plots(

@@ -363,6 +363,11 @@ def _train(
     _train_fc_lstm(training, log)
     if not training.main:
         return {}
+    # Every trained model ships with its prediction intervals, fitted on the validation split
+    # (app.calibration builds on this package, hence imported here).
+    from app.calibration import calibrate_run
+
+    calibrate_run(run_dir, log=log, speeds=speeds, device=device)
     return evaluate_run(run_dir, speeds=speeds, device=device)
 
 

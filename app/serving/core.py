@@ -233,9 +233,8 @@ class Service:
         self.metrics.observations.inc(written)
 
     def train_then_load(self) -> None:
-        """First start without the bundled checkpoint: train it (with a progress bar), calibrate
-        its intervals (the bundled model ships calibrated), then load."""
-        from app.calibration import calibrate_run
+        """First start without the bundled checkpoint: train it (with a progress bar; training
+        also calibrates its intervals, so it ships calibrated), then load."""
         from app.pipeline import load_config, train_run
         from data import sample_adjacency_pkl_path, sample_speeds_path
 
@@ -249,8 +248,6 @@ class Service:
                 config=config,
                 progress=True,
             )
-            self.status = "calibrating the bundled model's intervals (first start)"
-            calibrate_run(self.settings.run_dir, data=sample_speeds_path(), log=log.info)
             self.load()
         except Exception as exc:  # readiness reports it; the process keeps answering /healthz
             log.exception("training the bundled model failed")

@@ -47,6 +47,23 @@ def service_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def uncalibrated_run_dir(service_run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run as a run written before training calibrated its intervals: no ``"intervals"``
+    in its checkpoint, everything else the same."""
+    import shutil
+
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    run_dir = tmp_path_factory.mktemp("uncalibrated") / "run"
+    shutil.copytree(service_run_dir, run_dir)
+    payload = load_checkpoint(run_dir / "model.pt")
+    assert "intervals" in payload  # training calibrates
+    del payload["intervals"]
+    save_checkpoint(run_dir / "model.pt", payload)
+    return run_dir
+
+
 @pytest.fixture
 def service_settings(service_run_dir: Path, tmp_path: Path):
     """Settings for one app: the tiny run, a fresh SQLite file, one write key, no seeding."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -12,25 +11,21 @@ import torch
 
 import data
 from app.calibration import interval_metrics, persistence, plot_bands, split_residuals
-from app.commands import calibrate_cmd
+from app.cli import main
 from app.forecaster import Forecaster
 from app.pipeline import load_run
 from models.checkpoint import load_checkpoint
-from models.errors import CheckpointError
 
 
 def run_calibrate(argv: list[str]) -> int:
-    """``trafficcast calibrate`` through its own module (app.cli lists it once merged)."""
-    parser = argparse.ArgumentParser()
-    calibrate_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["calibrate", *argv])
-    return args.handler(args)
+    """``trafficcast calibrate`` as the command line runs it."""
+    return main(["calibrate", *argv])
 
 
 @pytest.fixture(scope="module")
-def calibrated_run(service_run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def calibrated_run(uncalibrated_run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("calibrate") / "run"
-    shutil.copytree(service_run_dir, run_dir)
+    shutil.copytree(uncalibrated_run_dir, run_dir)
     assert run_calibrate(["--run", str(run_dir)]) == 0
     return run_dir
 
@@ -46,9 +41,9 @@ def equal(a, b) -> bool:
 
 
 def test_calibrate_adds_intervals_and_changes_nothing_else(
-    service_run_dir: Path, calibrated_run: Path
+    uncalibrated_run_dir: Path, calibrated_run: Path
 ) -> None:
-    before = load_checkpoint(service_run_dir / "model.pt")
+    before = load_checkpoint(uncalibrated_run_dir / "model.pt")
     after = load_checkpoint(calibrated_run / "model.pt")
     assert "intervals" not in before and set(after) == set(before) | {"intervals"}
     assert all(equal(before[k], after[k]) for k in before)
@@ -78,9 +73,10 @@ def test_calibrate_prints_the_validation_coverage(
     assert first["calibration_count"] != second["calibration_count"]
 
 
-def test_calibrate_names_a_missing_run(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="no such run directory"):
-        run_calibrate(["--run", str(tmp_path / "nothing")])
+def test_calibrate_names_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_calibrate(["--run", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "no such run directory" in err[0]
 
 
 def test_bands_of_a_calibrated_run_on_its_test_split(calibrated_run: Path, tmp_path: Path) -> None:
@@ -129,3 +125,57 @@ def test_persistence_repeats_the_last_reading() -> None:
     history = np.array([[[50.0, np.nan, np.nan], [52.0, 40.0, np.nan], [np.nan, 41.0, np.nan]]])
     forecast = persistence(history, horizon=2, fallback=55.0)  # (B=1, T=3, N=3) -> (1, 2, 3)
     np.testing.assert_array_equal(forecast, [[[52.0, 41.0, 55.0], [52.0, 41.0, 55.0]]])
+
+
+def test_training_calibrates_and_the_report_scores_the_bands(service_run_dir: Path) -> None:
+    """``trafficcast train`` ships its model calibrated, and the report it writes (as every
+    ``evaluate``) gives the bands' coverage and width per level, horizon and period."""
+    import json
+
+    assert "intervals" in load_checkpoint(service_run_dir / "model.pt")
+    report = json.loads((service_run_dir / "report.json").read_text())
+    levels = report["intervals"]["dcrnn"]
+    assert set(levels) == {"50", "80", "95"}
+    widths = []
+    for level in ("50", "80", "95"):
+        at60 = levels[level]["60min"]
+        assert set(at60) == {"overall", "rush", "night"}
+        assert 0.0 < at60["overall"]["coverage"] <= 1.0 and at60["overall"]["count"] > 0
+        widths.append(at60["overall"]["width"])
+    assert widths == sorted(widths) and widths[0] > 0  # wider bands for higher levels
+    md = (service_run_dir / "report.md").read_text()
+    assert "Prediction intervals on the test split" in md and "| dcrnn | 80 % | 60 min |" in md
+    assert (service_run_dir / "intervals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_writes_the_band_beside_the_forecast(
+    service_run_dir: Path, uncalibrated_run_dir: Path, tmp_path: Path, capsys
+) -> None:
+    import pandas as pd
+
+    args = ["--data", str(data.sample_speeds_path()), "--at", "2012-03-01T20:00:00"]
+    plain, banded, narrow = tmp_path / "p.csv", tmp_path / "b.csv", tmp_path / "n.csv"
+    assert main(["predict", "--run", str(service_run_dir), *args, "--output", str(plain)]) == 0
+    for out, level in ((banded, "0.9"), (narrow, "0.5")):
+        argv = ["predict", "--run", str(service_run_dir), *args, "--output", str(out)]
+        assert main([*argv, "--interval", level]) == 0
+    p, b, n = (pd.read_csv(f, index_col=0) for f in (plain, banded, narrow))
+    ids = list(p.columns)
+    assert list(b.columns) == ids + [f"{s}_lower" for s in ids] + [f"{s}_upper" for s in ids]
+    pd.testing.assert_frame_equal(b[ids], p)  # the forecast columns as without --interval
+    lower, upper = b[[f"{s}_lower" for s in ids]].to_numpy(), b[[f"{s}_upper" for s in ids]]
+    assert np.all(lower <= p.to_numpy() + 1e-4) and np.all(p.to_numpy() <= upper.to_numpy() + 1e-4)
+    # The 50 % band lies inside the 90 % one, and is narrower somewhere.
+    n_lower, n_upper = n[[f"{s}_lower" for s in ids]].to_numpy(), n[[f"{s}_upper" for s in ids]]
+    assert np.all(lower <= n_lower + 1e-4) and np.all(n_upper.to_numpy() <= upper.to_numpy() + 1e-4)
+    assert np.any(n_upper.to_numpy() - n_lower < upper.to_numpy() - lower - 1e-3)
+    capsys.readouterr()
+    for run, level, needle in (
+        (uncalibrated_run_dir, "0.8", "no calibration"),
+        (service_run_dir, "1.0", "below 1"),
+        (service_run_dir, "0.4", "at least 0.5"),
+    ):
+        argv = ["predict", "--run", str(run), *args, "--output", str(tmp_path / "x.csv")]
+        assert main([*argv, "--interval", level]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --interval") and needle in err[0]

@@ -1,5 +1,5 @@
 """Prediction intervals through the REST API: the bundled (calibrated) model on the bundled week,
-and the service tests' tiny model, which has no calibration."""
+and the service tests' tiny model with its calibration taken out."""
 
 from __future__ import annotations
 
@@ -50,8 +50,9 @@ def client(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def uncalibrated(service_settings: Settings):
-    with TestClient(create_app(service_settings)) as c:
+def uncalibrated(service_settings: Settings, uncalibrated_run_dir: Path):
+    settings = service_settings.model_copy(update={"run_dir": uncalibrated_run_dir})
+    with TestClient(create_app(settings)) as c:
         yield c
 
 
@@ -168,9 +169,11 @@ def test_a_model_without_calibration_refuses_intervals(uncalibrated: TestClient,
     assert "interval" not in schema["components"]["schemas"]["ForecastRequest"]["properties"]
     params = schema["paths"]["/v1/forecast"]["get"]["parameters"]
     assert "interval" not in {p["name"] for p in params}
+    assert uncalibrated.get("/v1/model").json()["intervals"] is False
 
 
 def test_openapi_documents_the_interval(client: TestClient) -> None:
+    assert client.get("/v1/model").json()["intervals"] is True
     schema = client.get("/openapi.json").json()
     prop = schema["components"]["schemas"]["ForecastRequest"]["properties"]["interval"]
     number = next(s for s in prop["anyOf"] if s.get("type") == "number")

@@ -44,6 +44,7 @@ async def model_info(service: ReadyService) -> ModelInfo:
         quantity=f.quantity,
         unit=f.unit,
         missing=f.missing,
+        intervals=f.intervals,
     )
 
 
