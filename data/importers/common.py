@@ -8,6 +8,7 @@ what was read, dropped and found missing. :func:`write_import` writes it in the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -125,17 +126,9 @@ def write_import(result: ImportResult, output_dir: str | os.PathLike) -> list[Pa
         raise DataInputError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     data = result.data
-    # write_speeds writes the values as they are: NaN where the mask is False.
-    with_gaps = SpeedData(
-        index=data.index,
-        sensor_ids=data.sensor_ids,
-        values=np.where(data.mask, data.values, np.nan),
-        mask=data.mask,
-        freq_minutes=data.freq_minutes,
-        source=data.source,
-    )
     paths = [out / "speeds.h5", out / "sensor_ids.txt"]
-    write_speeds(with_gaps, paths[0])
+    # Written under the "nan" rule (missing empty) whatever the quantity: a real 0 stays a reading.
+    write_speeds(dataclasses.replace(data, missing="nan"), paths[0])
     atomic_write(paths[1], lambda tmp: tmp.write_text(",".join(data.sensor_ids) + "\n"))
     if result.locations is not None and len(result.locations):
         paths.append(out / "locations.csv")

@@ -48,13 +48,13 @@ def user_error(argv: list[str], capsys) -> str:
 
 
 def train_evaluate_predict(
-    tmp_path: Path, data: Path, graph: tuple[str, Path], at: str, capsys
+    tmp_path: Path, data: Path, graph: tuple[str, Path], at: str, capsys, quantity: str = "speed"
 ) -> dict:
     """``train --epochs 1`` on ``data`` with ``graph`` (``("--distances", path)`` or
-    ``("--adjacency", path)``), then ``evaluate`` and ``predict --at``; returns the report and
-    the forecast frame."""
+    ``("--adjacency", path)``) and the config's ``data.quantity``, then ``evaluate`` and
+    ``predict --at``; returns the report and the forecast frame."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(TINY_IMPORT_CONFIG)
+    config.write_text(TINY_IMPORT_CONFIG.replace("data:\n", f"data:\n  quantity: {quantity}\n"))
     run = tmp_path / "run"
     argv = ["train", "--data", str(data), graph[0], str(graph[1]), "--config", str(config)]
     assert main([*argv, "--epochs", "1", "--no-progress", "--output", str(run)]) == 0

@@ -2,9 +2,8 @@
 ``ca_meta.csv``, built as released, through import and a one-epoch training run; bad files end
 in one ``error:`` line.
 
-LargeST holds flow only. Until the config's ``data.quantity`` rule lands, training reads a zero
-flow as missing; the table written keeps real zeros as readings and missing ones empty, so it is
-right under either rule."""
+LargeST holds flow only: the table written keeps real zeros as readings and missing ones empty,
+and the run trains with ``data.quantity: flow`` (missing: only empty), as the import advises."""
 
 from __future__ import annotations
 
@@ -40,6 +39,7 @@ def flows() -> pd.DataFrame:
     values = np.round(40 + 300 * busy + rng.normal(0, 8, (STEPS, len(SENSORS))))
     frame = pd.DataFrame(values, index=index, columns=[s[0] for s in SENSORS])
     frame.iloc[5, 1] = np.nan
+    frame.iloc[6, 0] = 0.0  # a real zero flow: stays a reading through the import
     return frame
 
 
@@ -89,9 +89,11 @@ def test_largest_district_import_and_training_run(tmp_path, capsys):
     assert main([*argv, "--output", str(distances)]) == 0
     at = "2019-01-02T16:00"
     trained = train_evaluate_predict(
-        tmp_path, out / "speeds.h5", ("--distances", distances), at, capsys
+        tmp_path, out / "speeds.h5", ("--distances", distances), at, capsys, quantity="flow"
     )
     check_round_trip(trained, 3, at)
+    data = trained["report"]["data"]
+    assert (data["quantity"], data["missing"]) == ("flow", "nan")
 
 
 def test_largest_first_n_sensors_of_several_districts(tmp_path, capsys):
