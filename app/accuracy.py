@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.observations import LATEST_TS_SQL
+from app.observations import LATEST_TS_SQL, open_database
 from app.pipeline import horizon_steps
 
 # Windows of GET /v1/accuracy and the gauges, by name.
@@ -234,13 +234,8 @@ class ForecastRecord:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
-        self._conn.commit()
+        self._conn = open_database(self.path, _SCHEMA)
         self._metas: dict[str, ModelMeta] = {}
 
     def close(self) -> None:

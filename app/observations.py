@@ -39,6 +39,21 @@ def to_epoch_seconds(stamps: pd.DatetimeIndex) -> np.ndarray:
     return np.asarray(stamps.as_unit("ns").asi8 // 1_000_000_000, dtype=np.int64)
 
 
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """The service's SQLite file (created with its folder if new), in WAL mode, with ``schema``
+    (``CREATE ... IF NOT EXISTS`` statements) applied: one connection for a thread-safe class
+    that guards it with a lock. The observation store and the forecast record share the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL is durable across application crashes in WAL mode; only a power cut may lose the
+    # last transactions, which clients re-send (writes are idempotent).
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(schema)
+    conn.commit()
+    return conn
+
+
 class ObservationStore:
     """Readings of the model's sensors, kept across restarts in one SQLite file.
 
@@ -48,16 +63,8 @@ class ObservationStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable across application crashes in WAL mode; only a power cut may lose the
-        # last transactions, which clients re-send (writes are idempotent).
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
-        self._conn.commit()
+        self._conn = open_database(self.path, _SCHEMA)
         # Bumped on every write: the forecast cache keys on it so late readings are seen.
         self.generation = 0
 

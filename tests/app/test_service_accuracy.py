@@ -74,6 +74,31 @@ def recorded(db: Path) -> list[tuple[int, np.ndarray]]:
     return [(int(t), np.frombuffer(b, dtype="<f4").reshape(horizon, n)) for t, b in rows]
 
 
+def offline_coverage(
+    db: Path, truth: dict[int, np.ndarray], end: int, window_s: int, step: int
+) -> float:
+    """The fraction of counted targets at horizon ``step`` (targets in ``(end - window_s, end]``)
+    inside the recorded bounds, from the record's own blobs."""
+    with sqlite3.connect(db) as conn:
+        horizon, sensors = conn.execute(
+            "SELECT horizon, sensor_ids FROM forecast_models"
+        ).fetchone()
+        rows = conn.execute("SELECT made_from, lower, upper FROM forecasts").fetchall()
+    shape = (horizon, len(sensors.split(",")))
+    hits = n = 0
+    for made_from, lower, upper in rows:
+        t = int(made_from) + step * STEP_S
+        if not (end - window_s < t <= end and t in truth):
+            continue
+        y = truth[t]
+        lo = np.frombuffer(lower, dtype="<f4").reshape(shape)[step - 1]
+        hi = np.frombuffer(upper, dtype="<f4").reshape(shape)[step - 1]
+        counted = np.isfinite(y)
+        hits += int(((y >= lo) & (y <= hi) & counted).sum())
+        n += int(counted.sum())
+    return hits / n
+
+
 def offline_mae(
     forecasts: list[tuple[int, np.ndarray]],
     truth: dict[int, np.ndarray],
@@ -131,7 +156,10 @@ def test_late_and_resent_readings_score_as_the_store_holds_them(
             mae, count = expected[step]
             assert h["scored"] == count > 0
             assert h["mae"] == pytest.approx(mae, abs=1e-9)
-            assert h["coverage"] is None  # no bounds recorded
+            # The tiny model is calibrated (training calibrates): its bounds are recorded.
+            assert h["coverage"] == pytest.approx(
+                offline_coverage(db, truth, end, window_s, step), abs=1e-9
+            )
     # The late and corrected readings did change the scores: the test can tell.
     first = {**truth, epoch(week, 20): late[0], epoch(week, 25): speeds_of(week, slice(25, 26))[0]}
     stale = offline_mae(forecasts, first, end, 86400)
@@ -249,7 +277,11 @@ def test_live_gauges_follow_the_record(service_settings: Settings, week) -> None
     scored = got["24h"]["horizons"]["15min"]["scored"]
     assert float(lines['trafficcast_live_scored_targets{horizon="15min",window="24h"}']) == scored
     assert lines['trafficcast_live_mae{horizon="60min",window="1h"}'] == "NaN"  # none yet
-    assert lines['trafficcast_live_interval_coverage{horizon="15min",window="1h"}'] == "NaN"
+    coverage = got["1h"]["horizons"]["15min"]["coverage"]
+    assert 0.0 <= coverage <= 1.0
+    assert (
+        float(lines['trafficcast_live_interval_coverage{horizon="15min",window="1h"}']) == coverage
+    )
     assert pd.notna(mae) and scored > 0
 
 
@@ -444,7 +476,7 @@ def test_dashboard_shows_live_beside_test_split_figures(live_server, week) -> No
         f"{hour['mae']:.2f}",
         f"{day['mae']:.2f}",
         f"{day['rmse']:.2f}",
-        "—",
+        f"{100 * day['coverage']:.1f}%",  # the bundled model is calibrated: its bounds recorded
         str(day["scored"]),
     ]
 
