@@ -1,15 +1,18 @@
 """Calibrating a run's prediction intervals (``trafficcast calibrate``), and scoring intervals.
 
-:func:`calibrate_run` fits :class:`models.intervals.IntervalCalibrator` to a run: the difficulty
-model on the persistence forecast's residuals on the training windows (the traffic's own
-difficulty, see :mod:`models.intervals`), the conformal quantiles on the model's residuals on the
-validation windows (which it never trained on); it stores the calibrator's state in the checkpoint
-under ``"intervals"``. Nothing else in the checkpoint changes, so forecasts stay bit-identical.
-:func:`interval_metrics` and :func:`plot_bands` are what the evaluation report uses for the bands.
+:func:`calibrate_run` fits :class:`models.intervals.IntervalCalibrator` to each model of a run
+(the DCRNN, and the FC-LSTM where it was trained): the difficulty model once, on the persistence
+forecast's residuals on the training windows (the traffic's own difficulty, see
+:mod:`models.intervals`), then per model the conformal quantiles on that model's residuals on the
+validation windows (which it never trained on); it stores each calibrator's state in the model's
+checkpoint under ``"intervals"``. Nothing else in a checkpoint changes, so forecasts stay
+bit-identical. :func:`interval_report` scores the bands on the test split for the evaluation
+report, using :func:`interval_metrics` and :func:`plot_bands`.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from app.pipeline import LoadedRun, horizon_steps, load_run, log_stderr
+from app.pipeline import MODEL_ORDER, LoadedRun, horizon_steps, load_run, log_stderr
+from app.pipeline.evaluate import CHECKPOINT_FILES, fit_historical_average
 from app.registry import file_sha256
 from data import SpeedData
 from models.baselines import persistence_forecast
@@ -32,6 +36,10 @@ INTERVALS_KEY = "intervals"
 # Target times scored apart (minutes of the day, end excluded): the rush hours, where errors are
 # largest, and the night, where they are smallest.
 PERIODS = {"rush": ((420, 540), (960, 1140)), "night": ((0, 300),)}
+REPORT_LEVELS = (0.5, 0.8, 0.95)
+# The reference baselines: no checkpoint to store a calibration in, so the report calibrates
+# their bands itself.
+BASELINES = ("persistence", "historical_average")
 
 
 @dataclass
@@ -69,7 +77,8 @@ def persistence(history: np.ndarray, horizon: int, fallback: float) -> np.ndarra
 
 def split_residuals(run: LoadedRun, split: str, model: str = "dcrnn") -> Residuals:
     """Forecasts of every window of ``split`` (``train``, ``val``, ``test``) with their inputs
-    and targets: the run's model ``model`` (``dcrnn``, ``fc_lstm``) or ``persistence``."""
+    and targets: the run's model ``model`` (``dcrnn``, ``fc_lstm``) or a baseline of
+    :data:`BASELINES` (the historical average fitted on the training rows)."""
     p, source = run.prepared, run.source
     starts = p.splits[split]
     values = np.where(p.speeds.mask, p.speeds.values, np.nan).astype(np.float32)  # (T, N)
@@ -77,6 +86,8 @@ def split_residuals(run: LoadedRun, split: str, model: str = "dcrnn") -> Residua
     y_rows = starts[:, None] + p.seq_len + np.arange(p.horizon)  # (B, H)
     if model == "persistence":
         forecast = persistence(values[x_rows], p.horizon, run.scaler.mean)
+    elif model == "historical_average":
+        forecast = fit_historical_average(run).predict(p.slots[y_rows]).astype(np.float64)
     else:
         preds = []
         with torch.inference_mode():
@@ -101,66 +112,99 @@ def calibrate_run(
     speeds: SpeedData | None = None,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Calibrate the intervals of the run's DCRNN and store them in ``RUN_DIR/model.pt``
-    (``data`` or ``speeds``: what it is calibrated on, by default what it was trained on).
+    """Calibrate the intervals of every model of the run and store each in the model's
+    checkpoint (:data:`~app.pipeline.evaluate.CHECKPOINT_FILES`: the DCRNN's in
+    ``RUN_DIR/model.pt``, the FC-LSTM's in ``RUN_DIR/fc_lstm.pt``); ``data`` or ``speeds``: what
+    they are calibrated on, by default what the run was trained on. No checkpoint is written
+    when one of them changed while calibrating (``CheckpointError``).
 
-    Returns the validation coverage per report horizon at 50/80/95 % (in-sample for the
-    quantiles, so a check of the arithmetic rather than a score: the test split scores them).
+    Returns ``{"windows": {"train", "val"}, "files": {model: path}, "val_coverage": {model:
+    {level: {horizon key: coverage}}}}``: the validation coverage at 50/80/95 % (in-sample for
+    the quantiles, so a check of the arithmetic rather than a score: the test split scores them).
     """
     run_dir = Path(run_dir)
-    path = run_dir / "model.pt"
-    digest = file_sha256(path) if path.exists() else None
+    paths = {name: run_dir / file for name, file in CHECKPOINT_FILES.items()}
+    digests = {name: _digest(path) for name, path in paths.items()}
     run = load_run(run_dir, data, speeds, device)
-    log(f"calibrate: forecasting the {len(run.prepared.splits['val'])} validation windows")
+    log(
+        f"calibrate: forecasting the {len(run.prepared.splits['val'])} validation windows with "
+        + ", ".join(run.models)
+    )
     scale = split_residuals(run, "train", model="persistence")
-    val = split_residuals(run, "val")
-    horizon, num_nodes = val.forecast.shape[1:]
-    cal = IntervalCalibrator(horizon, num_nodes)
-    cal.fit_scale(*scale.fit_args()).calibrate(*val.fit_args())
-    if file_sha256(path) != digest:  # e.g. retrained meanwhile: keep the new model as it is
-        raise CheckpointError(f"{path} changed while it was being calibrated; run it again")
-    save_checkpoint(path, {**run.payload, INTERVALS_KEY: cal.state_dict()})
-    summary = {}
-    for level in (0.5, 0.8, 0.95):
-        lower, upper = cal.bands(val.forecast, val.history, val.target_times, level)
-        metrics = interval_metrics(
-            val.y, val.y_mask, lower, upper, val.target_times, run.speeds.freq_minutes
-        )
-        summary[f"{round(level * 100)}"] = {k: v["overall"]["coverage"] for k, v in metrics.items()}
-    return {"windows": {"train": len(scale.y), "val": len(val.y)}, "val_coverage": summary}
+    # The difficulty model is the traffic's, not a model's: fitted once, shared by every model.
+    fitted = IntervalCalibrator(*scale.forecast.shape[1:]).fit_scale(*scale.fit_args())
+    states, summary = {}, {}
+    for name in run.models:
+        val = split_residuals(run, "val", name)
+        cal = copy.deepcopy(fitted).calibrate(*val.fit_args())
+        states[name] = cal.state_dict()
+        summary[name] = _coverage(cal, val, run.speeds.freq_minutes)
+    for name, path in paths.items():
+        if _digest(path) != digests[name]:  # e.g. retrained meanwhile: keep the new models
+            raise CheckpointError(f"{path} changed while it was being calibrated; run it again")
+    for name, state in states.items():
+        save_checkpoint(paths[name], {**run.checkpoints[name], INTERVALS_KEY: state})
+    return {
+        "windows": {"train": len(scale.y), "val": len(run.prepared.splits["val"])},
+        "files": {name: str(paths[name]) for name in states},
+        "val_coverage": summary,
+    }
 
 
-REPORT_LEVELS = (0.5, 0.8, 0.95)
+def _digest(path: Path) -> str | None:
+    return file_sha256(path) if path.exists() else None
+
+
+def _coverage(cal: IntervalCalibrator, res: Residuals, freq_minutes: int) -> dict[str, Any]:
+    """Coverage of ``cal``'s bands on ``res`` per level of :data:`REPORT_LEVELS` and horizon."""
+    out = {}
+    for level in REPORT_LEVELS:
+        lower, upper = cal.bands(res.forecast, res.history, res.target_times, level)
+        metrics = interval_metrics(res.y, res.y_mask, lower, upper, res.target_times, freq_minutes)
+        out[f"{round(level * 100)}"] = {k: v["overall"]["coverage"] for k, v in metrics.items()}
+    return out
 
 
 def interval_report(
     run: LoadedRun, plot_dir: Path | None = None, plot_sensors: np.ndarray | None = None
 ) -> dict[str, Any] | None:
-    """The run's bands scored on the test split, for ``report.json``: per model with a
-    calibration (the DCRNN checkpoint's ``"intervals"``), per level in :data:`REPORT_LEVELS`
-    (keys ``"50"``, ``"80"``, ``"95"``), :func:`interval_metrics`. None for a run without one.
+    """The bands scored on the test split, for ``report.json``: per model in
+    :data:`~app.pipeline.report.MODEL_ORDER`, per level in :data:`REPORT_LEVELS` (keys ``"50"``,
+    ``"80"``, ``"95"``), :func:`interval_metrics`. The run's models have bands where their
+    checkpoint holds a calibration; the baselines (:data:`BASELINES`) get theirs here, by the
+    same method: the DCRNN's difficulty model (shared by all) and quantiles of the baseline's
+    residuals on the validation split. None for a run whose DCRNN has no calibration.
 
-    With ``plot_dir``: also ``intervals.png``, the 80 % band at the last horizon step for the
-    sensors ``plot_sensors``.
+    With ``plot_dir``: also ``intervals.png``, the DCRNN's 80 % band at the last horizon step
+    for the sensors ``plot_sensors``.
     """
     state = run.payload.get(INTERVALS_KEY)
     if state is None:
         return None
-    cal = IntervalCalibrator.from_state_dict(state)
-    test = split_residuals(run, "test")
+    cals = {}
+    for name in MODEL_ORDER:
+        if name in run.models and INTERVALS_KEY in run.checkpoints[name]:
+            cals[name] = IntervalCalibrator.from_state_dict(run.checkpoints[name][INTERVALS_KEY])
+        elif name in BASELINES:
+            val = split_residuals(run, "val", name)
+            cals[name] = IntervalCalibrator.from_state_dict(state).calibrate(*val.fit_args())
     freq = run.speeds.freq_minutes
+    plot = plot_dir is not None and plot_sensors is not None
     out: dict[str, Any] = {}
-    for level in REPORT_LEVELS:
-        lower, upper = cal.bands(test.forecast, test.history, test.target_times, level)
-        out[f"{round(level * 100)}"] = interval_metrics(
-            test.y, test.y_mask, lower, upper, test.target_times, freq
-        )
-        if plot_dir is not None and plot_sensors is not None and level == 0.8:
-            plot_bands(
-                plot_dir / "intervals.png", test, lower, upper, plot_sensors,
-                run.speeds.sensor_ids, step=test.y.shape[1], level=level, freq_minutes=freq,
-            )  # fmt: skip
-    return {"dcrnn": out}
+    for name, cal in cals.items():
+        test = split_residuals(run, "test", name)
+        out[name] = {}
+        for level in REPORT_LEVELS:
+            lower, upper = cal.bands(test.forecast, test.history, test.target_times, level)
+            out[name][f"{round(level * 100)}"] = interval_metrics(
+                test.y, test.y_mask, lower, upper, test.target_times, freq
+            )
+            if plot and name == "dcrnn" and level == 0.8:
+                plot_bands(
+                    plot_dir / "intervals.png", test, lower, upper, plot_sensors,
+                    run.speeds.sensor_ids, step=test.y.shape[1], level=level, freq_minutes=freq,
+                )  # fmt: skip
+    return out
 
 
 def interval_metrics(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -10,9 +11,10 @@ def register(subparsers) -> None:
         "calibrate",
         help="calibrate a run's prediction intervals on its validation split",
         description=(
-            "Fit the run's prediction intervals (normalised split-conformal: the difficulty model "
-            "on training windows, the quantiles on the validation windows) and store them in "
-            "RUN_DIR/model.pt; the forecasts do not change."
+            "Fit the prediction intervals of each model of the run (normalised split-conformal: "
+            "the difficulty model on training windows, the quantiles on the validation windows) "
+            "and store them in its checkpoint, RUN_DIR/model.pt for the DCRNN and "
+            "RUN_DIR/fc_lstm.pt for the FC-LSTM; the forecasts do not change."
         ),
     )
     p.add_argument("--run", required=True, help="run directory written by `trafficcast train`")
@@ -26,10 +28,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     from app.calibration import calibrate_run
 
     result = calibrate_run(args.run, data=args.data)
-    for level, by_horizon in result["val_coverage"].items():
-        cells = ", ".join(
-            f"{key} {100 * cov:.1f}%" for key, cov in by_horizon.items() if cov is not None
-        )
-        print(f"{level}% band, validation coverage: {cells}")
-    print(f"wrote the intervals into {args.run}/model.pt")
+    for name, levels in result["val_coverage"].items():
+        for level, by_horizon in levels.items():
+            cells = ", ".join(
+                f"{key} {100 * cov:.1f}%" for key, cov in by_horizon.items() if cov is not None
+            )
+            print(f"{level}% band, validation coverage: {cells} ({name})")
+    files = " and ".join(f"{args.run}/{Path(f).name}" for f in result["files"].values())
+    print(f"wrote the intervals into {files}")
     return 0

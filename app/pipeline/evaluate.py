@@ -39,10 +39,18 @@ def _config_from_payload(payload: dict[str, Any]) -> RunConfig:
     return RunConfig.from_dict(payload["config"], source="checkpoint config")
 
 
+# The checkpoint file of each model a run trains, in its run directory.
+CHECKPOINT_FILES = {"dcrnn": "model.pt", "fc_lstm": "fc_lstm.pt"}
+
+
 @dataclass
 class LoadedRun:
     """A trained run ready to score: its checkpoint, the data prepared with the run's scaler,
-    windows of every split, and its models (DCRNN, FC-LSTM when trained) in eval mode."""
+    windows of every split, and its models (DCRNN, FC-LSTM when trained) in eval mode.
+
+    ``payload`` is the DCRNN's checkpoint; ``checkpoints`` holds every model's, keyed as
+    ``models`` (so ``checkpoints["dcrnn"] is payload``).
+    """
 
     payload: dict[str, Any]
     config: RunConfig
@@ -51,6 +59,7 @@ class LoadedRun:
     prepared: PreparedData
     source: WindowSource
     models: dict[str, torch.nn.Module]
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def load_run(
@@ -81,10 +90,21 @@ def load_run(
     source = WindowSource(
         prepared, {"train": 64, "val": 64, "test": config.data.test_batch_size}, device
     )
-    models: dict[str, torch.nn.Module] = {"dcrnn": build_model(payload).to(device)}
-    if (run_dir / "fc_lstm.pt").exists():
-        models["fc_lstm"] = build_model(load_checkpoint(run_dir / "fc_lstm.pt")).to(device)
-    return LoadedRun(payload, config, speeds, scaler, prepared, source, models)
+    checkpoints = {"dcrnn": payload}
+    if (run_dir / CHECKPOINT_FILES["fc_lstm"]).exists():
+        checkpoints["fc_lstm"] = load_checkpoint(run_dir / CHECKPOINT_FILES["fc_lstm"])
+    models = {name: build_model(p).to(device) for name, p in checkpoints.items()}
+    return LoadedRun(payload, config, speeds, scaler, prepared, source, models, checkpoints)
+
+
+def fit_historical_average(run: LoadedRun) -> HistoricalAverage:
+    """The historical-average baseline of the run, fitted on its training rows."""
+    speeds, prepared = run.speeds, run.prepared
+    train_rows = prepared.train_rows()
+    # Rounded up: with a step that does not divide the day the last slot is a short one.
+    return HistoricalAverage(num_slots=-(-24 * 60 // speeds.freq_minutes)).fit(
+        speeds.values[:train_rows], speeds.mask[:train_rows], prepared.slots[:train_rows]
+    )
 
 
 @dataclass
@@ -108,15 +128,11 @@ def _score_test(run: LoadedRun) -> _TestScores:
     mean, std = run.scaler.mean, run.scaler.std
     horizon = prepared.horizon
     names = (*run.models, "persistence", "historical_average")
-    train_rows = prepared.train_rows()
-    # Rounded up: with a step that does not divide the day the last slot is a short one.
-    ha = HistoricalAverage(num_slots=-(-24 * 60 // speeds.freq_minutes)).fit(
-        speeds.values[:train_rows], speeds.mask[:train_rows], prepared.slots[:train_rows]
-    )
+    ha = fit_historical_average(run)
     fallback = np.float32(mean)
     scores = _TestScores(
         metrics={name: MaskedMetrics(horizon) for name in names},
-        plot_sensors=_plot_sensors(speeds, train_rows),
+        plot_sensors=_plot_sensors(speeds, prepared.train_rows()),
         traces={
             name: {step: [] for step in trace_steps(horizon, speeds.freq_minutes)} for name in names
         },

@@ -19,23 +19,17 @@ import pytest
 import data
 
 
-@pytest.fixture(scope="session")
-def service_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def train_tiny_run(root: Path, model: dict, baselines: dict) -> Path:
+    """Train a tiny run on the first day of the bundled week into ``root/run``: one epoch, the
+    model and baselines settings as given."""
     from app.pipeline import train_run
     from models.config import RunConfig
 
-    root = tmp_path_factory.mktemp("service-run")
     week = data.read_speeds(data.sample_speeds_path())
     one_day = root / "one-day.h5"
     data.write_speeds(week.slice_steps(0, 288), one_day)
     run_dir = root / "run"
-    config = RunConfig.from_dict(
-        {
-            "model": {"rnn_units": 8, "num_rnn_layers": 1},
-            "train": {"epochs": 1},
-            "baselines": {"fc_lstm": False},
-        }
-    )
+    config = RunConfig.from_dict({"model": model, "train": {"epochs": 1}, "baselines": baselines})
     train_run(
         data=one_day,
         output=run_dir,
@@ -45,6 +39,25 @@ def service_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         log=lambda message: None,
     )
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def service_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_run(
+        tmp_path_factory.mktemp("service-run"),
+        model={"rnn_units": 8, "num_rnn_layers": 1},
+        baselines={"fc_lstm": False},
+    )
+
+
+@pytest.fixture(scope="module")
+def fc_lstm_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run like :func:`service_run_dir` that also trained the FC-LSTM (16 units)."""
+    return train_tiny_run(
+        tmp_path_factory.mktemp("fc-lstm-run"),
+        model={"rnn_units": 8, "num_rnn_layers": 1},
+        baselines={"fc_lstm": True, "fc_lstm_units": 16},
+    )
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from app.calibration import interval_metrics, persistence, plot_bands, split_res
 from app.cli import main
 from app.forecaster import Forecaster
 from app.pipeline import load_run
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 
 
 def run_calibrate(argv: list[str]) -> int:
@@ -179,3 +179,85 @@ def test_predict_writes_the_band_beside_the_forecast(
         assert main([*argv, "--interval", level]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: --interval") and needle in err[0]
+
+
+def strip_intervals(run_dir: Path) -> dict[str, dict]:
+    """Remove the calibration from the run's checkpoints; returns the removed states by file."""
+    removed = {}
+    for name in ("model.pt", "fc_lstm.pt"):
+        payload = load_checkpoint(run_dir / name)
+        removed[name] = payload.pop("intervals")
+        save_checkpoint(run_dir / name, payload)
+    return removed
+
+
+def test_calibrate_stores_each_models_intervals_in_its_checkpoint(
+    fc_lstm_run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(fc_lstm_run_dir, run_dir)
+    trained = strip_intervals(run_dir)  # what training's calibration wrote
+    before = {name: load_checkpoint(run_dir / name) for name in trained}
+    capsys.readouterr()
+    assert run_calibrate(["--run", str(run_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.rsplit(" ", 1)[-1] for line in out[:6]] == ["(dcrnn)"] * 3 + ["(fc_lstm)"] * 3
+    assert out[4].startswith("80% band, validation coverage: 15min ")
+    assert out[-1] == f"wrote the intervals into {run_dir}/model.pt and {run_dir}/fc_lstm.pt"
+    states = {}
+    for name, old in before.items():
+        new = load_checkpoint(run_dir / name)
+        assert set(new) == set(old) | {"intervals"} and all(equal(old[k], new[k]) for k in old)
+        states[name] = new["intervals"]
+        assert equal(states[name], trained[name])  # deterministic: as training calibrated it
+    dcrnn, fc_lstm = states["model.pt"], states["fc_lstm.pt"]
+    # One difficulty model, fitted once; the quantiles are each model's own.
+    for key in ("intercept", "coef", "variability_edges", "max_speed"):
+        assert equal(dcrnn[key], fc_lstm[key])
+    assert dcrnn["quantiles"] != fc_lstm["quantiles"]
+
+
+def test_calibrate_writes_nothing_when_a_checkpoint_changed_meanwhile(
+    fc_lstm_run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.calibration as calibration
+    from models.errors import CheckpointError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(fc_lstm_run_dir, run_dir)
+    strip_intervals(run_dir)
+    model_bytes = (run_dir / "model.pt").read_bytes()
+    real = calibration.split_residuals
+
+    def retrained_meanwhile(run, split, model="dcrnn"):
+        # The FC-LSTM's checkpoint is rewritten (as a retraining would) during the calibration.
+        payload = load_checkpoint(run_dir / "fc_lstm.pt")
+        save_checkpoint(run_dir / "fc_lstm.pt", {**payload, "trained_at": "later"})
+        return real(run, split, model)
+
+    monkeypatch.setattr(calibration, "split_residuals", retrained_meanwhile)
+    with pytest.raises(CheckpointError, match="fc_lstm.pt changed while"):
+        calibration.calibrate_run(run_dir, log=lambda message: None)
+    assert (run_dir / "model.pt").read_bytes() == model_bytes
+    assert load_checkpoint(run_dir / "fc_lstm.pt")["trained_at"] == "later"
+
+
+def test_the_report_gives_bands_for_every_model_and_baseline(fc_lstm_run_dir: Path) -> None:
+    import json
+
+    report = json.loads((fc_lstm_run_dir / "report.json").read_text())
+    names = ["dcrnn", "persistence", "historical_average", "fc_lstm"]
+    assert list(report["intervals"]) == names == list(report["metrics"])
+    for name in names:
+        for key in ("15min", "60min"):
+            widths = []
+            for level in ("50", "80", "95"):
+                overall = report["intervals"][name][level][key]["overall"]
+                assert 0.0 < overall["coverage"] <= 1.0 and overall["count"] > 0
+                widths.append(overall["width"])
+            assert widths == sorted(widths) and widths[0] > 0 and widths[0] < widths[2]
+    # Calibrated on the validation split, each model's 95 % band covers most test targets.
+    assert all(report["intervals"][n]["95"]["15min"]["overall"]["coverage"] > 0.8 for n in names)
+    md = (fc_lstm_run_dir / "report.md").read_text()
+    for name in names:
+        assert f"| {name} | 80 % | 60 min |" in md
