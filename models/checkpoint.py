@@ -25,12 +25,19 @@ from torch import nn
 from models.dcrnn import DCRNN
 from models.errors import CheckpointError
 from models.fc_lstm import FCLSTM
+from models.tcn import TCN
 from models.trainer import atomic_torch_save
 
 FORMAT = "trafficcast-checkpoint"
 FORMAT_VERSION = 1
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"dcrnn": DCRNN, "fc_lstm": FCLSTM}
+# "gru" is DCRNN without the graph (max_diffusion_step 0, no supports).
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "dcrnn": DCRNN,
+    "gru": DCRNN,
+    "fc_lstm": FCLSTM,
+    "tcn": TCN,
+}
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -91,7 +98,7 @@ def build_model(payload: dict[str, Any]) -> nn.Module:
     name = payload["model_name"]
     kwargs = dict(payload["model_kwargs"])
     state = payload["state_dict"]
-    if name == "dcrnn":
+    if MODEL_CLASSES[name] is DCRNN:
         supports = []
         i = 0
         n = kwargs["num_nodes"]

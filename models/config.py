@@ -185,7 +185,8 @@ class TrainConfig(_Section):
 
 
 class BaselineConfig(_Section):
-    """``baselines:``: the FC-LSTM trained beside DCRNN for the report."""
+    """``baselines:``: the models trained beside DCRNN for the report: the FC-LSTM, the GRU
+    (DCRNN without the graph) and the TCN (dilated causal convolutions per sensor)."""
 
     fc_lstm: StrictBool = True
     fc_lstm_units: StrictInt = Field(256, ge=1)
@@ -193,6 +194,20 @@ class BaselineConfig(_Section):
     # None: as many epochs as DCRNN.
     fc_lstm_epochs: StrictInt | None = Field(None, ge=1)
     fc_lstm_lr: StrictFiniteFloat = Field(0.001, gt=0)
+    gru: StrictBool = True
+    # None: as DCRNN's rnn_units / num_rnn_layers, so that the graph is all that differs.
+    gru_units: StrictInt | None = Field(None, ge=1)
+    gru_layers: StrictInt | None = Field(None, ge=1)
+    # None: as many epochs as DCRNN; fewer compress DCRNN's learning-rate steps to fit.
+    gru_epochs: StrictInt | None = Field(None, ge=1)
+    tcn: StrictBool = True
+    tcn_channels: StrictInt = Field(32, ge=1)
+    # The receptive field, tcn_kernel_size ** tcn_layers, must cover model.seq_len.
+    tcn_layers: StrictInt = Field(4, ge=1)
+    tcn_kernel_size: StrictInt = Field(2, ge=2)
+    # None: as many epochs as DCRNN.
+    tcn_epochs: StrictInt | None = Field(None, ge=1)
+    tcn_lr: StrictFiniteFloat = Field(0.01, gt=0)
 
 
 # Top-level keys of DCRNN's files that name its own directories and logging.
