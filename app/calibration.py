@@ -13,7 +13,7 @@ report, using :func:`interval_metrics` and :func:`plot_bands`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,8 +111,10 @@ def calibrate_run(
     log: Callable[[str], None] = log_stderr,
     speeds: SpeedData | None = None,
     device: torch.device | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """Calibrate the intervals of every model of the run and store each in the model's
+    """Calibrate the intervals of every model of the run (or of the models named in ``only``,
+    the others' checkpoints left untouched) and store each in the model's
     checkpoint (:data:`~app.pipeline.evaluate.CHECKPOINT_FILES`: the DCRNN's in
     ``RUN_DIR/model.pt``, the FC-LSTM's in ``RUN_DIR/fc_lstm.pt``); ``data`` or ``speeds``: what
     they are calibrated on, by default what the run was trained on. No checkpoint is written
@@ -128,13 +130,15 @@ def calibrate_run(
     run = load_run(run_dir, data, speeds, device)
     log(
         f"calibrate: forecasting the {len(run.prepared.splits['val'])} validation windows with "
-        + ", ".join(run.models)
+        + ", ".join(name for name in run.models if only is None or name in only)
     )
     scale = split_residuals(run, "train", model="persistence")
     # The difficulty model is the traffic's, not a model's: fitted once, shared by every model.
     fitted = IntervalCalibrator(*scale.forecast.shape[1:]).fit_scale(*scale.fit_args())
     states, summary = {}, {}
     for name in run.models:
+        if only is not None and name not in only:
+            continue
         val = split_residuals(run, "val", name)
         cal = copy.deepcopy(fitted).calibrate(*val.fit_args())
         states[name] = cal.state_dict()

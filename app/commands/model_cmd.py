@@ -35,6 +35,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--output", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    p.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="add these baselines (comma-separated: fc_lstm, gru, tcn) to the run in --output, "
+        "trained on the same data and config; its other models stay as they are",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_train)
 
@@ -84,12 +90,19 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress and sys.stderr.isatty(),
         sensor_ids=args.sensor_ids,
+        only=[n.strip() for n in args.only.split(",")] if args.only is not None else None,
         **data_timing(args),
     )
     if not is_main_process():
         return 0  # under torchrun, rank 0 speaks for the job
     _print_table(report)
-    print(f"wrote {args.output}/model.pt and {args.output}/report.json")
+    if args.only is None:
+        print(f"wrote {args.output}/model.pt and {args.output}/report.json")
+    else:
+        from app.pipeline.evaluate import CHECKPOINT_FILES
+
+        added = [f"{args.output}/{CHECKPOINT_FILES[n.strip()]}" for n in args.only.split(",")]
+        print(f"wrote {', '.join(added)} and {args.output}/report.json")
     return 0
 
 

@@ -6,6 +6,8 @@ directory that holds what a run produced:
 
 ``RUN_DIR/model.pt``      the DCRNN checkpoint (self-describing; serves forecasts)
 ``RUN_DIR/fc_lstm.pt``    the FC-LSTM baseline's checkpoint
+``RUN_DIR/gru.pt``        the GRU baseline's (DCRNN without the graph)
+``RUN_DIR/tcn.pt``        the TCN baseline's (dilated causal convolutions)
 ``RUN_DIR/config.yaml``   the resolved configuration
 ``RUN_DIR/report.json``   metrics on the test split (interface.md), plus ``report.md`` and plots
 ``RUN_DIR/train_log.jsonl`` a JSON record per epoch, resumption and recovery (:class:`TrainLog`)
@@ -15,6 +17,7 @@ The modules: :mod:`~app.pipeline.data` (inputs, windows, the graph), :mod:`~app.
 :mod:`~app.pipeline.evaluate` with :mod:`~app.pipeline.report`, :mod:`~app.pipeline.predict`.
 """
 
+from app.pipeline.baselines import build_fc_lstm, build_gru, build_tcn
 from app.pipeline.data import (
     PreparedData,
     WindowSource,
@@ -38,7 +41,6 @@ from app.pipeline.report import (
 from app.pipeline.train import (
     TrainLog,
     build_dcrnn,
-    build_fc_lstm,
     load_config,
     log_stderr,
     resolve_device,
@@ -56,6 +58,8 @@ __all__ = [
     "WindowSource",
     "build_dcrnn",
     "build_fc_lstm",
+    "build_gru",
+    "build_tcn",
     "check_data_fits",
     "checkpoint_speeds",
     "data_fingerprint",

@@ -40,13 +40,18 @@ def _config_from_payload(payload: dict[str, Any]) -> RunConfig:
 
 
 # The checkpoint file of each model a run trains, in its run directory.
-CHECKPOINT_FILES = {"dcrnn": "model.pt", "fc_lstm": "fc_lstm.pt"}
+CHECKPOINT_FILES = {
+    "dcrnn": "model.pt",
+    "fc_lstm": "fc_lstm.pt",
+    "gru": "gru.pt",
+    "tcn": "tcn.pt",
+}
 
 
 @dataclass
 class LoadedRun:
     """A trained run ready to score: its checkpoint, the data prepared with the run's scaler,
-    windows of every split, and its models (DCRNN, FC-LSTM when trained) in eval mode.
+    windows of every split, and its models (DCRNN and the baselines it trained) in eval mode.
 
     ``payload`` is the DCRNN's checkpoint; ``checkpoints`` holds every model's, keyed as
     ``models`` (so ``checkpoints["dcrnn"] is payload``).
@@ -91,8 +96,9 @@ def load_run(
         prepared, {"train": 64, "val": 64, "test": config.data.test_batch_size}, device
     )
     checkpoints = {"dcrnn": payload}
-    if (run_dir / CHECKPOINT_FILES["fc_lstm"]).exists():
-        checkpoints["fc_lstm"] = load_checkpoint(run_dir / CHECKPOINT_FILES["fc_lstm"])
+    for name, file in CHECKPOINT_FILES.items():
+        if name != "dcrnn" and (run_dir / file).exists():
+            checkpoints[name] = load_checkpoint(run_dir / file)
     models = {name: build_model(p).to(device) for name, p in checkpoints.items()}
     return LoadedRun(payload, config, speeds, scaler, prepared, source, models, checkpoints)
 
@@ -199,6 +205,12 @@ def _report(run: LoadedRun, metrics: dict[str, MaskedMetrics]) -> dict[str, Any]
                 key: clean(metrics[name].at(step)) if step is not None else NO_METRICS
                 for key, step in horizon_steps(speeds.freq_minutes, prepared.horizon).items()
             }
+    # Seconds each trained model took to train (the baselines without training have none).
+    report["training_s"] = {
+        name: run.checkpoints[name].get("training", {}).get("wall_time_s")
+        for name in report["metrics"]
+        if name in run.checkpoints
+    }
     report["mae_by_step"] = {
         name: clean_list(metrics[name].mae_by_step()) for name in report["metrics"]
     }

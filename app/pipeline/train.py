@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from app.fsutil import atomic_write_text
+from app.pipeline.baselines import BASELINE_TRAINERS, check_addition
 from app.pipeline.data import (
     PreparedData,
     WindowSource,
@@ -27,7 +28,7 @@ from app.pipeline.data import (
     prepare_data,
     torch_supports,
 )
-from app.pipeline.evaluate import evaluate_run
+from app.pipeline.evaluate import CHECKPOINT_FILES, evaluate_run
 from data import read_speeds
 from graph.io import read_sensor_ids
 from models.checkpoint import load_checkpoint, save_checkpoint
@@ -35,7 +36,6 @@ from models.config import RunConfig, TrainConfig
 from models.dcrnn import DCRNN
 from models.distributed import DistContext, distributed_session, process_device, shard_bounds
 from models.errors import ConfigError
-from models.fc_lstm import FCLSTM
 from models.trainer import (
     EpochRecord,
     Trainer,
@@ -151,19 +151,6 @@ def build_dcrnn(
     return DCRNN(supports=supports, **kwargs), kwargs
 
 
-def build_fc_lstm(config: RunConfig, num_nodes: int, input_dim: int) -> tuple[FCLSTM, dict]:
-    b, m = config.baselines, config.model
-    kwargs = {
-        "num_nodes": num_nodes,
-        "input_dim": input_dim,
-        "output_dim": m.output_dim,
-        "hidden_dim": b.fc_lstm_units,
-        "num_layers": b.fc_lstm_layers,
-        "horizon": m.horizon,
-    }
-    return FCLSTM(**kwargs), kwargs
-
-
 def load_config(path: str | Path | None, epochs: int | None = None) -> RunConfig:
     config = RunConfig.from_yaml(path) if path is not None else RunConfig()
     if epochs is not None:
@@ -188,15 +175,20 @@ def train_run(
     start: str | None = None,
     freq_minutes: int | None = None,
     sensor_ids: str | Path | None = None,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Train DCRNN (and FC-LSTM) on ``data``, write the run directory, return the report.
+    """Train DCRNN and the baselines the config switches on (:data:`BASELINE_TRAINERS`) on
+    ``data``, write the run directory, return the report.
 
     ``start``, ``freq_minutes``: the times of a data file without timestamps (see
     :func:`data.read_speeds`); the data is read with ``config.data``'s missing-value rule.
     ``sensor_ids``: a sensor-id file giving the order of a dense ``.csv`` adjacency without a
     header (:func:`app.pipeline.read_graph`). ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a resumed
     run's own state takes precedence over it. ``callbacks``: progress hooks of both trainers
-    (after the one that writes ``train_log.jsonl``).
+    (after the one that writes ``train_log.jsonl``). ``only``: baselines to add to the existing
+    run in ``output`` (same data and config sections ``data``, ``model``, ``train``, else
+    ConfigError); its other checkpoints are left as they are, and only the new ones are
+    calibrated before the run is scored again.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this: the ranks train one model
     together (see :mod:`models.distributed`), rank 0 alone logs, calls the hooks and writes
@@ -210,7 +202,8 @@ def train_run(
     job = {"data": data, "output": output, "distances": distances, "adjacency": adjacency,
            "config": config, "threshold": threshold, "resume": resume,
            "init_from": init_from, "callbacks": callbacks, "start": start,
-           "freq_minutes": freq_minutes, "sensor_ids": sensor_ids}  # fmt: skip
+           "freq_minutes": freq_minutes, "sensor_ids": sensor_ids,
+           "only": tuple(only) if only is not None else None}  # fmt: skip
     with distributed_session(process_device(device)) as dist:
         if dist is None:
             return _train(**job, progress=progress, log=log, device=device, dist=None)
@@ -293,11 +286,8 @@ class _Training:
                 result,
                 self.timestamps,
             )
-            save_checkpoint(self.run_dir / _CHECKPOINTS[name], payload)
+            save_checkpoint(self.run_dir / CHECKPOINT_FILES[name], payload)
         return result
-
-
-_CHECKPOINTS = {"dcrnn": "model.pt", "fc_lstm": "fc_lstm.pt"}
 
 
 def _train(
@@ -313,6 +303,7 @@ def _train(
     start: str | None,
     freq_minutes: int | None,
     sensor_ids: str | Path | None,
+    only: tuple[str, ...] | None,
     progress: bool,
     log: Callable[[str], None],
     device: torch.device,
@@ -336,6 +327,8 @@ def _train(
             f"{' + 7 day-of-week' if config.data.add_day_in_week else ''})"
         )
     run_dir = Path(output)
+    if only is not None:
+        check_addition(run_dir, config, only, prepared)
     d = config.data
     training = _Training(
         config=config,
@@ -359,15 +352,23 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", _yaml(config.to_dict()))
     _log_setup(training, adj, log)
-    _train_dcrnn(training, adj, init_from, log)
-    _train_fc_lstm(training, log)
+    if only is None:
+        _train_dcrnn(training, adj, init_from, log)
+    for name, train in BASELINE_TRAINERS.items():
+        if only is not None and name not in only:
+            continue  # another run's model: left as it is
+        if getattr(config.baselines, name):
+            train(training, log)
+        elif training.main and (run_dir / CHECKPOINT_FILES[name]).exists():
+            # Left by an earlier run in this directory, it would be scored as this run's.
+            (run_dir / CHECKPOINT_FILES[name]).unlink()
     if not training.main:
         return {}
     # Every trained model ships with its prediction intervals, fitted on the validation split
     # (app.calibration builds on this package, hence imported here).
     from app.calibration import calibrate_run
 
-    calibrate_run(run_dir, log=log, speeds=speeds, device=device)
+    calibrate_run(run_dir, log=log, speeds=speeds, device=device, only=only)
     return evaluate_run(run_dir, speeds=speeds, device=device)
 
 
@@ -411,25 +412,6 @@ def _train_dcrnn(
         f"dcrnn: best val MAE {result.best_val_mae:.4f} at epoch {result.best_epoch} of "
         f"{result.epochs_run} ({time.perf_counter() - started:.0f} s)"
     )
-
-
-def _train_fc_lstm(training: _Training, log: Callable[[str], None]) -> None:
-    """The FC-LSTM baseline, when the config asks for it; otherwise an FC-LSTM checkpoint left
-    by an earlier run in the same directory is removed (it would be scored as this run's)."""
-    config, prepared = training.config, training.prepared
-    if not config.baselines.fc_lstm:
-        if training.main and (training.run_dir / "fc_lstm.pt").exists():
-            (training.run_dir / "fc_lstm.pt").unlink()
-        return
-    torch.manual_seed(config.train.seed)
-    fc, fc_kwargs = build_fc_lstm(config, prepared.speeds.num_sensors, prepared.input_dim)
-    fc.to(training.device)
-    b = config.baselines
-    # The baseline trains as DCRNN does but for its own rate and, when given, epoch count.
-    settings = config.train.model_copy(
-        update={"epochs": b.fc_lstm_epochs or config.train.epochs, "base_lr": b.fc_lstm_lr}
-    )
-    training.fit("fc_lstm", fc, fc_kwargs, settings, log)
 
 
 def warm_start(model: torch.nn.Module, checkpoint: str | Path) -> None:

@@ -14,7 +14,15 @@ from app.registry import Registry
 from models.errors import ConfigError
 
 # The files of a run directory a version keeps, where the run has them (model.pt always).
-RUN_FILES = ("model.pt", "fc_lstm.pt", "config.yaml", "report.json", "train_log.jsonl")
+RUN_FILES = (
+    "model.pt",
+    "fc_lstm.pt",
+    "gru.pt",
+    "tcn.pt",
+    "config.yaml",
+    "report.json",
+    "train_log.jsonl",
+)
 
 
 def published_files(run_dir: Path, graph: Path) -> dict[str, Path]:

@@ -18,6 +18,7 @@ import pytest
 from app.cli import main
 from data import SpeedData, make_synthetic, read_speeds, write_speeds, write_synthetic
 from graph import save_adjacency
+from models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 HORIZONS = ("15min", "30min", "60min")
@@ -56,7 +57,8 @@ def _copy_run(tiny_run, tmp_path) -> Path:
 # ---- happy path ------------------------------------------------------------------------------
 def test_train_writes_the_run_directory(tiny_run):
     run = tiny_run["run"]
-    for name in ("model.pt", "fc_lstm.pt", "config.yaml", "report.json", "report.md"):
+    for name in ("model.pt", "fc_lstm.pt", "gru.pt", "tcn.pt", "config.yaml", "report.json",
+                 "report.md"):  # fmt: skip
         assert (run / name).is_file(), name
     for name in ("mae_by_horizon.png", "forecast_vs_actual.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -64,7 +66,15 @@ def test_train_writes_the_run_directory(tiny_run):
     # 2 days of 5-minute data: 576 steps, 553 windows split as DCRNN rounds them.
     assert report["dataset"] == {"sensors": 6, "steps": 576, "freq_minutes": 5}
     assert report["split"] == {"train": 387, "val": 55, "test": 111}
-    assert list(report["metrics"]) == ["dcrnn", "persistence", "historical_average", "fc_lstm"]
+    assert list(report["metrics"]) == [
+        "dcrnn", "persistence", "historical_average", "fc_lstm", "gru", "tcn"
+    ]  # fmt: skip
+    # Every trained model's training time, as its checkpoint recorded it.
+    assert list(report["training_s"]) == ["dcrnn", "fc_lstm", "gru", "tcn"]
+    for name, file in (("dcrnn", "model.pt"), ("gru", "gru.pt"), ("tcn", "tcn.pt")):
+        training = load_checkpoint(run / file)["training"]
+        assert report["training_s"][name] == training["wall_time_s"] > 0
+        assert training["epochs_run"] == 1
     for by_horizon in report["metrics"].values():
         assert list(by_horizon) == list(HORIZONS)
         for metrics in by_horizon.values():
@@ -300,3 +310,73 @@ def test_train_with_a_short_horizon_reports_or_refuses(tiny_run, tmp_path, capsy
         assert math.isfinite(report["metrics"]["dcrnn"]["30min"]["mae"])
     else:
         assert code == 2 and captured.err.startswith("error: ") and "horizon" in captured.err
+
+
+# ---- the baselines ---------------------------------------------------------------------------
+def test_report_opens_with_the_graphs_worth(tiny_run):
+    report = json.loads((tiny_run["run"] / "report.json").read_text())
+    md = (tiny_run["run"] / "report.md").read_text().splitlines()
+    gains = [
+        100
+        * (report["metrics"]["gru"][h]["mae"] - report["metrics"]["dcrnn"][h]["mae"])
+        / report["metrics"]["gru"][h]["mae"]
+        for h in HORIZONS
+    ]
+    assert md[2].startswith("The road graph ")
+    for gain in gains:
+        assert f"{abs(gain):.1f} %" in md[2]
+    row = next(line for line in md if line.startswith("| gru |"))
+    assert row.count("|") == 12 and row.endswith(f"| {report['training_s']['gru']:.0f} |")
+    assert next(line for line in md if line.startswith("| persistence |")).endswith("| - |")
+
+
+def test_baselines_switched_off_leave_no_checkpoint_and_no_row(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    config = tmp_path / "off.yaml"
+    config.write_text(
+        "model:\n  rnn_units: 8\n  num_rnn_layers: 1\ntrain:\n  threads: 1\n"
+        "baselines:\n  fc_lstm: false\n  gru: false\n  tcn: false\n"
+    )
+    argv = ["train", "--data", str(tiny_run["data"]), "--distances", str(tiny_run["distances"]),
+            "--config", str(config), "--epochs", "1", "--no-progress", "--output", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    for name in ("fc_lstm.pt", "gru.pt", "tcn.pt"):
+        assert not (run / name).exists(), name
+    report = json.loads((run / "report.json").read_text())
+    assert list(report["metrics"]) == ["dcrnn", "persistence", "historical_average"]
+    assert list(report["training_s"]) == ["dcrnn"]
+    assert (run / "report.md").read_text().splitlines()[2].startswith("Test split:")
+
+
+def _only_argv(tiny_run, run: Path, only: str, config: Path | None = None) -> list[str]:
+    return ["train", "--data", str(tiny_run["data"]), "--distances", str(tiny_run["distances"]),
+            "--config", str(config or tiny_run["config"]), "--epochs", "1", "--no-progress",
+            "--output", str(run), "--only", only]  # fmt: skip
+
+
+def test_only_adds_a_baseline_and_leaves_the_others_alone(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "gru.pt").unlink()
+    kept = {name: (run / name).read_bytes() for name in ("model.pt", "fc_lstm.pt", "tcn.pt")}
+    before = json.loads((run / "report.json").read_text())
+    assert main(_only_argv(tiny_run, run, "gru")) == 0
+    for name, raw in kept.items():
+        assert (run / name).read_bytes() == raw, name
+    gru = load_checkpoint(run / "gru.pt")
+    assert gru["model_name"] == "gru" and "intervals" in gru
+    report = json.loads((run / "report.json").read_text())
+    assert "gru" in report["metrics"] and "gru" in report["intervals"]
+    for name in ("dcrnn", "fc_lstm", "tcn", "persistence", "historical_average"):
+        assert report["metrics"][name] == before["metrics"][name], name
+
+
+def test_only_refuses_another_config_or_an_unknown_model(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_run["config"].read_text().replace("rnn_units: 8", "rnn_units: 16"))
+    line = _user_error(_only_argv(tiny_run, run, "gru", other), capsys)
+    assert "model.rnn_units = 16 but the run in" in line and "was trained with 8" in line
+    line = _user_error(_only_argv(tiny_run, run, "dcrnn"), capsys)
+    assert "--only dcrnn: name baselines among fc_lstm, gru, tcn" in line
+    line = _user_error(_only_argv(tiny_run, tmp_path / "nowhere", "gru"), capsys)
+    assert "holds no model.pt" in line
