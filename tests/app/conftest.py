@@ -52,11 +52,12 @@ def service_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fc_lstm_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run like :func:`service_run_dir` that also trained the FC-LSTM (16 units)."""
+    """A tiny run like :func:`service_run_dir` that trained the FC-LSTM (16 units) and no other
+    baseline."""
     return train_tiny_run(
         tmp_path_factory.mktemp("fc-lstm-run"),
         model={"rnn_units": 8, "num_rnn_layers": 1},
-        baselines={"fc_lstm": True, "fc_lstm_units": 16},
+        baselines={"fc_lstm": True, "fc_lstm_units": 16, "gru": False, "tcn": False},
     )
 
 

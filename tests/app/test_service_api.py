@@ -57,6 +57,9 @@ def test_probes_model_and_sensors(client: TestClient, service_run_dir) -> None:
     assert model["sensors"] == 207 and model["seq_len"] == 12 and model["horizon"] == 12
     assert model["freq_minutes"] == 5
     assert model["metrics"]["dcrnn"]["15min"]["mae"] == report["metrics"]["dcrnn"]["15min"]["mae"]
+    # The graph-free baselines the run trained stand beside DCRNN in the model's info.
+    for name in ("gru", "tcn"):
+        assert model["metrics"][name] == report["metrics"][name], name
     assert len(model["version"]) == 16 and model["trained_at"]
     sensors = client.get("/v1/sensors").json()["sensors"]
     assert [s["id"] for s in sensors][:2] == ["773869", "767541"]
