@@ -109,7 +109,7 @@ def test_real_week_evaluation_is_plausible(week, tmp_path):
         {
             "model": {"rnn_units": 8, "num_rnn_layers": 1},
             "train": {"epochs": 1, "threads": 1},
-            "baselines": {"fc_lstm": False},
+            "baselines": {"fc_lstm": False, "gru": False, "tcn": False},
         }
     )
     lines: list[str] = []

@@ -165,10 +165,11 @@ def test_assignment_is_validated_and_a_refused_value_is_not_kept():
 
 
 def _without_later_keys(config: dict) -> dict:
-    """``config`` less the keys added after the bundled run was saved (``data.quantity``,
-    ``data.missing``)."""
+    """``config`` less the keys added after the bundled DCRNN was saved (``data.quantity``,
+    ``data.missing``, the GRU's and TCN's ``baselines`` keys)."""
     data = {k: v for k, v in config["data"].items() if k not in ("quantity", "missing")}
-    return {**config, "data": data}
+    baselines = {k: v for k, v in config["baselines"].items() if not k.startswith(("gru", "tcn"))}
+    return {**config, "data": data, "baselines": baselines}
 
 
 def test_bundled_configs_load_and_save_unchanged():
@@ -188,10 +189,10 @@ def test_bundled_configs_load_and_save_unchanged():
     assert [list(v) for v in _without_later_keys(config.to_dict()).values()] == [
         list(v) for v in payload["config"].values()
     ]
+    # Rewritten when the GRU and TCN were added to the run: it holds every key.
     saved = bundled / "metr-la-week" / "config.yaml"
-    assert _without_later_keys(RunConfig.from_yaml(saved).to_dict()) == yaml.safe_load(
-        saved.read_text()
-    )
+    assert RunConfig.from_yaml(saved).to_dict() == yaml.safe_load(saved.read_text())
+    assert _without_later_keys(RunConfig.from_yaml(saved).to_dict()) == payload["config"]
     source = RunConfig.from_yaml(bundled / "metr-la-week.yaml")
     assert source == config  # the bundled run was trained from that file
     assert (source.train.epochs, source.train.steps, source.model.cl_decay_steps) == (
