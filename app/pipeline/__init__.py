@@ -13,8 +13,9 @@ directory that holds what a run produced:
 ``RUN_DIR/train_log.jsonl`` a JSON record per epoch, resumption and recovery (:class:`TrainLog`)
 ``RUN_DIR/state_*.pt``    resumable training state
 
-The modules: :mod:`~app.pipeline.data` (inputs, windows, the graph), :mod:`~app.pipeline.train`,
-:mod:`~app.pipeline.evaluate` with :mod:`~app.pipeline.report`, :mod:`~app.pipeline.predict`.
+The modules: :mod:`~app.pipeline.data` (inputs, windows, the graph), :mod:`~app.pipeline.train`
+with :mod:`~app.pipeline.baselines`, :mod:`~app.pipeline.evaluate` with
+:mod:`~app.pipeline.report`, :mod:`~app.pipeline.predict`.
 """
 
 from app.pipeline.baselines import build_fc_lstm, build_gru, build_tcn

@@ -1,5 +1,5 @@
-"""``trafficcast train``: DCRNN and the FC-LSTM baseline trained on a data file, written to a
-run directory (its files: :mod:`app.pipeline`) and scored."""
+"""``trafficcast train``: DCRNN and the baselines (:mod:`app.pipeline.baselines`) trained on a
+data file, written to a run directory (its files: :mod:`app.pipeline`) and scored."""
 
 from __future__ import annotations
 
@@ -224,7 +224,7 @@ def train_run(
 
 @dataclass
 class _Training:
-    """What both models' training shares: the prepared data and its windows, where the run is
+    """What every model's training shares: the prepared data and its windows, where the run is
     written, and how progress is reported."""
 
     config: RunConfig
