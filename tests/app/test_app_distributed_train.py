@@ -44,6 +44,8 @@ train:
 baselines:
   fc_lstm_units: 16
   fc_lstm_layers: 1
+  gru: false
+  tcn: false
 """
 
 

@@ -146,7 +146,7 @@ def quarter_hour(tmp_path_factory: pytest.TempPathFactory) -> Path:
     matrix = pd.DataFrame(adj[np.ix_(keep, keep)].astype(np.float64), columns=sub.sensor_ids)
     matrix.to_csv(root / "adj.csv", index=False)  # a header of ids over the dense matrix
     (root / "tiny.yaml").write_text(
-        "model:\n  rnn_units: 8\n  num_rnn_layers: 1\nbaselines:\n  fc_lstm: false\n"
+        "model:\n  rnn_units: 8\n  num_rnn_layers: 1\nbaselines:\n  fc_lstm: false\n  gru: false\n  tcn: false\n"
     )
     argv = ["train", "--data", str(root / "week15.h5"), "--adjacency", str(root / "adj.csv"),
             "--config", str(root / "tiny.yaml"), "--epochs", "1", "--no-progress",
