@@ -37,7 +37,15 @@ import pandas as pd
 from data.errors import DataInputError, DataWarning
 from graph.io import atomic_write
 
-__all__ = ["MISSING_RULES", "SpeedData", "observed_readings", "read_speeds", "write_speeds"]
+__all__ = [
+    "MISSING_RULES",
+    "SpeedData",
+    "observed_readings",
+    "parse_freq_minutes",
+    "parse_start",
+    "read_speeds",
+    "write_speeds",
+]
 
 # How a reading counts as missing: "zero" (0, NaN or empty) or "nan" (only NaN or empty).
 MISSING_RULES = ("zero", "nan")
@@ -393,10 +401,8 @@ def _numeric_header(first: np.ndarray, rest: np.ndarray) -> bool:
     return bool(first.min() > later.max() or (later != np.round(later)).any())
 
 
-def _made_index(
-    start: str | pd.Timestamp, rows: int, freq_minutes: int | None, src: str
-) -> pd.DatetimeIndex:
-    """``rows`` timestamps from ``start``, ``freq_minutes`` apart, for a file without any."""
+def parse_start(start: str | pd.Timestamp) -> pd.Timestamp:
+    """``--start``: a timestamp (one with a zone becomes naive UTC), for files without any."""
     try:
         first = pd.Timestamp(start)
     except (ValueError, TypeError) as exc:
@@ -405,6 +411,27 @@ def _made_index(
         raise DataInputError(f"--start {start!r} is not a timestamp")
     if first.tzinfo is not None:
         first = first.tz_convert("UTC").tz_localize(None)
+    return first.as_unit("ns")
+
+
+def parse_freq_minutes(text: str) -> int:
+    """``--freq``: ``5min``, ``15min``, ``1h`` or a bare number of minutes, as whole minutes."""
+    value = str(text).strip()
+    try:
+        step = pd.Timedelta(int(value), unit="min") if value.isdigit() else pd.Timedelta(value)
+    except (ValueError, TypeError) as exc:
+        raise DataInputError(f"--freq: cannot read time step {text!r} (e.g. 5min)") from exc
+    minute = pd.Timedelta(minutes=1)
+    if step is pd.NaT or step < minute or step % minute != pd.Timedelta(0):
+        raise DataInputError(f"--freq {text!r} is not a whole number of minutes such as 5min")
+    return int(step // minute)
+
+
+def _made_index(
+    start: str | pd.Timestamp, rows: int, freq_minutes: int | None, src: str
+) -> pd.DatetimeIndex:
+    """``rows`` timestamps from ``start``, ``freq_minutes`` apart, for a file without any."""
+    first = parse_start(start)
     step = _step_ns(pd.DatetimeIndex([]), src, freq_minutes)
     return pd.date_range(first, periods=rows, freq=pd.Timedelta(step), unit="ns")
 

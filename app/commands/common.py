@@ -80,22 +80,10 @@ def data_timing(args: argparse.Namespace) -> dict[str, object]:
 
 
 def parse_freq(text: str | None) -> int | None:
-    """``5min``, ``15min``, ``1h`` or a bare number of minutes, as whole minutes; None stays."""
-    if text is None:
-        return None
-    import pandas as pd
+    """``--freq`` as whole minutes (:func:`data.io.parse_freq_minutes`); None stays None."""
+    from data.io import parse_freq_minutes
 
-    from data.errors import DataInputError
-
-    value = text.strip()
-    try:
-        step = pd.Timedelta(int(value), unit="min") if value.isdigit() else pd.Timedelta(value)
-    except (ValueError, TypeError):
-        step = None
-    minute = pd.Timedelta(minutes=1)
-    if step is None or step is pd.NaT or step < minute or step % minute != pd.Timedelta(0):
-        raise DataInputError(f"--freq {text!r} is not a whole number of minutes such as 5min")
-    return int(step // minute)
+    return None if text is None else parse_freq_minutes(text)
 
 
 def optional_path(value: str | None) -> Path | None:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from data.errors import DataInputError
-from data.io import SpeedData, write_speeds
+from data.io import SpeedData, parse_freq_minutes, parse_start, write_speeds
 from graph.io import atomic_write, save_adjacency, write_distances
 
 __all__ = [
@@ -189,31 +189,6 @@ def grid_positions(
         pd.Timestamp(distinct[0]), periods=total, freq=f"{step // _NS_PER_MINUTE}min", unit="ns"
     )
     return grid, (offsets // step).astype(np.int64), int(step // _NS_PER_MINUTE)
-
-
-def parse_start(text: str) -> pd.Timestamp:
-    """``--start``: a timestamp; one with a zone is converted to naive UTC."""
-    try:
-        stamp = pd.Timestamp(text)
-    except (ValueError, TypeError) as exc:
-        raise DataInputError(f"--start: cannot read timestamp {text!r}") from exc
-    if stamp is pd.NaT:
-        raise DataInputError(f"--start: cannot read timestamp {text!r}")
-    if stamp.tz is not None:
-        stamp = stamp.tz_convert("UTC").tz_localize(None)
-    return stamp.as_unit("ns")
-
-
-def parse_freq_minutes(text: str) -> int:
-    """``--freq``: a whole number of minutes such as ``5min``, ``15min`` or ``1h``."""
-    try:
-        step = pd.Timedelta(pd.tseries.frequencies.to_offset(text))
-    except (ValueError, TypeError) as exc:
-        raise DataInputError(f"--freq: cannot read time step {text!r} (e.g. 5min)") from exc
-    minutes = step / pd.Timedelta(minutes=1)
-    if minutes < 1 or not float(minutes).is_integer():
-        raise DataInputError(f"--freq: {text!r} is not a whole number of minutes")
-    return int(minutes)
 
 
 def progress_bar(

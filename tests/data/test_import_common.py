@@ -132,7 +132,7 @@ def test_start_and_freq_are_parsed_or_named():
     assert parse_start("2018-01-01T08:00+08:00") == pd.Timestamp("2018-01-01")
     assert parse_freq_minutes("5min") == 5
     assert parse_freq_minutes("1h") == 60
-    with pytest.raises(DataInputError, match="--start: cannot read timestamp 'yesterday'"):
+    with pytest.raises(DataInputError, match="--start 'yesterday' is not a timestamp"):
         parse_start("yesterday")
     with pytest.raises(DataInputError, match="--freq: cannot read time step 'often'"):
         parse_freq_minutes("often")

@@ -105,7 +105,7 @@ def test_npz_pems03_flow_with_sensor_ids_keeps_zero_flows(tmp_path, capsys):
         (["--channel", "speed", "--freq", "5min"], "{npz} has no timestamps: give --start TIMESTAMP and --freq STEP (e.g. --start 2018-01-01T00:00 --freq 5min)"),
         (["--channel", "3", "--start", START, "--freq", "5min"], "{npz}: no channel 3: the file has 3 (0 .. 2)"),
         (["--channel", "density", "--start", START, "--freq", "5min"], "{npz}: no channel 'density': the file has 3 channels (flow, occupancy, speed)"),
-        (["--channel", "speed", "--start", "01/13/2018 25:00", "--freq", "5min"], "--start: cannot read timestamp '01/13/2018 25:00'"),
+        (["--channel", "speed", "--start", "01/13/2018 25:00", "--freq", "5min"], "--start '01/13/2018 25:00' is not a timestamp"),
     ],
 )  # fmt: skip
 def test_npz_bad_arguments_are_one_error_line(tmp_path, capsys, extra, message):
