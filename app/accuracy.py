@@ -1,8 +1,9 @@
 """Live accuracy: the record of the forecasts the service made from its observation store, scored
 against the readings that arrived later.
 
-The record lives in the observation store's own SQLite file (its own connection, WAL), so a restart
-loses neither; three tables, plain SQL that any database speaks:
+The record lives in the observation store's database (``app.db``: the same SQLite file, or the
+PostgreSQL database the replicas share), so a restart loses neither; three tables
+(``app.db.schema``):
 
 ``forecast_models``
     one row per model version: its sensor order, horizon and frequency (what a stored forecast's
@@ -14,7 +15,7 @@ loses neither; three tables, plain SQL that any database speaks:
     ``level``. Values are float32 blobs of shape ``(horizon, sensors)`` in the model's sensor
     order: the recorder writes and the scorer reads a whole forecast at a time, never one value,
     and a day of 207-sensor forecasts is 2.9 MB this way against 715,392 rows of (forecast, step,
-    sensor). A blob is standard SQL (``BYTEA`` in PostgreSQL).
+    sensor). A blob is ``BLOB`` in SQLite, ``BYTEA`` in PostgreSQL.
 ``forecast_scores``
     one row per (forecast, horizon step): the number of targets that count (:func:`observed`),
     the sums of absolute and squared errors over them, and how many had bounds and fell inside.
@@ -30,8 +31,6 @@ replayed data can be years old).
 from __future__ import annotations
 
 import math
-import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,46 +38,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import Connection, case, delete, func, or_, select
 
-from app.observations import LATEST_TS_SQL, open_database
+from app.db import Database
+from app.db import schema as t
+from app.observations import LATEST_TS, open_store_database
 from app.pipeline import horizon_steps
 
 # Windows of GET /v1/accuracy and the gauges, by name.
 WINDOWS: dict[str, pd.Timedelta] = {"1h": pd.Timedelta(hours=1), "24h": pd.Timedelta(hours=24)}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS forecast_models (
-    model_version TEXT PRIMARY KEY,
-    registry_version TEXT,
-    sensor_ids TEXT NOT NULL,
-    horizon INTEGER NOT NULL,
-    freq_minutes INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS forecasts (
-    id INTEGER PRIMARY KEY,
-    model_version TEXT NOT NULL,
-    made_from INTEGER NOT NULL,
-    made_at TEXT NOT NULL,
-    level REAL,
-    point BLOB NOT NULL,
-    lower BLOB,
-    upper BLOB,
-    UNIQUE (model_version, made_from)
-);
-CREATE INDEX IF NOT EXISTS forecasts_made_from ON forecasts (made_from);
-CREATE TABLE IF NOT EXISTS forecast_scores (
-    forecast_id INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    target_ts INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    abs_err REAL NOT NULL,
-    sq_err REAL NOT NULL,
-    n_bounded INTEGER NOT NULL,
-    hits INTEGER NOT NULL,
-    PRIMARY KEY (forecast_id, step)
-);
-CREATE INDEX IF NOT EXISTS forecast_scores_target ON forecast_scores (target_ts);
-"""
 
 
 def observed(target: np.ndarray) -> np.ndarray:
@@ -160,7 +128,7 @@ class Recorded:
 
 
 def summarize(
-    conn: sqlite3.Connection, meta: ModelMeta, end: pd.Timestamp | None, windows: Iterable[str]
+    conn: Connection, meta: ModelMeta, end: pd.Timestamp | None, windows: Iterable[str]
 ) -> dict[str, Any]:
     """MAE, RMSE, coverage, scored targets and forecasts per reported horizon, for each window
     ending at ``end`` (targets in ``(end - window, end]``), of one model version.
@@ -168,9 +136,10 @@ def summarize(
     Returns ``{"forecasts": recorded count, "last_made_from": ISO or None, "windows": {name:
     {"start", "end", "horizons": {"15min": {...}}}}}``; metrics are None where nothing was scored.
     """
+    f, sc = t.forecasts.c, t.forecast_scores.c
     count, last = conn.execute(
-        "SELECT COUNT(*), MAX(made_from) FROM forecasts WHERE model_version = ?", (meta.version,)
-    ).fetchone()
+        select(func.count(), func.max(f.made_from)).where(f.model_version == meta.version)
+    ).one()
     # The horizons of report.json the model reaches (15min is step 3 of 5-minute data).
     steps = {k: s for k, s in horizon_steps(meta.freq_minutes, meta.horizon).items() if s}
     out: dict[str, Any] = {
@@ -182,18 +151,26 @@ def summarize(
         start = None if end is None else end - WINDOWS[name]
         rows: dict[int, tuple] = {}
         if end is not None and steps:
-            marks = ",".join("?" * len(steps))
-            rows = {
-                int(r[0]): r[1:]
-                for r in conn.execute(
-                    "SELECT s.step, SUM(s.n), SUM(s.abs_err), SUM(s.sq_err), SUM(s.n_bounded), "
-                    "SUM(s.hits), SUM(CASE WHEN s.n > 0 THEN 1 ELSE 0 END) "
-                    "FROM forecast_scores s JOIN forecasts f ON f.id = s.forecast_id "
-                    "WHERE f.model_version = ? AND s.target_ts > ? AND s.target_ts <= ? "
-                    f"AND s.step IN ({marks}) GROUP BY s.step",
-                    (meta.version, epoch_seconds(start), epoch_seconds(end), *steps.values()),
+            query = (
+                select(
+                    sc.step,
+                    func.sum(sc.n),
+                    func.sum(sc.abs_err),
+                    func.sum(sc.sq_err),
+                    func.sum(sc.n_bounded),
+                    func.sum(sc.hits),
+                    func.sum(case((sc.n > 0, 1), else_=0)),
                 )
-            }
+                .join(t.forecasts, f.id == sc.forecast_id)
+                .where(
+                    f.model_version == meta.version,
+                    sc.target_ts > epoch_seconds(start),
+                    sc.target_ts <= epoch_seconds(end),
+                    sc.step.in_(list(steps.values())),
+                )
+                .group_by(sc.step)
+            )
+            rows = {int(r[0]): tuple(r[1:]) for r in conn.execute(query)}
         horizons = {}
         for key, step in steps.items():
             n, abs_sum, sq_sum, n_bounded, hits, forecasts = rows.get(step, (0, 0, 0, 0, 0, 0))
@@ -214,68 +191,65 @@ def summarize(
     return out
 
 
-def _meta(conn: sqlite3.Connection, version: str) -> ModelMeta | None:
+def _meta(conn: Connection, version: str) -> ModelMeta | None:
+    m = t.forecast_models.c
     row = conn.execute(
-        "SELECT model_version, sensor_ids, horizon, freq_minutes FROM forecast_models "
-        "WHERE model_version = ? OR registry_version = ? ORDER BY model_version = ? DESC",
-        (version, version, version),
-    ).fetchone()
+        select(m.model_version, m.sensor_ids, m.horizon, m.freq_minutes)
+        .where(or_(m.model_version == version, m.registry_version == version))
+        # A content hash wins over a registry version of the same text.
+        .order_by(case((m.model_version == version, 0), else_=1))
+        .limit(1)
+    ).first()
     if row is None:
         return None
     return ModelMeta(row[0], row[1].split(","), int(row[2]), int(row[3]))
 
 
 class ForecastRecord:
-    """The forecasts the service made and their scores, in the observation store's SQLite file.
+    """The forecasts the service made and their scores, in the observation store's database.
 
-    One connection guarded by a lock, as ``ObservationStore``; every call blocks (the service
-    makes them from a worker thread) and holds a write transaction only for a few rows.
+    Thread-safe like ``ObservationStore``; every call blocks (the service makes them from a worker
+    thread) and holds a write transaction only for a few rows. Replicas sharing a database share
+    the record: each records from the readings posted to it, and a forecast recorded twice (same
+    version, same ``made_from``) is one row, the first.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._conn = open_database(self.path, _SCHEMA)
+    def __init__(self, location: Database | str | Path) -> None:
+        self.db, self._owned = open_store_database(location)
         self._metas: dict[str, ModelMeta] = {}
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._owned:
+            self.db.dispose()
 
     def register_model(self, meta: ModelMeta, registry_version: str | None) -> None:
         """Say what ``meta.version``'s forecasts mean (idempotent)."""
-        with self._lock, self._conn:
-            self._conn.execute(
-                "INSERT INTO forecast_models (model_version, registry_version, sensor_ids, "
-                "horizon, freq_minutes) VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_version) DO "
-                "UPDATE SET registry_version = excluded.registry_version, sensor_ids = "
-                "excluded.sensor_ids, horizon = excluded.horizon, freq_minutes = "
-                "excluded.freq_minutes",
-                (
-                    meta.version,
-                    registry_version,
-                    ",".join(meta.sensor_ids),
-                    meta.horizon,
-                    meta.freq_minutes,
-                ),
-            )
+        row = {
+            "model_version": meta.version,
+            "registry_version": registry_version,
+            "sensor_ids": ",".join(meta.sensor_ids),
+            "horizon": meta.horizon,
+            "freq_minutes": meta.freq_minutes,
+        }
+        with self.db.engine.begin() as conn:
+            conn.execute(self.db.upsert(t.forecast_models, ["model_version"]), [row])
         self._metas[meta.version] = meta
 
     def meta(self, version: str) -> ModelMeta | None:
         """The model version's meaning, by content-hash or registry version; None if unknown."""
         if version in self._metas:
             return self._metas[version]
-        with self._lock:
-            meta = _meta(self._conn, version)
+        with self.db.engine.connect() as conn:
+            meta = _meta(conn, version)
         if meta is not None and meta.version == version:  # a content hash means one thing
             self._metas[version] = meta
         return meta
 
     def high_water(self) -> int | None:
         """The latest ``made_from`` of any recorded forecast (epoch seconds), None if none."""
-        with self._lock:
-            row = self._conn.execute("SELECT MAX(made_from) FROM forecasts").fetchone()
-        return None if row[0] is None else int(row[0])
+        with self.db.engine.connect() as conn:
+            value = conn.execute(select(func.max(t.forecasts.c.made_from))).scalar()
+        return None if value is None else int(value)
 
     def add(
         self,
@@ -289,52 +263,50 @@ class ForecastRecord:
         """Record a forecast; None if this version already has one from ``made_from`` (the first
         stands). Shapes: ``point`` and each band ``(horizon, N)``."""
         lower, upper = bands if bands is not None else (None, None)
-        with self._lock, self._conn:
-            row = self._conn.execute(
-                "INSERT INTO forecasts (model_version, made_from, made_at, level, point, lower, "
-                "upper) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model_version, made_from) DO "
-                "NOTHING RETURNING id",
-                (
-                    meta.version,
-                    made_from,
-                    made_at,
-                    None if bands is None else level,
-                    _blob(point),
-                    _blob(lower),
-                    _blob(upper),
-                ),
-            ).fetchone()
-        if row is None:
+        stmt = self.db.upsert(t.forecasts, ["model_version", "made_from"], update=[]).returning(
+            t.forecasts.c.id
+        )
+        row = {
+            "model_version": meta.version,
+            "made_from": made_from,
+            "made_at": made_at,
+            "level": None if bands is None else level,
+            "point": _blob(point),
+            "lower": _blob(lower),
+            "upper": _blob(upper),
+        }
+        with self.db.engine.begin() as conn:
+            fid = conn.execute(stmt.values(**row)).scalar()
+        if fid is None:
             return None
         shape = (meta.horizon, len(meta.sensor_ids))
         return Recorded(
-            int(row[0]),
+            int(fid),
             meta,
             made_from,
-            _array(_blob(point), shape),
-            _array(_blob(lower), shape),
-            _array(_blob(upper), shape),
+            _array(row["point"], shape),
+            _array(row["lower"], shape),
+            _array(row["upper"], shape),
         )
 
     def max_reach_s(self) -> int | None:
         """The longest horizon of any recorded version, in seconds; None with no version."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT MAX(horizon * freq_minutes * 60) FROM forecast_models"
-            ).fetchone()
-        return None if row[0] is None else int(row[0])
+        m = t.forecast_models.c
+        with self.db.engine.connect() as conn:
+            value = conn.execute(select(func.max(m.horizon * m.freq_minutes * 60))).scalar()
+        return None if value is None else int(value)
 
     def made_between(self, first: int | None, last: int | None) -> list[Recorded]:
         """The forecasts made from ``first`` to ``last`` (epoch seconds, inclusive; None: no
         bound), of every version, oldest first."""
-        lo = -(2**63) if first is None else first
-        hi = 2**63 - 1 if last is None else last
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, model_version, made_from, point, lower, upper FROM forecasts "
-                "WHERE made_from >= ? AND made_from <= ? ORDER BY made_from, id",
-                (lo, hi),
-            ).fetchall()
+        f = t.forecasts.c
+        query = select(f.id, f.model_version, f.made_from, f.point, f.lower, f.upper)
+        if first is not None:
+            query = query.where(f.made_from >= first)
+        if last is not None:
+            query = query.where(f.made_from <= last)
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(query.order_by(f.made_from, f.id)).all()
         out = []
         for fid, version, made_from, point, lower, upper in rows:
             meta = self.meta(version)
@@ -358,35 +330,28 @@ class ForecastRecord:
         hits)``, replacing those of the same (forecast, step)."""
         if not rows:
             return
-        with self._lock, self._conn:
-            self._conn.executemany(
-                "INSERT INTO forecast_scores (forecast_id, step, target_ts, n, abs_err, sq_err, "
-                "n_bounded, hits) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (forecast_id, step) "
-                "DO UPDATE SET target_ts = excluded.target_ts, n = excluded.n, abs_err = "
-                "excluded.abs_err, sq_err = excluded.sq_err, n_bounded = excluded.n_bounded, "
-                "hits = excluded.hits",
-                rows,
+        names = [c.name for c in t.forecast_scores.columns]
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                self.db.upsert(t.forecast_scores, ["forecast_id", "step"]),
+                [dict(zip(names, row, strict=True)) for row in rows],
             )
 
     def prune(self, before: int) -> int:
         """Drop the forecasts made before ``before`` (epoch seconds) and their scores; returns
         how many forecasts went."""
-        with self._lock, self._conn:
-            self._conn.execute(
-                "DELETE FROM forecast_scores WHERE forecast_id IN "
-                "(SELECT id FROM forecasts WHERE made_from < ?)",
-                (before,),
-            )
-            return self._conn.execute(
-                "DELETE FROM forecasts WHERE made_from < ?", (before,)
-            ).rowcount
+        f, sc = t.forecasts.c, t.forecast_scores.c
+        old = select(f.id).where(f.made_from < before)
+        with self.db.engine.begin() as conn:
+            conn.execute(delete(t.forecast_scores).where(sc.forecast_id.in_(old)))
+            return conn.execute(delete(t.forecasts).where(f.made_from < before)).rowcount
 
     def summary(
         self, meta: ModelMeta, end: pd.Timestamp | None, windows: Iterable[str] = WINDOWS
     ) -> dict[str, Any]:
         """See :func:`summarize`."""
-        with self._lock:
-            return summarize(self._conn, meta, end, list(windows))
+        with self.db.engine.connect() as conn:
+            return summarize(conn, meta, end, list(windows))
 
 
 def score_rows(recorded: Recorded, targets: np.ndarray, first_step: int = 1) -> list[tuple]:
@@ -417,32 +382,34 @@ def score_rows(recorded: Recorded, targets: np.ndarray, first_step: int = 1) -> 
     return out
 
 
-def live_summary(db_path: str | Path, version: str) -> dict[str, Any] | None:
-    """The live accuracy of a model version from the service's database, opened read-only:
-    what ``trafficcast retrain`` reports beside its holdout comparison.
+def live_summary(location: str | Path, version: str) -> dict[str, Any] | None:
+    """The live accuracy of a model version from the service's database (SQLite path or URL),
+    opened read-only: what ``trafficcast retrain`` reports beside its holdout comparison.
 
     ``version`` is the content-hash version the service reports (``GET /v1/model``) or the
     registry version it was served as. Returns :func:`summarize`'s dict with ``model_version``
     and ``latest_observation`` added (windows end at the latest stored observation), or None when
-    the file has no record of that version.
+    the database has no record of that version (or no such SQLite file).
     """
-    path = Path(db_path)
-    if not path.is_file():
-        return None
-    # mode=ro: the job must never create or change the service's database.
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    from sqlalchemy import exc as sa_exc
+
     try:
-        try:
-            meta = _meta(conn, version)
-        except sqlite3.OperationalError:  # a store without the record's tables
-            return None
-        if meta is None:
-            return None
-        row = conn.execute(LATEST_TS_SQL).fetchone()
-        end = None if row is None or row[0] is None else pd.Timestamp(int(row[0]), unit="s")
-        out = summarize(conn, meta, end, WINDOWS)
+        db = Database.open(location, read_only=True)
+    except FileNotFoundError:
+        return None
+    try:
+        with db.engine.connect() as conn:
+            try:
+                meta = _meta(conn, version)
+            except (sa_exc.OperationalError, sa_exc.ProgrammingError):
+                return None  # a store without the record's tables (or not a store)
+            if meta is None:
+                return None
+            value = conn.execute(LATEST_TS).scalar()
+            end = None if value is None else pd.Timestamp(int(value), unit="s")
+            out = summarize(conn, meta, end, WINDOWS)
     finally:
-        conn.close()
+        db.dispose()
     return {
         "model_version": meta.version,
         "latest_observation": None if end is None else end.isoformat(),

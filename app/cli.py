@@ -15,6 +15,7 @@ from app.allocator import restart_with_preferred_allocator
 from app.commands import (
     calibrate_cmd,
     data_cmd,
+    db_cmd,
     graph_cmd,
     import_cmd,
     model_cmd,
@@ -36,6 +37,7 @@ _COMMAND_MODULES = (
     serve_cmd,
     retrain_cmd,
     registry_cmd,
+    db_cmd,
 )
 
 

@@ -1,34 +1,27 @@
-"""The live observation store: speed readings in an embedded SQLite database (WAL mode).
+"""The live observation store: speed readings in the service's database (``app.db``: a SQLite
+file by default, PostgreSQL shared by replicas).
 
 One row per ``(sensor_id, ts)``: a re-sent reading replaces the stored one, so clients may retry a
-batch safely. Timestamps are stored as integer seconds since the epoch of the naive (wall-clock)
-time the model was trained on; missing readings are NULL.
+batch safely, through one replica or several. Timestamps are stored as integer seconds since the
+epoch of the naive (wall-clock) time the model was trained on; missing readings are NULL.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import func, select, update
 
+from app.db import Database, describe
+from app.db import schema as t
 from data.errors import DataInputError
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    sensor_id TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    speed REAL,
-    PRIMARY KEY (sensor_id, ts)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
-"""
 # The latest time with a real reading: 0 and NULL are missing. Also read by the live-accuracy
-# summary (``app.accuracy``), which opens the file read-only.
-LATEST_TS_SQL = "SELECT MAX(ts) FROM readings WHERE speed IS NOT NULL"
+# summary (``app.accuracy``).
+LATEST_TS = select(func.max(t.readings.c.ts)).where(t.readings.c.speed.is_not(None))
 
 
 def to_epoch_seconds(stamps: pd.DatetimeIndex) -> np.ndarray:
@@ -39,38 +32,37 @@ def to_epoch_seconds(stamps: pd.DatetimeIndex) -> np.ndarray:
     return np.asarray(stamps.as_unit("ns").asi8 // 1_000_000_000, dtype=np.int64)
 
 
-def open_database(path: Path, schema: str) -> sqlite3.Connection:
-    """The service's SQLite file (created with its folder if new), in WAL mode, with ``schema``
-    (``CREATE ... IF NOT EXISTS`` statements) applied: one connection for a thread-safe class
-    that guards it with a lock. The observation store and the forecast record share the file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL is durable across application crashes in WAL mode; only a power cut may lose the
-    # last transactions, which clients re-send (writes are idempotent).
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(schema)
-    conn.commit()
-    return conn
+def open_store_database(location: Database | str | Path) -> tuple[Database, bool]:
+    """``location`` as a migrated :class:`Database`, and whether the caller opened it (and so
+    closes it): a ``Database`` is used as given; a URL or SQLite path is opened and upgraded to
+    the schema's head."""
+    if isinstance(location, Database):
+        return location, False
+    from app.db import migrate
+
+    db = Database.open(location)
+    migrate.upgrade(db)
+    return db, True
 
 
 class ObservationStore:
-    """Readings of the model's sensors, kept across restarts in one SQLite file.
+    """Readings of the model's sensors, kept across restarts in the service's database.
 
-    One connection guarded by a lock: the service writes from a thread pool, and SQLite's own
-    locking then only matters for other processes, which WAL lets read while we write.
+    Thread-safe (each call checks a connection out of the database's pool). Every write bumps
+    the shared :attr:`generation` in its own transaction, which is how any replica's forecast
+    cache learns of readings written through another.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._conn = open_database(self.path, _SCHEMA)
-        # Bumped on every write: the forecast cache keys on it so late readings are seen.
-        self.generation = 0
+    def __init__(self, location: Database | str | Path) -> None:
+        self.db, self._owned = open_store_database(location)
+
+    @property
+    def description(self) -> str:
+        return self.db.description
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._owned:
+            self.db.dispose()
 
     def add(self, sensor_ids: Sequence[str], stamps: pd.DatetimeIndex, speeds: np.ndarray) -> int:
         """Store a block of readings; NaN means missing. Returns the number of rows written.
@@ -80,37 +72,59 @@ class ObservationStore:
         seconds = to_epoch_seconds(stamps)
         values = np.asarray(speeds, dtype=np.float64)
         rows = [
-            (sid, int(ts), None if not np.isfinite(v) else float(v))
-            for t, ts in enumerate(seconds)
-            for sid, v in zip(sensor_ids, values[t], strict=True)
+            {"sensor_id": sid, "ts": int(ts), "speed": None if not np.isfinite(v) else float(v)}
+            for t_, ts in enumerate(seconds)
+            for sid, v in zip(sensor_ids, values[t_], strict=True)
         ]
-        with self._lock, self._conn:
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO readings (sensor_id, ts, speed) VALUES (?, ?, ?)", rows
+        if not rows:
+            return 0
+        with self.db.engine.begin() as conn:
+            # The counter first: its row lock queues concurrent writers (of any replica) before
+            # they lock any reading, so two batches sharing readings can't deadlock.
+            conn.execute(
+                update(t.store_state)
+                .where(t.store_state.c.id == 1)
+                .values(generation=t.store_state.c.generation + 1)
             )
-            self.generation += 1
+            conn.execute(self.db.upsert(t.readings, ["sensor_id", "ts"]), rows)
         return len(rows)
 
+    @property
+    def generation(self) -> int:
+        """A number that changes with every write through any process on this database."""
+        with self.db.engine.connect() as conn:
+            value = conn.execute(
+                select(t.store_state.c.generation).where(t.store_state.c.id == 1)
+            ).scalar_one()
+        return int(value)
+
     def count(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+        with self.db.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(t.readings)).scalar_one())
+
+    def is_empty(self) -> bool:
+        """Whether no reading (real or missing) is stored; cheap on a large table."""
+        with self.db.engine.connect() as conn:
+            return conn.execute(select(t.readings.c.ts).limit(1)).first() is None
 
     def latest_timestamp(self) -> pd.Timestamp | None:
         """The latest time with at least one real reading (0 and NULL are missing)."""
-        with self._lock:
-            row = self._conn.execute(LATEST_TS_SQL).fetchone()
-        if row is None or row[0] is None:
-            return None
-        return pd.Timestamp(int(row[0]), unit="s")
+        with self.db.engine.connect() as conn:
+            value = conn.execute(LATEST_TS).scalar()
+        return None if value is None else pd.Timestamp(int(value), unit="s")
 
     def steps_after(self, after: pd.Timestamp) -> pd.DatetimeIndex:
         """The times later than ``after`` with at least one real reading, in order."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT DISTINCT ts FROM readings WHERE ts > ? AND speed IS NOT NULL ORDER BY ts",
-                (int(to_epoch_seconds(pd.DatetimeIndex([after]))[0]),),
-            ).fetchall()
-        return pd.DatetimeIndex(pd.to_datetime([int(r[0]) for r in rows], unit="s")).as_unit("ns")
+        since = int(to_epoch_seconds(pd.DatetimeIndex([after]))[0])
+        query = (
+            select(t.readings.c.ts)
+            .where(t.readings.c.ts > since, t.readings.c.speed.is_not(None))
+            .distinct()
+            .order_by(t.readings.c.ts)
+        )
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(query).scalars().all()
+        return pd.DatetimeIndex(pd.to_datetime([int(r) for r in rows], unit="s")).as_unit("ns")
 
     def window(
         self, sensor_ids: Sequence[str], end: pd.Timestamp, steps: int, freq_minutes: int
@@ -124,39 +138,44 @@ class ObservationStore:
         out = np.full((steps, len(sensor_ids)), np.nan, dtype=np.float32)
         column = {sid: k for k, sid in enumerate(sensor_ids)}
         row_of = {int(s): k for k, s in enumerate(seconds)}
-        with self._lock:
-            cursor = self._conn.execute(
-                "SELECT sensor_id, ts, speed FROM readings WHERE ts >= ? AND ts <= ? "
-                "AND speed IS NOT NULL",
-                (int(seconds[0]), int(seconds[-1])),
-            )
-            rows = cursor.fetchall()
+        r = t.readings.c
+        query = select(r.sensor_id, r.ts, r.speed).where(
+            r.ts >= int(seconds[0]), r.ts <= int(seconds[-1]), r.speed.is_not(None)
+        )
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(query).all()
         for sid, ts, speed in rows:
-            k, t = column.get(sid), row_of.get(int(ts))
-            if k is not None and t is not None:
-                out[t, k] = speed
+            k, i = column.get(sid), row_of.get(int(ts))
+            if k is not None and i is not None:
+                out[i, k] = speed
         return stamps, out
 
 
-def read_readings(path: str | Path) -> pd.DataFrame:
-    """Every real reading in a store file, opened read-only (the retraining job's view).
+def read_readings(location: str | Path) -> pd.DataFrame:
+    """Every real reading in a store (SQLite path or database URL), opened read-only: the
+    retraining job's view, which never creates or changes the service's database.
 
     Returns a frame with columns ``sensor_id`` (str), ``timestamp`` (naive datetime64[ns]) and
-    ``speed`` (float); NULL and 0 (missing readings) are left out.
+    ``speed`` (float); NULL and 0 (missing readings) are left out. Raises ``FileNotFoundError``
+    for a SQLite path that does not exist and :class:`DataInputError` for a database without
+    the store's table.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    # mode=ro: the job must never create or change the service's database.
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    from sqlalchemy import exc as sa_exc
+
+    db = Database.open(location, read_only=True)
+    r = t.readings.c
     try:
-        rows = conn.execute(
-            "SELECT sensor_id, ts, speed FROM readings WHERE speed IS NOT NULL"
-        ).fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise DataInputError(f"{path}: not a trafficcast observation store ({exc})") from exc
+        with db.engine.connect() as conn:
+            rows = conn.execute(
+                select(r.sensor_id, r.ts, r.speed).where(r.speed.is_not(None))
+            ).all()
+    except sa_exc.DBAPIError as exc:
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+        raise DataInputError(
+            f"{describe(location)}: cannot read a trafficcast observation store there ({reason})"
+        ) from exc
     finally:
-        conn.close()
+        db.dispose()
     frame = pd.DataFrame(rows, columns=["sensor_id", "ts", "speed"])
     return pd.DataFrame(
         {

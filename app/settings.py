@@ -43,7 +43,31 @@ class Settings(BaseSettings):
         default_factory=list,
         description="keys accepted in X-API-Key; none configured means writes are disabled",
     )
-    observations_db: Path = Path("trafficcast-observations.sqlite3")
+    observations_db: Path = Field(
+        Path("trafficcast-observations.sqlite3"),
+        description="the SQLite file of the observations and the forecast record, when "
+        "database_url is not set",
+    )
+    database_url: str | None = Field(
+        None,
+        description="the database of the observations and the forecast record, e.g. "
+        "postgresql://user:password@host:5432/trafficcast, shared by every replica; unset: "
+        "SQLite at observations_db",
+    )
+    db_pool_size: int = Field(5, ge=1, description="connections kept open per process")
+    db_max_overflow: int = Field(5, ge=0, description="connections opened beyond the pool")
+    db_connect_timeout_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=300.0,
+        description="how long a connection (or a free one from the pool) is waited for; past "
+        "it a write answers 503 and /readyz is not ready",
+    )
+    db_migrate_on_start: bool = Field(
+        True,
+        description="apply the schema migrations at start-up (replicas take turns); off: refuse "
+        "to start on a schema that `trafficcast db upgrade` has not brought to this version",
+    )
     torch_threads: int | None = Field(None, ge=1)
     max_body_bytes: int = Field(MIB, ge=1024)
     max_sensors_per_request: int = Field(5000, ge=1)
@@ -117,6 +141,21 @@ class Settings(BaseSettings):
         if any(not k for k in value):
             raise ValueError("an API key must not be empty")
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from app.db import to_url
+
+        to_url(value)  # raises naming the scheme for anything but postgresql:// and sqlite://
+        return value.strip()
+
+    @property
+    def database(self) -> str | Path:
+        """Where the service keeps its tables: ``database_url``, else the SQLite file."""
+        return self.database_url or self.observations_db
 
     @property
     def serves_bundled_run(self) -> bool:

@@ -86,6 +86,17 @@ class Metrics:
             "Readings written to the observation store",
             registry=r,
         )
+        self.database_up = Gauge(
+            "trafficcast_database_up",
+            "1 when the last readiness check reached the database, else 0",
+            registry=r,
+        )
+        self.stale_forecasts = Counter(
+            "trafficcast_forecasts_stale",
+            "GET /v1/forecast answered from the forecast last made while the database was "
+            "unreachable",
+            registry=r,
+        )
         self.model_info = Info("trafficcast_model", "The serving model", registry=r)
         self.ready = Gauge("trafficcast_ready", "1 once a model is loaded and serving", registry=r)
         self.swaps = Counter(

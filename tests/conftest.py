@@ -64,3 +64,47 @@ def tiny_run(tmp_path_factory):
     ]
     assert main(argv) == 0
     return paths
+
+
+# ---- PostgreSQL: a real server, started once per test session -------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A throwaway PostgreSQL server (``tests/pgserver.py``) for the session. Skipped where
+    PostgreSQL is not installed, except in CI (``CI`` set), which installs it: there its absence
+    fails."""
+    import os
+
+    from pgserver import PostgresServer, find_bin_dir
+
+    if find_bin_dir() is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with PostgresServer(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+_databases = iter(range(10**6))
+
+
+@pytest.fixture
+def postgres_url(postgres) -> str:
+    """The URL of a new, empty database on the session's server (one per test)."""
+    import psycopg
+
+    name = f"test_{next(_databases)}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path) -> str:
+    """Each backend in turn: a fresh SQLite file's path, then a fresh PostgreSQL database's URL
+    (as ``TRAFFICCAST_DATABASE_URL`` would give it)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite3")
+    return request.getfixturevalue("postgres_url")

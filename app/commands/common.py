@@ -17,6 +17,8 @@ REGISTRY_ENV = "TRAFFICCAST_REGISTRY"
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean the user gave us something wrong, not that we have a bug."""
     from app.allocator import AllocatorError
+    from app.db import UNAVAILABLE
+    from app.db.migrate import SchemaOutOfDate
     from app.registry import RegistryError
     from data.errors import DataInputError
     from graph.errors import GraphInputError
@@ -33,6 +35,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         IsADirectoryError,
         PermissionError,
+        SchemaOutOfDate,
+        *UNAVAILABLE,
     )
 
 
@@ -41,6 +45,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None:
         reason = exc.strerror or str(exc)
         return f"cannot open {exc.filename}: {reason}"
+    orig = getattr(exc, "orig", None)  # a database error: the driver's message, not the SQL
+    if orig is not None and str(orig).strip():
+        return f"database: {str(orig).strip().splitlines()[0]}"
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.split())  # always one line
 
@@ -84,6 +91,14 @@ def parse_freq(text: str | None) -> int | None:
     from data.io import parse_freq_minutes
 
     return None if text is None else parse_freq_minutes(text)
+
+
+def optional_location(value: str | None) -> str | Path | None:
+    """An optional database argument: a URL (``postgresql://...``) as given, else a SQLite
+    path; an option not given stays None."""
+    from app.db import location
+
+    return None if value is None else location(value)
 
 
 def optional_path(value: str | None) -> Path | None:

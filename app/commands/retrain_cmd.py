@@ -11,6 +11,7 @@ from app.commands.common import (
     data_arguments,
     data_timing,
     describe,
+    optional_location,
     optional_path,
     registry_argument,
     user_error_types,
@@ -34,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--observations",
         metavar="DB",
-        help="the service's observation store (SQLite); its readings win over --data's",
+        help="the service's database: its SQLite file or its URL (postgresql://...); its "
+        "readings win over --data's",
     )
     graph = p.add_mutually_exclusive_group()
     graph.add_argument("--distances", help="road distances CSV (default: the champion's graph)")
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             registry=registry,
             data=Path(args.data),
             **data_timing(args),
-            observations=optional_path(args.observations),
+            observations=optional_location(args.observations),
             config=optional_path(args.config),
             epochs=args.epochs,
             distances=optional_path(args.distances),

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from app.db import describe, is_url
 from app.fsutil import atomic_write_json, atomic_write_text
 from app.registry import Registry, RegistryError, now_iso
 from app.retrain.live import champion_live, live_gate
@@ -286,11 +287,18 @@ def _graph_sha(ids: list[str], adj: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def _location_key(where: str | Path | None) -> str | None:
+    # A URL is named without its password: the key is written to job.json.
+    if where is None:
+        return None
+    return describe(where) if is_url(where) else str(Path(where).resolve())
+
+
 def _options_key(opts: RetrainOptions, config: RunConfig, graph_sha: str, champion: str | None):
     """What makes two runs the same job: an interrupted job is resumed only if this matches."""
     body = {
         "data": str(Path(opts.data).resolve()),
-        "observations": None if opts.observations is None else str(opts.observations.resolve()),
+        "observations": _location_key(opts.observations),
         "config": config.to_dict(),
         "graph": graph_sha,
         "warm_start": opts.warm_start,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.db import describe
 from app.registry import Registry
 from app.retrain.options import RetrainOptions
 
@@ -50,7 +51,7 @@ def live_gate(opts: RetrainOptions, live: dict[str, Any] | None) -> str | None:
         return None
     if live is None or live["mae"] is None:
         return (
-            f"no live MAE of the current version in {opts.observations} to compare with "
+            f"no live MAE of the current version in {describe(opts.observations)} to compare with "
             f"--when-live-mae-above {limit:g}; not training"
         )
     if live["mae"] > limit:

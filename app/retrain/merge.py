@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app.db import describe
 from data import SpeedData
 from data.errors import DataInputError
 
@@ -15,7 +16,7 @@ from data.errors import DataInputError
 MAX_GAP = pd.Timedelta(days=7)
 
 
-def merge_observations(speeds: SpeedData, db: Path) -> tuple[SpeedData, dict[str, Any]]:
+def merge_observations(speeds: SpeedData, db: str | Path) -> tuple[SpeedData, dict[str, Any]]:
     """``speeds`` extended and overridden by the readings in the observation store ``db``.
 
     The store's readings win where both have one (same sensor, same time). Sensors the store has
@@ -28,7 +29,7 @@ def merge_observations(speeds: SpeedData, db: Path) -> tuple[SpeedData, dict[str
     from app.observations import read_readings
 
     readings = read_readings(db)
-    info: dict[str, Any] = {"path": str(db), "readings": 0, "overridden": 0, "new_steps": 0}
+    info: dict[str, Any] = {"path": describe(db), "readings": 0, "overridden": 0, "new_steps": 0}
     if readings.empty:
         return speeds, info
     known = set(speeds.sensor_ids)
@@ -36,7 +37,7 @@ def merge_observations(speeds: SpeedData, db: Path) -> tuple[SpeedData, dict[str
     unknown = [s for s in store_sensors if s not in known]
     if len(unknown) == len(store_sensors):
         raise DataInputError(
-            f"{db}: none of its {len(store_sensors)} sensors is in {speeds.source} "
+            f"{describe(db)}: none of its {len(store_sensors)} sensors is in {speeds.source} "
             f"(e.g. {', '.join(unknown[:3])}): the observations belong to another sensor network"
         )
     if unknown:
@@ -58,7 +59,7 @@ def merge_observations(speeds: SpeedData, db: Path) -> tuple[SpeedData, dict[str
     if len(gaps) and gaps.max() > MAX_GAP.value:
         k = int(np.argmax(gaps))
         raise DataInputError(
-            f"{db}: {pd.Timedelta(int(gaps[k]))} without a reading between "
+            f"{describe(db)}: {pd.Timedelta(int(gaps[k]))} without a reading between "
             f"{pd.Timestamp(times[k])} and {pd.Timestamp(times[k + 1])} ({speeds.source} and the "
             f"store together); the limit is {MAX_GAP.days} days: give a --data file that reaches "
             "the store's readings"
@@ -84,7 +85,7 @@ def merge_observations(speeds: SpeedData, db: Path) -> tuple[SpeedData, dict[str
         values=values,
         mask=mask,
         freq_minutes=speeds.freq_minutes,
-        source=f"{speeds.source} + {db}",
+        source=f"{speeds.source} + {describe(db)}",
         missing=speeds.missing,
     )
     return merged, info

@@ -29,7 +29,8 @@ class RetrainOptions:
     # The times of a --data file without timestamps (--start, --freq).
     start: str | None = None
     freq_minutes: int | None = None
-    observations: Path | None = None
+    # The service's database: its SQLite file or its URL.
+    observations: str | Path | None = None
     config: Path | None = None
     epochs: int | None = None
     distances: Path | None = None

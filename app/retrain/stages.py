@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from app.db import describe
 from app.fsutil import atomic_write_json
 from app.registry import Registry, RegistryError, fault_point, now_iso
 from app.retrain.merge import merge_observations
@@ -125,7 +126,7 @@ def snapshot_data(
         if merge_info.get("ignored_sensors"):
             job.log(
                 f"observations: {merge_info['ignored_sensors']} sensors of "
-                f"{opts.observations} are not in {opts.data} and were left out (e.g. "
+                f"{describe(opts.observations)} are not in {opts.data} and were left out (e.g. "
                 f"{', '.join(merge_info['ignored_sensor_examples'][:3])})"
             )
         job.log(

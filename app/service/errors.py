@@ -17,10 +17,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
+from app.db import UNAVAILABLE
 from app.schemas import ErrorBody, FieldError
 from app.serving.errors import NonFiniteForecast, NotEnoughData, ServingError
 
 log = logging.getLogger("trafficcast.service")
+
+# Seconds a client is asked to wait when the database can't be reached (the pool reconnects on
+# the first request after it returns).
+DB_RETRY_AFTER_S = 5
 
 # The serving core's refusals as HTTP: not enough stored data is a conflict with the store's
 # state (409); a forecast that is not finite is about the input the client sent (422).
@@ -33,7 +38,8 @@ _DESCRIPTIONS = {
     413: "request body over the size limit",
     422: "invalid request; the body names the field and the value",
     500: "unexpected server error (a bug), as JSON",
-    503: "no model loaded yet (starting or training)",
+    503: "no model loaded yet (starting or training), or the database is unreachable; "
+    "retry after Retry-After seconds",
 }
 
 
@@ -183,6 +189,18 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(exc.status_code, detail, headers=headers)
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # Nothing was written (the transaction did not commit), so the client may simply retry: the
+    # pool reconnects by itself once the database is back.
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason)
+    return error_response(
+        503,
+        "the database is unavailable; nothing was written, retry later",
+        headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
@@ -193,6 +211,8 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     for kind in SERVING_STATUS:
         app.add_exception_handler(kind, _serving_error)
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

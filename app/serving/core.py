@@ -26,11 +26,20 @@ import pandas as pd
 
 from app.accuracy import WINDOWS, ForecastRecord, ModelMeta
 from app.batching import MicroBatcher
+from app.db import UNAVAILABLE, Database
 from app.forecaster import Forecaster
 from app.observations import ObservationStore
 from app.registry import file_sha256, now_iso
 from app.serving.errors import NonFiniteForecast, NotEnoughData
-from app.serving.loading import LoadedModel, read_locations, read_report, seed_store, smoke_test
+from app.serving.health import DatabaseHealth
+from app.serving.loading import (
+    LoadedModel,
+    open_database,
+    read_locations,
+    read_report,
+    seed_store,
+    smoke_test,
+)
 from app.serving.recorder import Recorder
 from app.serving.swap import RegistryWatcher
 from app.settings import BUNDLED_CONFIG, Settings
@@ -63,6 +72,7 @@ class Service:
         self.settings = settings
         self.metrics = Metrics()
         self.model: LoadedModel | None = None
+        self.db: Database | None = None
         self.store: ObservationStore | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.cache: CachedForecast | None = None
@@ -75,6 +85,7 @@ class Service:
             RegistryWatcher(self) if settings.registry is not None else None
         )
         self._retired: set[asyncio.Task] = set()
+        self.health: DatabaseHealth | None = None
         # The live-accuracy record and its background task (None when accuracy_enabled is off).
         self.accuracy: ForecastRecord | None = None
         self.recorder: Recorder | None = None
@@ -117,11 +128,13 @@ class Service:
             import torch
 
             torch.set_num_threads(s.torch_threads)
-        self.store = ObservationStore(s.observations_db)
+        self.db = open_database(s)
+        self.store = ObservationStore(self.db)
+        self.health = DatabaseHealth(self.db, s.db_connect_timeout_s, self.metrics)
         self.executor = ThreadPoolExecutor(s.inference_workers, thread_name_prefix="inference")
         self.cache_lock = asyncio.Lock()
         if s.accuracy_enabled:
-            self.accuracy = ForecastRecord(s.observations_db)
+            self.accuracy = ForecastRecord(self.db)
             self.recorder = Recorder(self, self.accuracy)
 
     def _run_dir_checkpoint(self) -> Path:
@@ -162,9 +175,13 @@ class Service:
             await self.model.batcher.stop()
         assert self.executor is not None and self.store is not None
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.store.close()
-        if self.accuracy is not None:
-            self.accuracy.close()
+        if self.db is not None:
+            self.db.dispose()
+
+    async def database_problem(self) -> str | None:
+        """None when the database answers, else why not (see :class:`DatabaseHealth`)."""
+        assert self.health is not None
+        return await self.health.problem()
 
     # ---- loading -----------------------------------------------------------------------
     def build(self, source: Path, smoke: bool = False, **registry: Any) -> LoadedModel:
@@ -227,7 +244,7 @@ class Service:
     def seed(self, forecaster: Forecaster) -> None:
         """Fill an empty store with the last days of a speed file, so forecasts show at once."""
         path = self._seed_path()
-        if path is None or self.store is None or self.store.count() > 0:
+        if path is None or self.store is None or not self.store.is_empty():
             return
         written = seed_store(self.store, forecaster, path, self.settings.seed_days)
         self.metrics.observations.inc(written)
@@ -319,10 +336,20 @@ class Service:
         assert self.store is not None and self.cache_lock is not None
         f, store = model.forecaster, self.store
         cached = self.cache
-        if cached is not None and cached.generation == store.generation and cached.model is model:
+        try:
+            # Read before the data: a write after this read leaves a forecast that its next
+            # read of the counter invalidates.
+            generation = await asyncio.to_thread(lambda: store.generation)
+        except UNAVAILABLE:
+            # The database is gone for now; so is every way to write a reading (every replica
+            # writes there), so the forecast last made from it is still the latest one.
+            if cached is not None and cached.model is model:
+                self.metrics.stale_forecasts.inc()
+                return cached, True
+            raise
+        if cached is not None and cached.generation == generation and cached.model is model:
             return cached, True
         async with self.cache_lock:
-            generation = store.generation  # read before the data: a later write invalidates
             cached = self.cache
             if cached is not None and cached.generation == generation and cached.model is model:
                 return cached, True

@@ -1,13 +1,15 @@
 """A servable model and the blocking steps around loading one: its report and sensor locations,
 the smoke test a new model must pass, and seeding an empty observation store.
 
-All of it blocks (disk, a forward pass, SQLite); the service runs it off the event loop.
+All of it blocks (disk, a forward pass, the database); the service runs it off the event loop,
+but for opening the database at start-up, before it serves anything.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,51 @@ import numpy as np
 import pandas as pd
 
 from app.batching import MicroBatcher
+from app.db import UNAVAILABLE, Database, describe
 from app.forecaster import Forecaster
 from app.observations import ObservationStore
+from app.settings import Settings
 
 log = logging.getLogger("trafficcast.service")
+
+
+# How long start-up waits for an unreachable database (a replica started with its database, say
+# by Compose or Kubernetes, may come up first) before it gives up and exits.
+DB_START_WAIT_S = 60.0
+
+
+def open_database(settings: Settings) -> Database:
+    """The service's database (``database_url``, else the SQLite file), its schema migrated to
+    this version's head (or checked, with ``db_migrate_on_start`` off).
+
+    An unreachable database is retried for :data:`DB_START_WAIT_S` seconds; raises the last
+    error after that, and ``app.db.migrate.SchemaOutOfDate`` for a schema nobody upgraded.
+    """
+    from app.db import migrate
+
+    s = settings
+    db = Database.open(
+        s.database,
+        pool_size=s.db_pool_size,
+        max_overflow=s.db_max_overflow,
+        connect_timeout_s=s.db_connect_timeout_s,
+    )
+    deadline = time.monotonic() + DB_START_WAIT_S
+    while True:
+        try:
+            if s.db_migrate_on_start:
+                before, after = migrate.upgrade(db)
+                if before != after:
+                    log.info("database %s: schema %s -> %s", db.description, before, after)
+            else:
+                migrate.check(db)
+            return db
+        except UNAVAILABLE as exc:
+            if time.monotonic() >= deadline:
+                db.dispose()
+                raise
+            log.warning("database %s unreachable (%s); retrying", describe(s.database), exc)
+            time.sleep(2.0)
 
 
 @dataclass

@@ -19,7 +19,11 @@ async def healthz() -> Status:
 
 @router.get("/readyz", response_model=Status, responses=responses(503))
 async def readyz(service: ServiceDep) -> Status:
-    """200 once a model is loaded and can answer, else 503."""
+    """200 once a model is loaded and the database answers, else 503: a load balancer then sends
+    requests to the other replicas until this one's database is back."""
     if not service.ready:
         raise ApiError(503, f"not ready: {service.status}", headers={"Retry-After": "5"})
+    problem = await service.database_problem()
+    if problem is not None:
+        raise ApiError(503, f"not ready: {problem}", headers={"Retry-After": "5"})
     return Status(status="ready")
