@@ -186,10 +186,13 @@ def test_dockerignore_admits_exactly_what_the_build_copies() -> None:
 
 
 def test_compose_services_share_the_registry_and_state_volumes() -> None:
+    """The SQLite services (the `replicas` profile, on PostgreSQL: test_deploy_compose.py)."""
     spec = compose()
-    services = spec["services"]
+    services = {
+        n: s for n, s in spec["services"].items() if "replicas" not in s.get("profiles", [])
+    }
     assert set(services) == {"api", "retrain", "retrain-scheduler"}
-    assert set(spec["volumes"]) == {"registry", "state"}
+    assert set(spec["volumes"]) == {"registry", "state", "pgdata"}
     (user,) = [i["value"] for i in final_stage() if i["instruction"] == "USER"]
     for name, service in services.items():
         assert "registry:/registry" in service["volumes"], name
@@ -258,7 +261,10 @@ def test_compose_build_arguments_exist_in_the_dockerfile() -> None:
 def test_compose_gpu_override_builds_the_cuda_variant() -> None:
     spec = yaml.safe_load(COMPOSE_GPU.read_text())
     services = spec["services"]
-    assert set(services) == set(compose()["services"]), "overrides every service, adds none"
+    sqlite_services = {
+        n for n, s in compose()["services"].items() if "replicas" not in s.get("profiles", [])
+    }
+    assert set(services) == sqlite_services, "overrides every SQLite service, adds none"
     declared = {i["value"].split("=", 1)[0] for i in instructions() if i["instruction"] == "ARG"}
     for name, service in services.items():
         args = service["build"]["args"]
