@@ -13,7 +13,8 @@ def register(subparsers) -> None:
             "Run the forecast service. With no arguments it serves the bundled METR-LA week with "
             "the bundled model (trained on first start if absent). Every setting can also come "
             "from the environment: TRAFFICCAST_RUN_DIR, TRAFFICCAST_API_KEYS=k1,k2, "
-            "TRAFFICCAST_OBSERVATIONS_DB, TRAFFICCAST_TORCH_THREADS, TRAFFICCAST_MICROBATCH_WINDOW_MS, ..."
+            "TRAFFICCAST_OBSERVATIONS_DB (SQLite) or TRAFFICCAST_DATABASE_URL (PostgreSQL, shared by "
+            "replicas), TRAFFICCAST_TORCH_THREADS, TRAFFICCAST_MICROBATCH_WINDOW_MS, ..."
         ),
     )
     source = p.add_mutually_exclusive_group()
@@ -24,6 +25,12 @@ def register(subparsers) -> None:
         "each newly promoted one (TRAFFICCAST_REGISTRY; poll interval TRAFFICCAST_REGISTRY_POLL_S)",
     )
     source.add_argument("--run", metavar="RUN_DIR", help="run directory from `trafficcast train`")
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="postgresql://user:password@host:5432/db, shared by replicas "
+        "(TRAFFICCAST_DATABASE_URL; default: the SQLite file TRAFFICCAST_OBSERVATIONS_DB)",
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.set_defaults(handler=run_serve)
@@ -39,6 +46,7 @@ def build_settings(args: argparse.Namespace):
     overrides = {
         "run_dir": args.run,
         "registry": args.registry,
+        "database_url": args.database_url,
         "host": args.host,
         "port": args.port,
     }
@@ -47,9 +55,14 @@ def build_settings(args: argparse.Namespace):
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
+        given = first.get("input")
+        if where == "database_url" and isinstance(given, str):
+            from app.db import describe
+
+            given = describe(given)  # never echo the password
         raise ConfigError(
             f"setting {where} (--{where.replace('_', '-')} or TRAFFICCAST_{where.upper()}): "
-            f"{first['msg']} (got {first.get('input')!r})"
+            f"{first['msg']} (got {given!r})"
         ) from None
     if args.run is not None and settings.registry is not None:
         settings = settings.model_copy(update={"registry": None})  # --run beats the environment

@@ -53,3 +53,19 @@ def test_bad_setting_is_one_line_error(monkeypatch, service_run_dir, capsys) -> 
     monkeypatch.setenv("TRAFFICCAST_TORCH_THREADS", "zero")
     code, err = run_like_cli(["serve", "--run", str(service_run_dir)], capsys)
     assert code == 2 and "torch_threads" in err and "TRAFFICCAST_TORCH_THREADS" in err
+
+
+@pytest.mark.parametrize("source", ["flag", "environment"])
+def test_a_database_url_of_another_engine_is_one_line_without_its_password(
+    source, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    url = "mysql://trafficcast:hunter2@db.example/trafficcast"
+    argv = ["serve"]
+    if source == "flag":
+        argv += ["--database-url", url]
+    else:
+        monkeypatch.setenv("TRAFFICCAST_DATABASE_URL", url)
+    code, err = run_like_cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: setting database_url")
+    assert "only postgresql:// and sqlite:/// are supported" in err
+    assert "hunter2" not in err and "mysql://trafficcast:***@db.example/trafficcast" in err
