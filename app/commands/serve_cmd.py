@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+# The settings this command also takes as flags; the others come from the environment only.
+_FLAGS = {
+    "run_dir": "--run",
+    "registry": "--registry",
+    "database_url": "--database-url",
+    "host": "--host",
+    "port": "--port",
+}
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -40,6 +49,7 @@ def build_settings(args: argparse.Namespace):
     """Settings from the environment, overridden by the command line; one-line errors."""
     from pydantic import ValidationError
 
+    from app.db import describe
     from app.settings import Settings
     from models.errors import CheckpointError, ConfigError
 
@@ -55,14 +65,14 @@ def build_settings(args: argparse.Namespace):
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
-        given = first.get("input")
-        if where == "database_url" and isinstance(given, str):
-            from app.db import describe
-
-            given = describe(given)  # never echo the password
+        env = f"TRAFFICCAST_{where.upper()}"
+        names = f"{_FLAGS[where]} or {env}" if where in _FLAGS else env
+        value = first.get("input")
+        if where == "database_url":  # its password stays out of terminals and logs
+            value = describe(str(value))
         raise ConfigError(
-            f"setting {where} (--{where.replace('_', '-')} or TRAFFICCAST_{where.upper()}): "
-            f"{first['msg']} (got {given!r})"
+            f"setting {where} ({names}): {first['msg'].removeprefix('Value error, ')} "
+            f"(got {value!r})"
         ) from None
     if args.run is not None and settings.registry is not None:
         settings = settings.model_copy(update={"registry": None})  # --run beats the environment
