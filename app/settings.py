@@ -160,3 +160,29 @@ class Settings(BaseSettings):
     @property
     def serves_bundled_run(self) -> bool:
         return self.registry is None and self.run_dir.resolve() == BUNDLED_RUN_DIR.resolve()
+
+
+def load_settings(flags: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from the environment and ``overrides``; an invalid one raises
+    ``models.errors.ConfigError`` with one line naming the setting, its environment variable
+    (and its command-line flag, from ``flags``) and the value, a database URL without its
+    password."""
+    from pydantic import ValidationError
+
+    from app.db import describe
+    from models.errors import ConfigError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        env = f"TRAFFICCAST_{where.upper()}"
+        names = f"{flags[where]} or {env}" if flags and where in flags else env
+        value = first.get("input")
+        if where == "database_url":  # its password stays out of terminals and logs
+            value = describe(str(value))
+        raise ConfigError(
+            f"setting {where} ({names}): {first['msg'].removeprefix('Value error, ')} "
+            f"(got {value!r})"
+        ) from None

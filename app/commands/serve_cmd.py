@@ -47,10 +47,7 @@ def register(subparsers) -> None:
 
 def build_settings(args: argparse.Namespace):
     """Settings from the environment, overridden by the command line; one-line errors."""
-    from pydantic import ValidationError
-
-    from app.db import describe
-    from app.settings import Settings
+    from app.settings import load_settings
     from models.errors import CheckpointError, ConfigError
 
     overrides = {
@@ -60,20 +57,7 @@ def build_settings(args: argparse.Namespace):
         "host": args.host,
         "port": args.port,
     }
-    try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        env = f"TRAFFICCAST_{where.upper()}"
-        names = f"{_FLAGS[where]} or {env}" if where in _FLAGS else env
-        value = first.get("input")
-        if where == "database_url":  # its password stays out of terminals and logs
-            value = describe(str(value))
-        raise ConfigError(
-            f"setting {where} ({names}): {first['msg'].removeprefix('Value error, ')} "
-            f"(got {value!r})"
-        ) from None
+    settings = load_settings(_FLAGS, **{k: v for k, v in overrides.items() if v is not None})
     if args.run is not None and settings.registry is not None:
         settings = settings.model_copy(update={"registry": None})  # --run beats the environment
     if settings.registry is not None:

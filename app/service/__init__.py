@@ -24,7 +24,7 @@ from app.service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.service.openapi import openapi_builder
 from app.service.routes import accuracy, dashboard, forecasts, model, observations, probes
 from app.serving import Service
-from app.settings import Settings
+from app.settings import Settings, load_settings
 
 __all__ = ["app_from_env", "create_app", "lifespan"]
 
@@ -42,7 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service, configured by ``settings`` (``Settings()`` reads the environment)."""
-    settings = settings if settings is not None else Settings()
+    settings = settings if settings is not None else load_settings()
     service = Service(settings)
     app = FastAPI(
         title="trafficcast",
@@ -74,5 +74,6 @@ def _package_version() -> str:
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory app.service:app_from_env``: settings from the environment."""
-    return create_app(Settings())
+    """Factory for ``uvicorn --factory app.service:app_from_env``: settings from the environment
+    (an invalid one is one line naming it, a database URL without its password)."""
+    return create_app(load_settings())
