@@ -85,10 +85,10 @@ def test_promote_keep_force_and_warm_start(retrain_env, capsys) -> None:
     assert "warm start from v0002" in out.err
 
 
-def test_observations_merge_newer_wins(tiny_run, tmp_path) -> None:
+def test_observations_merge_newer_wins(tiny_run, tmp_path, database) -> None:
     speeds = read_speeds(tiny_run["data"])
     ids = speeds.sensor_ids
-    db = tmp_path / "obs.sqlite3"
+    db = database  # a SQLite file's path, then a PostgreSQL URL
     store = ObservationStore(db)
     last = speeds.index[-1]
     # Overlap: the last two steps of two sensors get new values; then one hour beyond the file;
@@ -121,10 +121,10 @@ def test_observations_merge_newer_wins(tiny_run, tmp_path) -> None:
         merge_observations(speeds, other)
 
 
-def test_retrain_with_observations_trains_on_the_merged_data(retrain_env, tmp_path) -> None:
+def test_retrain_with_observations_trains_on_the_merged_data(retrain_env, database) -> None:
     env = retrain_env
     speeds = read_speeds(env["data"])
-    db = tmp_path / "obs.sqlite3"
+    db = database  # --observations takes a SQLite file's path or the service's database URL
     store = ObservationStore(db)
     future = pd.date_range(speeds.index[-1] + pd.Timedelta(minutes=5), periods=24, freq="5min")
     store.add(speeds.sensor_ids, future, np.full((24, speeds.num_sensors), 55.0))
