@@ -22,10 +22,12 @@ resolver), and it adds an ``X-Upstream`` header naming the replica(s) that answe
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -355,6 +357,7 @@ class Stream:
     workers: int
     rate: float | None = None
     url: str | None = None  # default: the cluster's url
+    name: str | None = None  # the outcomes' kind; default: kind
 
 
 async def traffic(
@@ -365,13 +368,19 @@ async def traffic(
     outcomes: list[Outcome] | None = None,
     t0: float | None = None,
     first_body: int = 0,
+    resend: bool = False,
 ) -> list[Outcome]:
     """Send ``streams`` until ``stop`` is set; every request's :class:`Outcome` is appended to
     ``outcomes`` (returned). Observation bodies are numbered from ``first_body`` up, each sent
-    once. ``t0``: the ``time.perf_counter()`` that outcomes' times count from."""
+    once, or with ``resend`` until it is answered 200: a write that failed (5xx, no answer) is
+    sent again before any new one, at the stream's pace (not after Retry-After, so that the
+    first write accepted after an outage times the service, not a client's back-off), as a
+    client that keeps its readings until they are stored would.
+    ``t0``: the ``time.perf_counter()`` that outcomes' times count from."""
     outcomes = [] if outcomes is None else outcomes
     t0 = time.perf_counter() if t0 is None else t0
     next_body = first_body
+    failed: collections.deque[int] = collections.deque()
     connections = sum(s.workers for s in streams)
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
@@ -383,7 +392,10 @@ async def traffic(
             headers = {"X-API-Key": API_KEY}
             if stream.kind == "observations":
                 assert feed is not None
-                k, next_body = next_body, next_body + 1
+                if failed:
+                    k = failed.popleft()
+                else:
+                    k, next_body = next_body, next_body + 1
                 ts, body = feed.epoch_seconds(k), feed.body(k)
                 headers["content-type"] = "application/json"
                 request = client.build_request(
@@ -394,7 +406,7 @@ async def traffic(
             else:
                 request = client.build_request("GET", f"{base}/readyz", timeout=5.0)
             started = time.perf_counter()
-            outcome = Outcome(stream.kind, started - t0, 0.0, 0, ts=ts)
+            outcome = Outcome(stream.name or stream.kind, started - t0, 0.0, 0, ts=ts)
             try:
                 r = await client.send(request)
                 outcome.status = r.status_code
@@ -404,6 +416,8 @@ async def traffic(
                     outcome.written = int(r.json()["written"])
             except httpx.HTTPError as exc:
                 outcome.error = type(exc).__name__
+            if resend and stream.kind == "observations" and outcome.status in (0, 502, 503, 504):
+                failed.append(k)
             outcome.seconds = time.perf_counter() - started
             outcomes.append(outcome)
 
@@ -458,6 +472,19 @@ def stored_keys(c: Cluster, timestamps: set[int]) -> set[tuple[str, int]]:
     """The ``(sensor, ts)`` rows of the readings table at ``timestamps``, read directly."""
     rows = c.sql("SELECT sensor_id, ts FROM readings WHERE ts = ANY(%s)", (sorted(timestamps),))
     return {(str(s), int(t)) for s, t in rows}
+
+
+def nginx_errors(c: Cluster) -> str:
+    """nginx's error log, summarised: ``N x <message> (<request line>)`` per distinct pair."""
+    log = c.workdir / "nginx-error.log"
+    counts: dict[str, int] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        found = re.search(r"\*\d+ (.*?), client: .*?request: \"(\S+ \S+)", line)
+        if found:
+            message = re.sub(r"\(\d+: ", "(", found.group(1))
+            key = f"{message} ({found.group(2)})"
+            counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{n} x {k}" for k, n in sorted(counts.items()))
 
 
 def load_average() -> str:
