@@ -348,12 +348,15 @@ class Outcome:
     error: str | None = None
 
 
+GET_PATHS = {"forecast": "/v1/forecast", "accuracy": "/v1/accuracy", "readyz": "/readyz"}
+
+
 @dataclass
 class Stream:
     """Requests of one kind, sent by ``workers`` clients, paced to ``rate`` per second in all
     (``None``: each client sends its next request as soon as its last one is answered)."""
 
-    kind: str  # "forecast", "observations" or "readyz"
+    kind: str  # "observations" or one of GET_PATHS
     workers: int
     rate: float | None = None
     url: str | None = None  # default: the cluster's url
@@ -401,10 +404,8 @@ async def traffic(
                 request = client.build_request(
                     "POST", f"{base}/v1/observations", content=body, headers=headers
                 )
-            elif stream.kind == "forecast":
-                request = client.build_request("GET", f"{base}/v1/forecast")
             else:
-                request = client.build_request("GET", f"{base}/readyz", timeout=5.0)
+                request = client.build_request("GET", base + GET_PATHS[stream.kind])
             started = time.perf_counter()
             outcome = Outcome(stream.name or stream.kind, started - t0, 0.0, 0, ts=ts)
             try:
