@@ -243,6 +243,12 @@ def run_database_outage(args: argparse.Namespace, workdir: Path) -> int:
             f"503 answers: {sum(o.status == 503 for o in outcomes)}, without Retry-After: "
             f"{len(bare_503)}; Retry-After values: {sorted(with_ra) or 'none'}"
         )
+        stale = [r.metric("trafficcast_forecasts_stale_total") for r in c.replicas]
+        print(
+            "GET /v1/forecast answered from the last forecast while the database was "
+            "unreachable (trafficcast_forecasts_stale_total): "
+            + ", ".join(f"r{k} {n:.0f}" for k, n in enumerate(stale))
+        )
         since = marks["started"]
         recovered = True
         for r in c.replicas:

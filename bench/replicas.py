@@ -109,13 +109,15 @@ class Replica:
                 self.proc.kill()
                 self.proc.wait()
 
-    def metric(self, name: str) -> float:
-        """The sum of a Prometheus sample's values over its labels (0 when absent)."""
+    def metric(self, name: str, label: str = "") -> float:
+        """The sum of a Prometheus sample's values over its labels, or over those with
+        ``label`` (e.g. ``result="miss"``) among them; 0 when absent."""
         text = httpx.get(f"{self.url}/metrics", timeout=10.0).text
         total = 0.0
         for line in text.splitlines():
-            if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
-                total += float(line.rsplit(" ", 1)[1])
+            sample, _, value = line.rpartition(" ")
+            if sample.startswith(name) and sample[len(name) :][:1] in ("", "{") and label in sample:
+                total += float(value)
         return total
 
 

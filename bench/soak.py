@@ -93,6 +93,14 @@ def summarize(
             f"  replica {r.index} RSS: {start:.0f} MiB after the warm-up, {end:.0f} MiB at the "
             f"end ({growth:+.1f} %), peak {peak:.0f} MiB"
         )
+    windows = [r.metric("trafficcast_inference_batch_size_sum") for r in c.replicas]
+    misses = [r.metric("trafficcast_forecast_cache_total", 'result="miss"') for r in c.replicas]
+    print(
+        "  windows forecast (each replica's trafficcast_inference_batch_size_sum): "
+        + ", ".join(f"r{k} {w:.0f}" for k, w in enumerate(windows))
+        + "; GET /v1/forecast cache misses: "
+        + ", ".join(f"r{k} {m:.0f}" for k, m in enumerate(misses))
+    )
     readings = c.sql("SELECT COUNT(*) FROM readings")[0][0]
     expected = seeded + 207 * len(steps)
     ok &= readings == expected
