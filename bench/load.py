@@ -93,13 +93,14 @@ async def drive(
     concurrency: int,
     time_limit: float,
     name: str,
+    api_key: str = API_KEY,
 ) -> Result:
     latencies: list[float] = []
     errors = 0
     sent = 0
     deadline = time.perf_counter() + time_limit
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"content-type": "application/json", "X-API-Key": API_KEY}
+    headers = {"content-type": "application/json", "X-API-Key": api_key}
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as client:
 
         async def worker() -> None:
@@ -174,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, from {', '.join(SCENARIOS)}",
     )
     parser.add_argument(
+        "--api-key",
+        default=API_KEY,
+        help="X-API-Key of the writes (post-observations) with --url; the started replicas "
+        "accept the default",
+    )
+    parser.add_argument(
         "--replicas", type=int, default=1, help="service processes, all on one database"
     )
     parser.add_argument(
@@ -246,7 +253,17 @@ def main(argv: list[str] | None = None) -> int:
                     url, replicas = c.url, c.replicas
                 # Warm up: first forward passes allocate; the cache fills on the first GET.
                 asyncio.run(
-                    drive(url, method, path, warm_body, warm, args.concurrency, 30.0, "warm-up")
+                    drive(
+                        url,
+                        method,
+                        path,
+                        warm_body,
+                        warm,
+                        args.concurrency,
+                        30.0,
+                        "warm-up",
+                        args.api_key,
+                    )
                 )
                 result = asyncio.run(
                     drive(
@@ -258,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.concurrency,
                         args.time_limit,
                         name,
+                        args.api_key,
                     )
                 )
                 extra = batch_sizes(replicas) if path == "/v1/forecast" and method == "POST" else ""
