@@ -7,8 +7,9 @@ task, so the POST returns before any of this runs. Each round of the task:
 1. rescores the recorded forecasts with a target time among those written since the last round
    (a score row is recomputed from the store, see ``app.accuracy``, so a late or re-sent reading
    counts as the store now holds it);
-2. forecasts, in time order, from every stored time step later than the last step it forecast
-   from (its high-water mark; at start, the newest ``made_from`` in the record), each from the
+2. forecasts, in time order, from every stored time step later than the last step forecast
+   from (its high-water mark, or the newest ``made_from`` in the record if later: replicas on
+   one database share the record, and one does not redo what another did), each from the
    store's window ending there, then records and scores it. With readings arriving in time order
    that is every time step that became the latest one, whether they came one step per POST or many
    per POST, and however far the task lags. A step that arrives after a later one was forecast from
@@ -163,6 +164,10 @@ class Recorder:
         """The steps to forecast from, oldest first (blocking)."""
         if self._high_water is None:
             return [latest]
+        # Replicas share the record: the steps another one has forecast from are not redone.
+        shared = self.record.high_water()
+        if shared is not None and shared > self._high_water:
+            self._high_water = shared
         # Steps the retention would drop at once are not forecast from (after a long lag).
         oldest = latest - pd.Timedelta(hours=self.service.settings.accuracy_retention_hours)
         assert self.service.store is not None

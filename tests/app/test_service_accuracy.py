@@ -516,3 +516,37 @@ def test_record_scores_bounds_and_keeps_the_first_forecast(tmp_path: Path) -> No
     with sqlite3.connect(tmp_path / "record.sqlite3") as conn:
         rows = conn.execute("SELECT step, n, abs_err, hits FROM forecast_scores ORDER BY step")
         assert rows.fetchall() == [(1, 2, 24.0, 0), (2, 3, 2 + 0.5 + 3, 1), (3, 3, 2 + 0.5 + 3, 1)]
+
+
+def test_replicas_sharing_a_record_do_not_redo_each_others_forecasts(
+    service_settings: Settings, week: data.SpeedData
+) -> None:
+    """Two services on one database (two replicas): the steps one recorded are not forecast
+    again by the other when a reading reaches it."""
+
+    def windows(client: TestClient) -> float:
+        registry = client.app.state.service.metrics.registry
+        return registry.get_sample_value("trafficcast_inference_batch_size_sum") or 0.0
+
+    with (
+        TestClient(create_app(service_settings)) as a,
+        TestClient(create_app(service_settings)) as b,
+    ):
+        post(a, body(week, slice(0, 12)))
+        settle(a)
+        post(b, body(week, slice(12, 13)))  # B has forecast from a step of its own
+        settle(b)
+        for k in range(13, 20):
+            post(a, body(week, slice(k, k + 1)))
+        settle(a)
+        assert [t for t, _ in recorded(service_settings.observations_db)] == [
+            epoch(week, k) for k in range(11, 20)
+        ]
+        before = windows(b)
+        post(b, body(week, slice(20, 21)))
+        settle(b)
+        # B forecast from the new step only (one window), not from the seven A recorded.
+        assert windows(b) - before == 1
+        assert [t for t, _ in recorded(service_settings.observations_db)] == [
+            epoch(week, k) for k in range(11, 21)
+        ]
