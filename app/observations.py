@@ -71,22 +71,26 @@ class ObservationStore:
         """
         seconds = to_epoch_seconds(stamps)
         values = np.asarray(speeds, dtype=np.float64)
-        rows = [
-            {"sensor_id": sid, "ts": int(ts), "speed": None if not np.isfinite(v) else float(v)}
-            for t_, ts in enumerate(seconds)
-            for sid, v in zip(sensor_ids, values[t_], strict=True)
-        ]
+        # In key order: concurrent writers (of any replica) then lock shared readings in one
+        # order, so two batches sharing readings can't deadlock.
+        rows = sorted(
+            (
+                {"sensor_id": sid, "ts": int(ts), "speed": None if not np.isfinite(v) else float(v)}
+                for t_, ts in enumerate(seconds)
+                for sid, v in zip(sensor_ids, values[t_], strict=True)
+            ),
+            key=lambda r: (r["sensor_id"], r["ts"]),
+        )
         if not rows:
             return 0
         with self.db.engine.begin() as conn:
-            # The counter first: its row lock queues concurrent writers (of any replica) before
-            # they lock any reading, so two batches sharing readings can't deadlock.
+            conn.execute(self.db.upsert(t.readings, ["sensor_id", "ts"]), rows)
+            # The counter last: writers queue on its row lock only from here to the commit.
             conn.execute(
                 update(t.store_state)
                 .where(t.store_state.c.id == 1)
                 .values(generation=t.store_state.c.generation + 1)
             )
-            conn.execute(self.db.upsert(t.readings, ["sensor_id", "ts"]), rows)
         return len(rows)
 
     @property
