@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError
 
-from app.db import Database, describe
+from app.db import Database, describe, reason
 from app.db import schema as t
 from data.errors import DataInputError
 
@@ -49,16 +50,12 @@ class ObservationStore:
     """Readings of the model's sensors, kept across restarts in the service's database.
 
     Thread-safe (each call checks a connection out of the database's pool). Every write bumps
-    the shared :attr:`generation` in its own transaction, which is how any replica's forecast
+    the shared :meth:`generation` in its own transaction, which is how any replica's forecast
     cache learns of readings written through another.
     """
 
     def __init__(self, location: Database | str | Path) -> None:
         self.db, self._owned = open_store_database(location)
-
-    @property
-    def description(self) -> str:
-        return self.db.description
 
     def close(self) -> None:
         if self._owned:
@@ -93,7 +90,6 @@ class ObservationStore:
             )
         return len(rows)
 
-    @property
     def generation(self) -> int:
         """A number that changes with every write through any process on this database."""
         with self.db.engine.connect() as conn:
@@ -164,8 +160,6 @@ def read_readings(location: str | Path) -> pd.DataFrame:
     for a SQLite path that does not exist and :class:`DataInputError` for a database without
     the store's table.
     """
-    from sqlalchemy import exc as sa_exc
-
     db = Database.open(location, read_only=True)
     r = t.readings.c
     try:
@@ -173,10 +167,10 @@ def read_readings(location: str | Path) -> pd.DataFrame:
             rows = conn.execute(
                 select(r.sensor_id, r.ts, r.speed).where(r.speed.is_not(None))
             ).all()
-    except sa_exc.DBAPIError as exc:
-        reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+    except DBAPIError as exc:
         raise DataInputError(
-            f"{describe(location)}: cannot read a trafficcast observation store there ({reason})"
+            f"{describe(location)}: cannot read a trafficcast observation store there "
+            f"({reason(exc)})"
         ) from exc
     finally:
         db.dispose()

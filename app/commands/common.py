@@ -45,9 +45,10 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None:
         reason = exc.strerror or str(exc)
         return f"cannot open {exc.filename}: {reason}"
-    orig = getattr(exc, "orig", None)  # a database error: the driver's message, not the SQL
-    if orig is not None and str(orig).strip():
-        return f"database: {str(orig).strip().splitlines()[0]}"
+    if getattr(exc, "orig", None) is not None:  # a database error: the driver's message
+        from app.db import reason
+
+        return f"database: {reason(exc)}"
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.split())  # always one line
 

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-
-DATABASE_URL_ENV = "TRAFFICCAST_DATABASE_URL"
-OBSERVATIONS_DB_ENV = "TRAFFICCAST_OBSERVATIONS_DB"
 
 
 def register(subparsers) -> None:
@@ -14,10 +10,10 @@ def register(subparsers) -> None:
         "db",
         help="upgrade or inspect the schema of the service's database",
         description=(
-            "The service's database (observations and the live-accuracy record): "
-            f"--database-url, else ${DATABASE_URL_ENV}, else the SQLite file "
-            f"${OBSERVATIONS_DB_ENV} (default trafficcast-observations.sqlite3), as the service "
-            "picks it. The service also upgrades at start-up unless "
+            "The service's database (observations and the live-accuracy record), picked from "
+            "the same settings as the service's: --database-url, else $TRAFFICCAST_DATABASE_URL, "
+            "else the SQLite file $TRAFFICCAST_OBSERVATIONS_DB (default "
+            "trafficcast-observations.sqlite3). The service also upgrades at start-up unless "
             "TRAFFICCAST_DB_MIGRATE_ON_START=false."
         ),
     )
@@ -35,20 +31,17 @@ def _database_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--database-url",
         metavar="URL",
-        help=f"postgresql://user:password@host:5432/db or sqlite:///path (default: ${DATABASE_URL_ENV})",
+        help="postgresql://user:password@host:5432/db or sqlite:///path "
+        "(default: $TRAFFICCAST_DATABASE_URL)",
     )
 
 
 def _database(args: argparse.Namespace):
-    from app.db import Database, location
+    from app.db import Database
+    from app.settings import load_settings
 
-    where = (
-        args.database_url
-        or os.environ.get(DATABASE_URL_ENV)
-        or os.environ.get(OBSERVATIONS_DB_ENV)
-        or "trafficcast-observations.sqlite3"
-    )
-    return Database.open(location(where))
+    given = {} if args.database_url is None else {"database_url": args.database_url}
+    return Database.open(load_settings({"database_url": "--database-url"}, **given).database)
 
 
 def _upgrade(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ write now (connection refused or lost, pool exhausted, SQLite busy): the service
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,18 @@ from sqlalchemy.engine import URL, make_url
 
 from data.errors import DataInputError
 
-log = logging.getLogger("trafficcast.db")
-
 UNAVAILABLE: tuple[type[Exception], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
 )
+
+
+def reason(exc: BaseException) -> str:
+    """One line on why a database call failed: the driver's message (SQLAlchemy wraps it with the
+    SQL and a link), else the error's own text, else its type's name."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def is_url(location: str | Path) -> bool:
@@ -83,9 +87,8 @@ class Database:
     connection, not an error to a client.
     """
 
-    def __init__(self, engine: Engine, read_only: bool = False) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.read_only = read_only
         self.dialect = engine.dialect.name
         self.description = engine.url.render_as_string(hide_password=True)
 
@@ -107,7 +110,7 @@ class Database:
         """
         url = to_url(location)
         if url.get_backend_name() == "sqlite":
-            return cls(_sqlite_engine(url, read_only), read_only)
+            return cls(_sqlite_engine(url, read_only))
         options = "-c default_transaction_read_only=on" if read_only else None
         engine = create_engine(
             url,
@@ -123,7 +126,7 @@ class Database:
                 **({"options": options} if options else {}),
             },
         )
-        return cls(engine, read_only)
+        return cls(engine)
 
     def dispose(self) -> None:
         self.engine.dispose()

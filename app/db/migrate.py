@@ -3,7 +3,8 @@ upgrade`` or, by default, when the service starts (``db_migrate_on_start``).
 
 Replicas starting together on one PostgreSQL database take turns: the upgrade holds a
 transaction-level advisory lock, so the second finds the schema at head and does nothing. On
-SQLite the upgrade's first write takes the file's lock, which does the same.
+SQLite an exclusive lock on a file beside the database does the same (its DDL does not wait
+inside a transaction).
 """
 
 from __future__ import annotations
@@ -63,10 +64,7 @@ def _exclusive(db: Database) -> Iterator[Connection]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(_process_lock)
         if db.dialect == "sqlite" and db.engine.url.database:
-            lock_path = Path(db.engine.url.database).with_name(
-                Path(db.engine.url.database).name + ".migrate-lock"
-            )
-            handle = stack.enter_context(open(lock_path, "a+b"))
+            handle = stack.enter_context(open(f"{db.engine.url.database}.migrate-lock", "a+b"))
             fcntl.flock(handle, fcntl.LOCK_EX)
         conn = stack.enter_context(db.engine.begin())
         if db.dialect == "postgresql":

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
-from app.db import UNAVAILABLE
+from app.db import UNAVAILABLE, reason
 from app.schemas import ErrorBody, FieldError
 from app.serving.errors import NonFiniteForecast, NotEnoughData, ServingError
 
@@ -192,8 +192,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     # Nothing was written (the transaction did not commit), so the client may simply retry: the
     # pool reconnects by itself once the database is back.
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason(exc))
     return error_response(
         503,
         "the database is unavailable; nothing was written, retry later",

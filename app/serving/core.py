@@ -339,7 +339,7 @@ class Service:
         try:
             # Read before the data: a write after this read leaves a forecast that its next
             # read of the counter invalidates.
-            generation = await asyncio.to_thread(lambda: store.generation)
+            generation = await asyncio.to_thread(store.generation)
         except UNAVAILABLE:
             # The database is gone for now; so is every way to write a reading (every replica
             # writes there), so the forecast last made from it is still the latest one.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from app.db import UNAVAILABLE, Database
+from app.db import UNAVAILABLE, Database, reason
 from app.telemetry import Metrics
 
 # Probes and load balancers may ask often: the database is pinged at most this often (seconds).
@@ -30,11 +30,10 @@ class DatabaseHealth:
         try:
             await asyncio.wait_for(asyncio.to_thread(self.db.ping), self.timeout_s)
             problem = None
-        except (*UNAVAILABLE, TimeoutError) as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            problem = f"database {self.db.description} unavailable" + (
-                f" ({reason[0]})" if reason else " (no answer)"
-            )
+        except TimeoutError:
+            problem = f"database {self.db.description} unavailable (no answer)"
+        except UNAVAILABLE as exc:
+            problem = f"database {self.db.description} unavailable ({reason(exc)})"
         self._checked_at, self._problem = time.monotonic(), problem
         self.metrics.database_up.set(0 if problem else 1)
         return problem

@@ -57,12 +57,12 @@ def test_readings_round_trip_and_a_resent_reading_replaces_itself(database):
 def test_every_write_through_any_store_changes_the_generation_all_of_them_read(database):
     one, two = ObservationStore(database), ObservationStore(database)  # two replicas
     try:
-        start = one.generation
-        assert two.generation == start
+        start = one.generation()
+        assert two.generation() == start
         one.add(SENSORS, grid(1), np.ones((1, 3)))
-        assert two.generation == start + 1
+        assert two.generation() == start + 1
         two.add(SENSORS, grid(1), np.ones((1, 3)))  # the same readings again still count
-        assert one.generation == start + 2
+        assert one.generation() == start + 2
         assert one.count() == two.count() == 3
     finally:
         one.close()
@@ -74,7 +74,7 @@ def test_concurrent_overlapping_writes_neither_deadlock_nor_duplicate(database):
     # and sensors reversed): rows locked in the order given would deadlock (PostgreSQL aborts
     # one of them) within a few batches.
     stores = [ObservationStore(database) for _ in range(2)]
-    start = stores[0].generation
+    start = stores[0].generation()
     stamps = grid(288)
     rng = np.random.default_rng(0)
     errors: list[BaseException] = []
@@ -95,7 +95,7 @@ def test_concurrent_overlapping_writes_neither_deadlock_nor_duplicate(database):
     try:
         assert not errors, errors
         assert stores[0].count() == 288 * 3
-        assert stores[1].generation == start + 20
+        assert stores[1].generation() == start + 20
     finally:
         for store in stores:
             store.close()
@@ -202,9 +202,9 @@ def test_a_store_written_before_the_schema_was_versioned_is_adopted(tmp_path):
     try:
         assert store.count() == 1 and store.latest_timestamp() == T0
         assert migrate.current(store.db) == migrate.head()
-        start = store.generation
+        start = store.generation()
         store.add(["s1"], grid(1, T0 + pd.Timedelta("5min")), np.array([[61.0]]))
-        assert store.generation == start + 1 and store.count() == 2
+        assert store.generation() == start + 1 and store.count() == 2
     finally:
         store.close()
 
