@@ -88,11 +88,17 @@ def gru_settings(config: RunConfig) -> TrainConfig:
     return train.model_copy(update={"epochs": epochs, "steps": steps})
 
 
-def train_fc_lstm(training: _Training, log: Callable[[str], None]) -> None:
+def _seeded_model(training: _Training, build: Callable) -> tuple[torch.nn.Module, dict]:
+    """A baseline built by ``build`` from the run's seed, on the training device."""
     config, prepared = training.config, training.prepared
     torch.manual_seed(config.train.seed)
-    model, kwargs = build_fc_lstm(config, prepared.speeds.num_sensors, prepared.input_dim)
-    model.to(training.device)
+    model, kwargs = build(config, prepared.speeds.num_sensors, prepared.input_dim)
+    return model.to(training.device), kwargs
+
+
+def train_fc_lstm(training: _Training, log: Callable[[str], None]) -> None:
+    config = training.config
+    model, kwargs = _seeded_model(training, build_fc_lstm)
     b = config.baselines
     # The baseline trains as DCRNN does but for its own rate and, when given, epoch count.
     settings = config.train.model_copy(
@@ -102,18 +108,13 @@ def train_fc_lstm(training: _Training, log: Callable[[str], None]) -> None:
 
 
 def train_gru(training: _Training, log: Callable[[str], None]) -> None:
-    config, prepared = training.config, training.prepared
-    torch.manual_seed(config.train.seed)
-    model, kwargs = build_gru(config, prepared.speeds.num_sensors, prepared.input_dim)
-    model.to(training.device)
-    _fit_and_log(training, "gru", model, kwargs, gru_settings(config), log)
+    model, kwargs = _seeded_model(training, build_gru)
+    _fit_and_log(training, "gru", model, kwargs, gru_settings(training.config), log)
 
 
 def train_tcn(training: _Training, log: Callable[[str], None]) -> None:
-    config, prepared = training.config, training.prepared
-    torch.manual_seed(config.train.seed)
-    model, kwargs = build_tcn(config, prepared.speeds.num_sensors, prepared.input_dim)
-    model.to(training.device)
+    config = training.config
+    model, kwargs = _seeded_model(training, build_tcn)
     b = config.baselines
     settings = config.train.model_copy(
         update={"epochs": b.tcn_epochs or config.train.epochs, "base_lr": b.tcn_lr}

@@ -98,19 +98,23 @@ def check_spacing(stamps: pd.DatetimeIndex, freq_minutes: int) -> None:
         )
 
 
+def _bad_timestamp(stamps: pd.DatetimeIndex, k: int, why: str) -> ApiError:
+    return ApiError(
+        422,
+        f"timestamps[{k}] ({stamps[k].isoformat()}) {why}",
+        field=f"timestamps[{k}]",
+        value=stamps[k].isoformat(),
+    )
+
+
 def check_grid(stamps: pd.DatetimeIndex, freq_minutes: int, max_future_minutes: int) -> None:
     """Refuse timestamps off the model's grid, repeated, or later than ``max_future_minutes``
     from now."""
     freq = pd.Timedelta(minutes=freq_minutes).value
     off = np.flatnonzero(stamps.asi8 % freq != 0)
     if len(off):
-        k = int(off[0])
-        raise ApiError(
-            422,
-            f"timestamps[{k}] ({stamps[k].isoformat()}) is not on the model's "
-            f"{freq_minutes}-minute grid",
-            field=f"timestamps[{k}]",
-            value=stamps[k].isoformat(),
+        raise _bad_timestamp(
+            stamps, int(off[0]), f"is not on the model's {freq_minutes}-minute grid"
         )
     dup = stamps[stamps.duplicated()]
     if len(dup):
@@ -123,11 +127,8 @@ def check_grid(stamps: pd.DatetimeIndex, freq_minutes: int, max_future_minutes: 
     limit = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(minutes=max_future_minutes)
     future = np.flatnonzero(stamps > limit)
     if len(future):
-        k = int(future[0])
-        raise ApiError(
-            422,
-            f"timestamps[{k}] ({stamps[k].isoformat()}) is in the future (later than "
-            f"{limit.floor('min').isoformat()})",
-            field=f"timestamps[{k}]",
-            value=stamps[k].isoformat(),
+        raise _bad_timestamp(
+            stamps,
+            int(future[0]),
+            f"is in the future (later than {limit.floor('min').isoformat()})",
         )
