@@ -55,6 +55,7 @@ COPY app ./app
 COPY models ./models
 COPY data ./data
 COPY graph ./graph
+COPY trafficcast ./trafficcast
 
 # Not editable: the code, the dashboard, the bundled model and the bundled week are package
 # data inside site-packages, so /src is not needed at run time.
@@ -72,9 +73,10 @@ RUN site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path(
         find "${site}/torch/bin" -type f ! -name torch_shm_manager -delete; fi; \
     find "${site}" -depth -type d -name tests -path "${site}/*/tests" \
         ! -path "${site}/tables/*" -exec rm -rf {} +; \
-    /opt/venv/bin/python -c "import app.cli, app.service, app.pipeline, models.checkpoint, \
-graph, data, tables, pandas, pyarrow.parquet, scipy.sparse, sympy, networkx, torch_geometric, \
-matplotlib.pyplot; from app.settings import BUNDLED_RUN_DIR as r; \
+    /opt/venv/bin/python -c "import trafficcast.app.cli, trafficcast.app.service, \
+trafficcast.app.pipeline, trafficcast.models.checkpoint, trafficcast.graph, trafficcast.data, \
+tables, pandas, pyarrow.parquet, scipy.sparse, sympy, networkx, torch_geometric, matplotlib.pyplot; \
+from trafficcast.app.settings import BUNDLED_RUN_DIR as r; \
 assert (r / 'model.pt').is_file(), r"
 
 # ---------------------------------------------------------------------------------------------

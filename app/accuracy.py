@@ -1,9 +1,9 @@
 """Live accuracy: the record of the forecasts the service made from its observation store, scored
 against the readings that arrived later.
 
-The record lives in the observation store's database (``app.db``: the same SQLite file, or the
+The record lives in the observation store's database (``trafficcast.app.db``: the same SQLite file, or the
 PostgreSQL database the replicas share), so a restart loses neither; three tables
-(``app.db.schema``):
+(``trafficcast.app.db.schema``):
 
 ``forecast_models``
     one row per model version: its sensor order, horizon and frequency (what a stored forecast's
@@ -40,10 +40,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, case, delete, func, or_, select
 
-from app.db import Database
-from app.db import schema as t
-from app.observations import LATEST_TS, open_store_database
-from app.pipeline import horizon_steps
+from trafficcast.app.db import Database
+from trafficcast.app.db import schema as t
+from trafficcast.app.observations import LATEST_TS, open_store_database
+from trafficcast.app.pipeline import horizon_steps
 
 # Windows of GET /v1/accuracy and the gauges, by name.
 WINDOWS: dict[str, pd.Timedelta] = {"1h": pd.Timedelta(hours=1), "24h": pd.Timedelta(hours=24)}
@@ -51,12 +51,12 @@ WINDOWS: dict[str, pd.Timedelta] = {"1h": pd.Timedelta(hours=1), "24h": pd.Timed
 
 def observed(target: np.ndarray) -> np.ndarray:
     """Which stored readings count as targets: the project's one rule
-    (:func:`models.metrics.observed`, as in training and ``trafficcast evaluate``) over the
+    (:func:`trafficcast.models.metrics.observed`, as in training and ``trafficcast evaluate``) over the
     store's mask. The store keeps NULL (NaN here) for no reading, decided by the model's
     missing-value rule when the reading arrived, so a stored 0 is a real reading."""
     import torch
 
-    from models.metrics import observed as counts
+    from trafficcast.models.metrics import observed as counts
 
     values = torch.from_numpy(np.ascontiguousarray(target))
     return counts(values, torch.from_numpy(np.isfinite(target))).numpy()

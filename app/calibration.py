@@ -1,9 +1,9 @@
 """Calibrating a run's prediction intervals (``trafficcast calibrate``), and scoring intervals.
 
-:func:`calibrate_run` fits :class:`models.intervals.IntervalCalibrator` to each model of a run
+:func:`calibrate_run` fits :class:`trafficcast.models.intervals.IntervalCalibrator` to each model of a run
 (the DCRNN, and the FC-LSTM where it was trained): the difficulty model once, on the persistence
 forecast's residuals on the training windows (the traffic's own difficulty, see
-:mod:`models.intervals`), then per model the conformal quantiles on that model's residuals on the
+:mod:`trafficcast.models.intervals`), then per model the conformal quantiles on that model's residuals on the
 validation windows (which it never trained on); it stores each calibrator's state in the model's
 checkpoint under ``"intervals"``. Nothing else in a checkpoint changes, so forecasts stay
 bit-identical. :func:`interval_report` scores the bands on the test split for the evaluation
@@ -22,15 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from app.pipeline import MODEL_ORDER, LoadedRun, horizon_steps, load_run, log_stderr
-from app.pipeline.evaluate import CHECKPOINT_FILES, fit_historical_average
-from app.registry import file_sha256
-from data import SpeedData
-from models.baselines import persistence_forecast
-from models.checkpoint import save_checkpoint
-from models.errors import CheckpointError
-from models.intervals import IntervalCalibrator
-from models.metrics import observed
+from trafficcast.app.pipeline import MODEL_ORDER, LoadedRun, horizon_steps, load_run, log_stderr
+from trafficcast.app.pipeline.evaluate import CHECKPOINT_FILES, fit_historical_average
+from trafficcast.app.registry import file_sha256
+from trafficcast.data import SpeedData
+from trafficcast.models.baselines import persistence_forecast
+from trafficcast.models.checkpoint import save_checkpoint
+from trafficcast.models.errors import CheckpointError
+from trafficcast.models.intervals import IntervalCalibrator
+from trafficcast.models.metrics import observed
 
 INTERVALS_KEY = "intervals"
 # Target times scored apart (minutes of the day, end excluded): the rush hours, where errors are
@@ -115,7 +115,7 @@ def calibrate_run(
 ) -> dict[str, Any]:
     """Calibrate the intervals of every model of the run (or of the models named in ``only``,
     the others' checkpoints left untouched) and store each in the model's
-    checkpoint (:data:`~app.pipeline.evaluate.CHECKPOINT_FILES`: the DCRNN's in
+    checkpoint (:data:`~trafficcast.app.pipeline.evaluate.CHECKPOINT_FILES`: the DCRNN's in
     ``RUN_DIR/model.pt``, the FC-LSTM's in ``RUN_DIR/fc_lstm.pt``); ``data`` or ``speeds``: what
     they are calibrated on, by default what the run was trained on. No checkpoint is written
     when one of them changed while calibrating (``CheckpointError``).
@@ -173,7 +173,7 @@ def interval_report(
     run: LoadedRun, plot_dir: Path | None = None, plot_sensors: np.ndarray | None = None
 ) -> dict[str, Any] | None:
     """The bands scored on the test split, for ``report.json``: per model in
-    :data:`~app.pipeline.report.MODEL_ORDER`, per level in :data:`REPORT_LEVELS` (keys ``"50"``,
+    :data:`~trafficcast.app.pipeline.report.MODEL_ORDER`, per level in :data:`REPORT_LEVELS` (keys ``"50"``,
     ``"80"``, ``"95"``), :func:`interval_metrics`. The run's models have bands where their
     checkpoint holds a calibration; the baselines (:data:`BASELINES`) get theirs here, by the
     same method: the DCRNN's difficulty model (shared by all) and quantiles of the baseline's
@@ -221,7 +221,7 @@ def interval_metrics(
 ) -> dict[str, dict[str, dict[str, float | None]]]:
     """Empirical coverage and mean width of bands per report horizon, over all targets and in
     the rush hours and the night (:data:`PERIODS`, by the target's time of day). Targets count
-    as everywhere else (:func:`models.metrics.observed`).
+    as everywhere else (:func:`trafficcast.models.metrics.observed`).
 
     Shapes: ``y``, ``y_mask``, ``lower``, ``upper`` ``(B, H, N)``; ``target_times (B, H)``.
     Returns ``{"15min": {"overall": {"coverage", "width", "count"}, "rush": ..., "night": ...}}``
@@ -274,7 +274,7 @@ def plot_bands(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from app.fsutil import atomic_write_bytes
+    from trafficcast.app.fsutil import atomic_write_bytes
 
     h = step - 1
     times = pd.DatetimeIndex(np.asarray(residuals.target_times)[:, h])

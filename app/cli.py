@@ -11,8 +11,8 @@ import argparse
 import sys
 import warnings
 
-from app.allocator import restart_with_preferred_allocator
-from app.commands import (
+from trafficcast.app.allocator import restart_with_preferred_allocator
+from trafficcast.app.commands import (
     calibrate_cmd,
     data_cmd,
     db_cmd,
@@ -23,7 +23,7 @@ from app.commands import (
     retrain_cmd,
     serve_cmd,
 )
-from app.commands.common import EXIT_USER_ERROR, describe, user_error_types
+from trafficcast.app.commands.common import EXIT_USER_ERROR, describe, user_error_types
 
 # Commands that train or run models restart once under tcmalloc (app/allocator.py).
 ALLOCATOR_COMMANDS = frozenset({"train", "evaluate", "predict", "calibrate", "serve", "retrain"})

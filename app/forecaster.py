@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from data import StandardScaler, time_features
-from data.errors import DataInputError
-from models.checkpoint import build_model, load_checkpoint
-from models.intervals import IntervalCalibrator
+from trafficcast.data import StandardScaler, time_features
+from trafficcast.data.errors import DataInputError
+from trafficcast.models.checkpoint import build_model, load_checkpoint
+from trafficcast.models.intervals import IntervalCalibrator
 
 
 def missing_rule(payload: dict[str, Any]) -> str:
@@ -138,7 +138,7 @@ class Forecaster:
         self, speeds: np.ndarray, timestamps: np.ndarray, forecast: np.ndarray, level: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """The calibrated band at central coverage ``level`` (0.5 <= level < 1) around
-        ``forecast``, the forecast of these windows: see :class:`models.intervals.IntervalCalibrator`.
+        ``forecast``, the forecast of these windows: see :class:`trafficcast.models.intervals.IntervalCalibrator`.
         Raises ``ValueError`` for a bad level or a model without calibration."""
         if self.calibrator is None:
             raise ValueError("this model has no calibration: run trafficcast calibrate")

@@ -1,6 +1,6 @@
 """Atomic file writes for run directories: a crash leaves the old file or the new one, never half.
 
-Thin wrappers over :func:`graph.io.atomic_write` (temporary file beside the target, fsync,
+Thin wrappers over :func:`trafficcast.graph.io.atomic_write` (temporary file beside the target, fsync,
 rename, fsync of the directory), the project's one implementation of the pattern; unlike it,
 they create missing parent directories, as a run directory is built up file by file.
 """
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from graph.io import atomic_write
+from trafficcast.graph.io import atomic_write
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""The live observation store: speed readings in the service's database (``app.db``: a SQLite
+"""The live observation store: speed readings in the service's database (``trafficcast.app.db``: a SQLite
 file by default, PostgreSQL shared by replicas).
 
 One row per ``(sensor_id, ts)``: a re-sent reading replaces the stored one, so clients may retry a
@@ -16,12 +16,12 @@ import pandas as pd
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from app.db import Database, describe, reason
-from app.db import schema as t
-from data.errors import DataInputError
+from trafficcast.app.db import Database, describe, reason
+from trafficcast.app.db import schema as t
+from trafficcast.data.errors import DataInputError
 
 # The latest time with a real reading: 0 and NULL are missing. Also read by the live-accuracy
-# summary (``app.accuracy``).
+# summary (``trafficcast.app.accuracy``).
 LATEST_TS = select(func.max(t.readings.c.ts)).where(t.readings.c.speed.is_not(None))
 
 
@@ -39,7 +39,7 @@ def open_store_database(location: Database | str | Path) -> tuple[Database, bool
     the schema's head."""
     if isinstance(location, Database):
         return location, False
-    from app.db import migrate
+    from trafficcast.app.db import migrate
 
     db = Database.open(location)
     migrate.upgrade(db)

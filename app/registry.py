@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.fsutil import atomic_write_json
-from graph.io import atomic_write, fsync_directory
+from trafficcast.app.fsutil import atomic_write_json
+from trafficcast.graph.io import atomic_write, fsync_directory
 
 POINTER = "current.json"
 MANIFEST = "manifest.json"

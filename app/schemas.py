@@ -42,7 +42,7 @@ INTERVAL_DESCRIPTION = (
     "central coverage of a prediction interval, e.g. 0.8: the answer then carries lower and upper "
     "bounds (calibrated on data the model did not train on); 0.5 <= interval < 1"
 )
-# The same bounds as the GET query parameter of the same name (app.service.routes.forecasts).
+# The same bounds as the GET query parameter of the same name (trafficcast.app.service.routes.forecasts).
 Interval = Annotated[float, Field(strict=True, ge=0.5, lt=1.0, allow_inf_nan=False)]
 
 

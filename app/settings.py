@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        from app.db import to_url
+        from trafficcast.app.db import to_url
 
         to_url(value)  # raises naming the scheme for anything but postgresql:// and sqlite://
         return value.strip()
@@ -164,13 +164,13 @@ class Settings(BaseSettings):
 
 def load_settings(flags: dict[str, str] | None = None, **overrides: object) -> Settings:
     """Settings from the environment and ``overrides``; an invalid one raises
-    ``models.errors.ConfigError`` with one line naming the setting, its environment variable
+    ``trafficcast.models.errors.ConfigError`` with one line naming the setting, its environment variable
     (and its command-line flag, from ``flags``) and the value, a database URL without its
     password."""
     from pydantic import ValidationError
 
-    from app.db import describe
-    from models.errors import ConfigError
+    from trafficcast.app.db import describe
+    from trafficcast.models.errors import ConfigError
 
     try:
         return Settings(**overrides)

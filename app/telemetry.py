@@ -1,7 +1,7 @@
 """Prometheus metrics of one app, in a registry of its own (tests build many apps per process).
 
 No web framework here: the serving core counts with these metrics, and the service's
-``MetricsMiddleware`` (``app.service.middleware``) records the HTTP requests in them.
+``MetricsMiddleware`` (``trafficcast.app.service.middleware``) records the HTTP requests in them.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class Metrics:
         )
 
     def set_live(self, windows: dict[str, Any]) -> None:
-        """Set the live-accuracy gauges from a summary's windows (``app.accuracy.summarize``);
+        """Set the live-accuracy gauges from a summary's windows (``trafficcast.app.accuracy.summarize``);
         NaN where nothing was scored."""
         for window, figures in windows.items():
             for horizon, h in figures["horizons"].items():

@@ -28,9 +28,9 @@ def measure(checkout: Path, batch: int, steps: int) -> dict:
     sys.path.insert(0, str(checkout.resolve()))
     import torch
 
-    from data import sample_adjacency_pkl_path
-    from graph import compute_supports, load_adjacency, to_torch_sparse_csr
-    from models.dcrnn import DCRNN
+    from trafficcast.data import sample_adjacency_pkl_path
+    from trafficcast.graph import compute_supports, load_adjacency, to_torch_sparse_csr
+    from trafficcast.models.dcrnn import DCRNN
 
     torch.set_num_threads(1)
     _, adj = load_adjacency(sample_adjacency_pkl_path())

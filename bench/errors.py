@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from app.pipeline import load_run  # noqa: E402
+from trafficcast.app.pipeline import load_run  # noqa: E402
 
 
 def main() -> None:

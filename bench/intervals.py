@@ -1,6 +1,6 @@
 """Prediction intervals: which conditioning earns its keep. Prints tables, not a test.
 
-Every candidate is normalised split-conformal (:mod:`models.intervals`) with a different
+Every candidate is normalised split-conformal (:mod:`trafficcast.models.intervals`) with a different
 difficulty model, fitted to the residuals of a forecast on the training windows, with its
 quantiles from DCRNN's residuals on the validation split, scored on the test split. Candidates: a
 constant width per step; step x recent variability; step x time of day; step x sensor; step x
@@ -28,10 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.calibration import Residuals, interval_metrics, persistence, split_residuals  # noqa: E402
-from app.pipeline import load_run  # noqa: E402
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.intervals import DEFAULT_FACTORS, FACTORS, IntervalCalibrator  # noqa: E402
+from trafficcast.app.calibration import Residuals, interval_metrics, persistence, split_residuals  # noqa: E402
+from trafficcast.app.pipeline import load_run  # noqa: E402
+from trafficcast.models.checkpoint import load_checkpoint  # noqa: E402
+from trafficcast.models.intervals import DEFAULT_FACTORS, FACTORS, IntervalCalibrator  # noqa: E402
 
 # name: (factors, whose training residuals the scale is fitted to, symmetric)
 CANDIDATES = {

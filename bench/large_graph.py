@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.allocator import allocator_for  # noqa: E402
-from data import make_synthetic, write_synthetic  # noqa: E402
+from trafficcast.app.allocator import allocator_for  # noqa: E402
+from trafficcast.data import make_synthetic, write_synthetic  # noqa: E402
 
 
 def emit(metric: str, value: float, **extra) -> None:
@@ -58,7 +58,7 @@ def main() -> None:
         f"train:\n  epochs: 1\n  threads: {args.threads}\n"
         "baselines:\n  fc_lstm: false\n"
     )
-    cmd = [sys.executable, "-m", "app.cli", "train", "--data", str(paths[0]),
+    cmd = [sys.executable, "-m", "trafficcast.app.cli", "train", "--data", str(paths[0]),
            "--distances", str(paths[1]), "--config", str(config), "--no-progress",
            "--output", str(work / "run")]  # fmt: skip
     start = time.perf_counter()

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from replicas import API_KEY, BUNDLED_RUN, ObservationFeed, cluster  # noqa: E402
 
-import data  # noqa: E402
+from trafficcast import data  # noqa: E402
 
 
 @dataclass

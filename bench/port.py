@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speed import timings  # noqa: E402  (bench/speed.py, beside this script)
 
-from app.allocator import allocator_for, restart_with_preferred_allocator  # noqa: E402
-from data import sample_adjacency_pkl_path  # noqa: E402
-from graph import load_adjacency  # noqa: E402
+from trafficcast.app.allocator import allocator_for, restart_with_preferred_allocator  # noqa: E402
+from trafficcast.data import sample_adjacency_pkl_path  # noqa: E402
+from trafficcast.graph import load_adjacency  # noqa: E402
 
 # The port's METR-LA settings (its data/model/pretrained/METR-LA/config.yaml), i.e. the paper's.
 MODEL_KWARGS = {

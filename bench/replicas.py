@@ -6,7 +6,7 @@ traffic the replica benchmarks share (``load.py``, ``soak.py``, ``outage.py``). 
         c.replicas[0].kill()                   # SIGKILL
         c.pg.stop("fast"); c.pg.start()        # the database goes away and comes back
 
-Every replica is ``uvicorn --factory app.service:app_from_env`` on a free 127.0.0.1 port, serving
+Every replica is ``uvicorn --factory trafficcast.app.service:app_from_env`` on a free 127.0.0.1 port, serving
 the same registry-less run directory (the bundled run by default) with one torch thread, the API
 key :data:`API_KEY`, and the store seeded with the last day of the bundled week. With
 ``database="postgresql"`` they share a throwaway PostgreSQL cluster (``tests/pgserver.py``, with
@@ -45,8 +45,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import data  # noqa: E402
 from tests.pgserver import PostgresServer  # noqa: E402
+from trafficcast import data  # noqa: E402
 
 BUNDLED_RUN = ROOT / "app" / "bundled" / "metr-la-week"
 API_KEY = "bench-key"
@@ -265,7 +265,7 @@ def cluster(
             log = workdir / f"replica-{k}.log"
             out = stack.enter_context(open(log, "wb"))  # noqa: SIM115
             proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", "app.service:app_from_env"]
+                [sys.executable, "-m", "uvicorn", "--factory", "trafficcast.app.service:app_from_env"]
                 + ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                 cwd=ROOT,
                 env=base_env,

@@ -3,7 +3,7 @@
 #
 #   bench/schemathesis.sh [RUN_DIR] [EXAMPLES_PER_OPERATION]
 #
-# Starts `uvicorn app.service:app_from_env` on a free loopback port with RUN_DIR (default: the
+# Starts `uvicorn trafficcast.app.service:app_from_env` on a free loopback port with RUN_DIR (default: the
 # bundled run), a fresh SQLite store seeded with the last day of the bundled week, and one API key
 # that schemathesis sends; runs `schemathesis run --checks all` with at most 150 s of fuzzing;
 # prints the summary and stops the server. Exit status: schemathesis'.
@@ -20,7 +20,7 @@ TRAFFICCAST_OBSERVATIONS_DB="$WORK/observations.sqlite3" \
 TRAFFICCAST_SEED_OBSERVATIONS="data/sample/metr-la-week.h5" \
 TRAFFICCAST_API_KEYS="$KEY" \
 TRAFFICCAST_TORCH_THREADS=1 \
-  python -m uvicorn --factory app.service:app_from_env --host 127.0.0.1 --port "$PORT" \
+  python -m uvicorn --factory trafficcast.app.service:app_from_env --host 127.0.0.1 --port "$PORT" \
   --log-level warning >"$WORK/server.log" 2>&1 &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT

@@ -35,15 +35,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.allocator import allocator_for, restart_with_preferred_allocator  # noqa: E402
-from data import make_synthetic, sample_adjacency_pkl_path  # noqa: E402
-from graph import (  # noqa: E402
+from trafficcast.app.allocator import allocator_for, restart_with_preferred_allocator  # noqa: E402
+from trafficcast.data import make_synthetic, sample_adjacency_pkl_path  # noqa: E402
+from trafficcast.graph import (  # noqa: E402
     build_adjacency,
     compute_supports,
     load_adjacency,
     to_torch_sparse_csr,
 )
-from models.dcrnn import DCRNN  # noqa: E402
+from trafficcast.models.dcrnn import DCRNN  # noqa: E402
 
 
 def load_graph(sensors: int) -> tuple[np.ndarray, int, str]:

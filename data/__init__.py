@@ -5,7 +5,7 @@ Imports numpy, pandas, scipy and torch only; never ``graph``, ``models`` or ``ap
 
 from __future__ import annotations
 
-from data.bundled import (
+from trafficcast.data.bundled import (
     SAMPLE_DIR,
     read_sensor_locations,
     sample_adjacency_pkl_path,
@@ -13,12 +13,12 @@ from data.bundled import (
     sample_sensor_ids_path,
     sample_speeds_path,
 )
-from data.errors import DataInputError, DataWarning
-from data.features import day_of_week, time_features, time_of_day
-from data.io import MISSING_RULES, SpeedData, read_speeds, write_speeds
-from data.scaler import StandardScaler
-from data.synthetic import SyntheticDataset, make_synthetic, write_synthetic
-from data.windows import WindowBatches, gather, num_windows, split_counts, split_windows
+from trafficcast.data.errors import DataInputError, DataWarning
+from trafficcast.data.features import day_of_week, time_features, time_of_day
+from trafficcast.data.io import MISSING_RULES, SpeedData, read_speeds, write_speeds
+from trafficcast.data.scaler import StandardScaler
+from trafficcast.data.synthetic import SyntheticDataset, make_synthetic, write_synthetic
+from trafficcast.data.windows import WindowBatches, gather, num_windows, split_counts, split_windows
 
 __all__ = [
     "MISSING_RULES",

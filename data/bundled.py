@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import DataInputError
+from trafficcast.data.errors import DataInputError
 
 __all__ = [
     "SAMPLE_DIR",

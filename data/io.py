@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import DataInputError, DataWarning
-from graph.io import atomic_write
+from trafficcast.data.errors import DataInputError, DataWarning
+from trafficcast.graph.io import atomic_write
 
 __all__ = [
     "MISSING_RULES",
@@ -200,7 +200,7 @@ def read_speeds(
 
     Missing readings (by ``missing``) get ``mask`` False and value 0.0. An unsorted index is
     sorted, and gaps in the time grid are filled with missing rows (both with a
-    :class:`~data.errors.DataWarning`), as are sensors that are never observed. Time-zone-aware
+    :class:`~trafficcast.data.errors.DataWarning`), as are sensors that are never observed. Time-zone-aware
     timestamps are converted to UTC and the zone dropped, so a file written in local time with
     offsets comes back as naive UTC; naive timestamps are kept as they are.
 

@@ -8,7 +8,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from data.errors import DataInputError
+from trafficcast.data.errors import DataInputError
 
 __all__ = ["StandardScaler"]
 

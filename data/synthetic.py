@@ -33,9 +33,9 @@ import pandas as pd
 from scipy import signal, sparse
 from scipy.sparse import csgraph
 
-from data.errors import DataInputError
-from data.io import SpeedData, write_speeds
-from graph.io import atomic_write
+from trafficcast.data.errors import DataInputError
+from trafficcast.data.io import SpeedData, write_speeds
+from trafficcast.graph.io import atomic_write
 
 __all__ = ["SyntheticDataset", "make_synthetic", "write_synthetic"]
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from data.errors import DataInputError
+from trafficcast.data.errors import DataInputError
 
 __all__ = ["WindowBatches", "gather", "num_windows", "split_counts", "split_windows"]
 

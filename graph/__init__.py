@@ -6,13 +6,13 @@ sensor i to sensor j, in the order of the sensor ids.
 
 from __future__ import annotations
 
-from graph.adjacency import (
+from trafficcast.graph.adjacency import (
     adjacency_from_distance_matrix,
     build_adjacency,
     build_adjacency_with_sigma,
     distance_matrix,
 )
-from graph.distances import (
+from trafficcast.graph.distances import (
     haversine_m,
     read_road_nodes,
     read_roads,
@@ -20,8 +20,8 @@ from graph.distances import (
     road_distances,
     straight_line_distances,
 )
-from graph.errors import GraphInputError, GraphWarning
-from graph.io import (
+from trafficcast.graph.errors import GraphInputError, GraphWarning
+from trafficcast.graph.io import (
     atomic_write,
     load_adjacency,
     read_dense_matrix,
@@ -30,8 +30,12 @@ from graph.io import (
     save_adjacency,
     write_distances,
 )
-from graph.pickle_safe import RestrictedUnpickler, load_dcrnn_adj_pkl, load_pickle_restricted
-from graph.transitions import (
+from trafficcast.graph.pickle_safe import (
+    RestrictedUnpickler,
+    load_dcrnn_adj_pkl,
+    load_pickle_restricted,
+)
+from trafficcast.graph.transitions import (
     FILTER_TYPES,
     compute_supports,
     random_walk_matrix,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from graph.errors import GraphInputError, GraphWarning
+from trafficcast.graph.errors import GraphInputError, GraphWarning
 
 __all__ = [
     "adjacency_from_distance_matrix",

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import shortest_path
 from scipy.spatial import cKDTree
 
-from graph.errors import GraphInputError, GraphWarning
+from trafficcast.graph.errors import GraphInputError, GraphWarning
 
 __all__ = [
     "EARTH_RADIUS_M",

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from graph.errors import GraphInputError
-from graph.pickle_safe import load_dcrnn_adj_pkl
+from trafficcast.graph.errors import GraphInputError
+from trafficcast.graph.pickle_safe import load_dcrnn_adj_pkl
 
 __all__ = [
     "atomic_write",
@@ -398,7 +398,7 @@ def _load_npz(source: str) -> tuple[list[str], np.ndarray]:
 def load_adjacency(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
     """Load an adjacency: a ``.npz`` from :func:`save_adjacency` or DCRNN's ``adj_mx.pkl``.
 
-    The pickle goes through :func:`graph.pickle_safe.load_dcrnn_adj_pkl` (restricted unpickler);
+    The pickle goes through :func:`trafficcast.graph.pickle_safe.load_dcrnn_adj_pkl` (restricted unpickler);
     the ``.npz`` is loaded with ``allow_pickle=False``.
 
     Shapes:

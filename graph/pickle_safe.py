@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from graph.errors import GraphInputError
+from trafficcast.graph.errors import GraphInputError
 
 __all__ = ["RestrictedUnpickler", "load_dcrnn_adj_pkl", "load_pickle_restricted"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackNoConvergence, eigs, eigsh
 
-from graph.errors import GraphInputError
+from trafficcast.graph.errors import GraphInputError
 
 if TYPE_CHECKING:  # torch is imported where used: `trafficcast graph` need not load it
     import torch

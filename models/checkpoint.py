@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.dcrnn import DCRNN
-from models.errors import CheckpointError
-from models.fc_lstm import FCLSTM
-from models.tcn import TCN
-from models.trainer import atomic_torch_save
+from trafficcast.models.dcrnn import DCRNN
+from trafficcast.models.errors import CheckpointError
+from trafficcast.models.fc_lstm import FCLSTM
+from trafficcast.models.tcn import TCN
+from trafficcast.models.trainer import atomic_torch_save
 
 FORMAT = "trafficcast-checkpoint"
 FORMAT_VERSION = 1

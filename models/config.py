@@ -13,7 +13,7 @@ Every section is a pydantic model whose fields hold the defaults and the allowed
 key's rule lives in one place. Types are strict because YAML is loose: ``true`` is not the
 integer 1, ``"64"`` is not a number, ``1.5`` is not an integer, and ``.inf``/``.nan`` are
 refused everywhere. A bad value from a file (``from_yaml``), a dict (``from_dict``) or an
-assignment such as ``config.train.epochs = n`` ends in a :class:`~models.errors.ConfigError`
+assignment such as ``config.train.epochs = n`` ends in a :class:`~trafficcast.models.errors.ConfigError`
 with one line ``SOURCE: section.key = VALUE why``. (The constructors, ``RunConfig(**values)``,
 raise pydantic's ``ValidationError``: they are for code, and user input goes through
 ``from_dict``.)
@@ -40,8 +40,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from graph.transitions import FILTER_TYPES
-from models.errors import ConfigError
+from trafficcast.graph.transitions import FILTER_TYPES
+from trafficcast.models.errors import ConfigError
 
 # Strict: an int is accepted (YAML's `max_grad_norm: 5`) and stored as a float, a bool or a
 # string is not.
@@ -132,7 +132,7 @@ class ModelConfig(_Section):
     use_curriculum_learning: StrictBool = True
     cl_decay_steps: StrictInt = Field(2000, ge=1)
     # Not in the paper: a learned vector per sensor appended to every input (0 = off, the paper's
-    # model). See models.dcrnn.DCRNN.
+    # model). See trafficcast.models.dcrnn.DCRNN.
     node_embedding_dim: StrictInt = Field(0, ge=0, le=256)
     # Only one output (speed) is supported; the key is accepted so that DCRNN's files load.
     output_dim: StrictInt = Field(1, ge=1, le=1)

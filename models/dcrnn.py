@@ -11,7 +11,7 @@ With ``max_diffusion_step = 0`` there is no graph: every term is the identity, a
 GRU sequence-to-sequence applied to each sensor separately with shared weights (the paper's
 ablation of the spatial part).
 
-Differences from the original implementation: see :mod:`models.layers` for the diffusion; in
+Differences from the original implementation: see :mod:`trafficcast.models.layers` for the diffusion; in
 addition the teacher-forcing coin is drawn with a ``torch.Generator`` passed in (the original used
 unseeded ``np.random``), all parameters are created in ``__init__`` (the original created them on
 the first forward, so the optimizer had to be rebuilt after the first batch and its learning-rate
@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers import (
+from trafficcast.models.layers import (
     DCGRUCell,
     Supports,
     diffusion_conv,

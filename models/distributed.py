@@ -1,6 +1,6 @@
 """Data-parallel training across the processes that ``torchrun`` starts.
 
-``torchrun --nproc_per_node=P -m app.cli train ...`` starts P copies of the command, each told
+``torchrun --nproc_per_node=P -m trafficcast train ...`` starts P copies of the command, each told
 its place by the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``). :func:`distributed_session` turns that into a process group (gloo on CPU, nccl
 when the model lives on a GPU) and back; the trainer then wraps the model in
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from models.errors import ConfigError
+from trafficcast.models.errors import ConfigError
 
 
 def env_world_size() -> int:
@@ -148,7 +148,7 @@ def distributed_session(device: torch.device) -> Iterator[DistContext | None]:
     if missing and not dist.is_initialized():
         raise ConfigError(
             f"WORLD_SIZE = {world_size} but {' and '.join(missing)} not set: start distributed "
-            f"training with torchrun (e.g. torchrun --nproc_per_node={world_size} -m app.cli train ...)"
+            f"training with torchrun (e.g. torchrun --nproc_per_node={world_size} -m trafficcast train ...)"
         )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":

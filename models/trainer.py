@@ -14,7 +14,7 @@
 * Repeatable: one ``torch.Generator`` seeded from ``seed`` draws the shuffles and the
   teacher-forcing coins; its state is saved with the rest, so ``resume`` continues an interrupted
   run to the same result.
-* Distributed (given a :class:`models.distributed.DistContext`): the model is wrapped in
+* Distributed (given a :class:`trafficcast.models.distributed.DistContext`): the model is wrapped in
   ``DistributedDataParallel`` and every rank walks the same shuffled sequence of global batches
   (same generator, same coins), taking its own contiguous share of each. The loss is weighted so
   that DDP's averaged gradient equals the single-process gradient of the whole global batch;
@@ -38,10 +38,10 @@ from typing import Any, Protocol, TypedDict
 import torch
 from torch import nn
 
-from models.config import TrainConfig
-from models.distributed import DistContext
-from models.errors import TrainingError
-from models.metrics import MaskedMetrics, masked_mae_loss, observed
+from trafficcast.models.config import TrainConfig
+from trafficcast.models.distributed import DistContext
+from trafficcast.models.errors import TrainingError
+from trafficcast.models.metrics import MaskedMetrics, masked_mae_loss, observed
 
 
 @dataclass
@@ -153,7 +153,7 @@ class Trainer:
     Args:
         model: maps ``(x, targets, teacher_forcing_prob, generator)`` to scaled predictions.
         source: the batches.
-        settings: the ``train:`` section of the run's config (:class:`models.config.TrainConfig`).
+        settings: the ``train:`` section of the run's config (:class:`trafficcast.models.config.TrainConfig`).
         inverse_transform: scaled predictions -> data units (the scaler's inverse).
         state_path: where the resumable state is written after every epoch (atomically); None
             keeps nothing on disk.
@@ -503,8 +503,8 @@ class Trainer:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through :func:`graph.io.atomic_write`, creating missing directories."""
-    from graph.io import atomic_write
+    """``torch.save`` through :func:`trafficcast.graph.io.atomic_write`, creating missing directories."""
+    from trafficcast.graph.io import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,8 +39,8 @@ def tiny_run(tmp_path_factory):
     Returns a dict of paths: ``data`` (speeds.h5), ``distances``, ``config``, ``run``. Tests
     that alter files copy the run directory first.
     """
-    from app.cli import main
-    from data import make_synthetic, write_synthetic
+    from trafficcast.app.cli import main
+    from trafficcast.data import make_synthetic, write_synthetic
 
     root = tmp_path_factory.mktemp("tiny_run")
     write_synthetic(make_synthetic(num_sensors=6, num_days=2, seed=2), root / "syn")

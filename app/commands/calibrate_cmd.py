@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from app.calibration import calibrate_run
+    from trafficcast.app.calibration import calibrate_run
 
     result = calibrate_run(args.run, data=args.data)
     for name, levels in result["val_coverage"].items():

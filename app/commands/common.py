@@ -1,7 +1,7 @@
 """What the CLI subcommands share: user-error types, exit codes, error lines, common arguments.
 
-Subcommand modules and :mod:`app.cli` import from here; nothing here imports a subcommand or
-:mod:`app.cli`, so the entry point depends on the subcommands and never the other way round.
+Subcommand modules and :mod:`trafficcast.app.cli` import from here; nothing here imports a subcommand or
+:mod:`trafficcast.app.cli`, so the entry point depends on the subcommands and never the other way round.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ REGISTRY_ENV = "TRAFFICCAST_REGISTRY"
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean the user gave us something wrong, not that we have a bug."""
-    from app.allocator import AllocatorError
-    from app.db import UNAVAILABLE
-    from app.db.migrate import SchemaOutOfDate
-    from app.registry import RegistryError
-    from data.errors import DataInputError
-    from graph.errors import GraphInputError
-    from models.errors import CheckpointError, ConfigError, TrainingError
+    from trafficcast.app.allocator import AllocatorError
+    from trafficcast.app.db import UNAVAILABLE
+    from trafficcast.app.db.migrate import SchemaOutOfDate
+    from trafficcast.app.registry import RegistryError
+    from trafficcast.data.errors import DataInputError
+    from trafficcast.graph.errors import GraphInputError
+    from trafficcast.models.errors import CheckpointError, ConfigError, TrainingError
 
     return (
         AllocatorError,
@@ -46,7 +46,7 @@ def describe(exc: BaseException) -> str:
         reason = exc.strerror or str(exc)
         return f"cannot open {exc.filename}: {reason}"
     if getattr(exc, "orig", None) is not None:  # a database error: the driver's message
-        from app.db import reason
+        from trafficcast.app.db import reason
 
         return f"database: {reason(exc)}"
     text = str(exc).strip() or type(exc).__name__
@@ -88,8 +88,8 @@ def data_timing(args: argparse.Namespace) -> dict[str, object]:
 
 
 def parse_freq(text: str | None) -> int | None:
-    """``--freq`` as whole minutes (:func:`data.io.parse_freq_minutes`); None stays None."""
-    from data.io import parse_freq_minutes
+    """``--freq`` as whole minutes (:func:`trafficcast.data.io.parse_freq_minutes`); None stays None."""
+    from trafficcast.data.io import parse_freq_minutes
 
     return None if text is None else parse_freq_minutes(text)
 
@@ -97,7 +97,7 @@ def parse_freq(text: str | None) -> int | None:
 def optional_location(value: str | None) -> str | Path | None:
     """An optional database argument: a URL (``postgresql://...``) as given, else a SQLite
     path; an option not given stays None."""
-    from app.db import location
+    from trafficcast.app.db import location
 
     return None if value is None else location(value)
 

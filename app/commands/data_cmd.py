@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.commands.common import data_arguments, data_timing
+from trafficcast.app.commands.common import data_arguments, data_timing
 
 _SEQ_LEN = 12
 _HORIZON = 12
@@ -43,9 +43,9 @@ def register(subparsers) -> None:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from data.errors import DataInputError
-    from data.io import read_speeds
-    from data.windows import num_windows, split_counts
+    from trafficcast.data.errors import DataInputError
+    from trafficcast.data.io import read_speeds
+    from trafficcast.data.windows import num_windows, split_counts
 
     speeds = read_speeds(args.data, missing=args.missing, **data_timing(args))
     facts = speeds.summary()
@@ -73,7 +73,7 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from data.synthetic import make_synthetic, write_synthetic
+    from trafficcast.data.synthetic import make_synthetic, write_synthetic
 
     dataset = make_synthetic(
         num_sensors=args.sensors,

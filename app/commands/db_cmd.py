@@ -37,15 +37,15 @@ def _database_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _database(args: argparse.Namespace):
-    from app.db import Database
-    from app.settings import load_settings
+    from trafficcast.app.db import Database
+    from trafficcast.app.settings import load_settings
 
     given = {} if args.database_url is None else {"database_url": args.database_url}
     return Database.open(load_settings({"database_url": "--database-url"}, **given).database)
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from app.db import migrate
+    from trafficcast.app.db import migrate
 
     db = _database(args)
     try:
@@ -60,7 +60,7 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _current(args: argparse.Namespace) -> int:
-    from app.db import migrate
+    from trafficcast.app.db import migrate
 
     db = _database(args)
     try:

@@ -96,9 +96,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_graph(args: argparse.Namespace) -> int:
-    from graph.adjacency import adjacency_from_distance_matrix, build_adjacency_with_sigma
-    from graph.errors import GraphInputError
-    from graph.io import read_dense_matrix, read_distances, read_sensor_ids, save_adjacency
+    from trafficcast.graph.adjacency import (
+        adjacency_from_distance_matrix,
+        build_adjacency_with_sigma,
+    )
+    from trafficcast.graph.errors import GraphInputError
+    from trafficcast.graph.io import (
+        read_dense_matrix,
+        read_distances,
+        read_sensor_ids,
+        save_adjacency,
+    )
 
     given_ids = read_sensor_ids(args.sensor_ids) if args.sensor_ids else None
     if args.distances is not None:
@@ -126,7 +134,7 @@ def _matrix_ids(
 ) -> list[str]:
     """A dense matrix's sensor order: its header's, which ``--sensor-ids`` must then equal,
     or ``--sensor-ids``'."""
-    from graph.errors import GraphInputError
+    from trafficcast.graph.errors import GraphInputError
 
     if header_ids is not None:
         if given_ids is not None and given_ids != header_ids:
@@ -146,7 +154,7 @@ def _matrix_ids(
 def run_graph_info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from graph.io import load_adjacency
+    from trafficcast.graph.io import load_adjacency
 
     sensor_ids, adj = load_adjacency(args.adjacency)
     num_nodes = len(sensor_ids)
@@ -177,15 +185,15 @@ def run_graph_info(args: argparse.Namespace) -> int:
 def run_distances(args: argparse.Namespace) -> int:
     import warnings
 
-    from graph.distances import (
+    from trafficcast.graph.distances import (
         read_road_nodes,
         read_roads,
         read_sensor_points,
         road_distances,
         straight_line_distances,
     )
-    from graph.errors import GraphInputError, GraphWarning
-    from graph.io import write_distances
+    from trafficcast.graph.errors import GraphInputError, GraphWarning
+    from trafficcast.graph.io import write_distances
 
     if args.straight_line and args.roads:
         raise GraphInputError("give either --roads ROADS.csv or --straight-line, not both")

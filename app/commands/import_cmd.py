@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.commands.common import optional_path
+from trafficcast.app.commands.common import optional_path
 
 
 def register(subparsers) -> None:
@@ -104,7 +104,7 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _run_pems(args: argparse.Namespace) -> int:
-    from data.importers import import_pems
+    from trafficcast.data.importers import import_pems
 
     result = import_pems(
         args.station_files,
@@ -118,8 +118,8 @@ def _run_pems(args: argparse.Namespace) -> int:
 
 
 def _run_npz(args: argparse.Namespace) -> int:
-    from data.errors import DataInputError
-    from data.importers import import_npz, parse_freq_minutes, parse_start
+    from trafficcast.data.errors import DataInputError
+    from trafficcast.data.importers import import_npz, parse_freq_minutes, parse_start
 
     if args.start is None or args.freq is None:
         raise DataInputError(
@@ -138,7 +138,7 @@ def _run_npz(args: argparse.Namespace) -> int:
 
 
 def _run_largest(args: argparse.Namespace) -> int:
-    from data.importers import import_largest
+    from trafficcast.data.importers import import_largest
 
     districts = None
     if args.district:
@@ -150,8 +150,8 @@ def _run_largest(args: argparse.Namespace) -> int:
 
 
 def _run_libcity(args: argparse.Namespace) -> int:
-    from data.errors import DataInputError
-    from data.importers import find_atomic_files, import_libcity
+    from trafficcast.data.errors import DataInputError
+    from trafficcast.data.importers import find_atomic_files, import_libcity
 
     named = {"geo": args.geo, "rel": args.rel, "dyna": args.dyna}
     if args.dir is not None:
@@ -177,7 +177,7 @@ def _run_libcity(args: argparse.Namespace) -> int:
 
 
 def _finish(result, output_dir: str) -> int:
-    from data.importers import write_import
+    from trafficcast.data.importers import write_import
 
     paths = write_import(result, output_dir)
     facts = result.summary()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.commands.common import data_arguments, data_timing
+from trafficcast.app.commands.common import data_arguments, data_timing
 
 
 def register(subparsers) -> None:
@@ -76,8 +76,8 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from app.pipeline import load_config, train_run
-    from models.distributed import is_main_process
+    from trafficcast.app.pipeline import load_config, train_run
+    from trafficcast.models.distributed import is_main_process
 
     config = load_config(args.config, args.epochs)
     report = train_run(
@@ -99,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.only is None:
         print(f"wrote {args.output}/model.pt and {args.output}/report.json")
     else:
-        from app.pipeline.evaluate import CHECKPOINT_FILES
+        from trafficcast.app.pipeline.evaluate import CHECKPOINT_FILES
 
         added = [f"{args.output}/{CHECKPOINT_FILES[n.strip()]}" for n in args.only.split(",")]
         print(f"wrote {', '.join(added)} and {args.output}/report.json")
@@ -107,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from app.pipeline import evaluate_run
+    from trafficcast.app.pipeline import evaluate_run
 
     report = evaluate_run(args.run, data=args.data, output=args.output, **data_timing(args))
     _print_table(report)
@@ -116,7 +116,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from app.pipeline import predict_run
+    from trafficcast.app.pipeline import predict_run
 
     frame = predict_run(
         args.run, args.data, args.at, args.output, interval=args.interval, **data_timing(args)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from app.commands.common import optional_path, registry_argument
+from trafficcast.app.commands.common import optional_path, registry_argument
 
 
 def register(subparsers) -> None:
@@ -59,13 +59,13 @@ def register(subparsers) -> None:
 
 
 def _registry(args: argparse.Namespace):
-    from app.registry import Registry
+    from trafficcast.app.registry import Registry
 
     return Registry(args.registry).require()
 
 
 def _list(args: argparse.Namespace) -> int:
-    from app.registry import version_summary
+    from trafficcast.app.registry import version_summary
 
     registry = _registry(args)
     pointer = registry.current()
@@ -87,7 +87,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from app.registry import RegistryError
+    from trafficcast.app.registry import RegistryError
 
     registry = _registry(args)
     pointer = registry.current()
@@ -135,7 +135,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from app.retrain import import_run
+    from trafficcast.app.retrain import import_run
 
     version, promoted = import_run(
         Path(args.registry),

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from app.commands.common import (
+from trafficcast.app.commands.common import (
     data_arguments,
     data_timing,
     describe,
@@ -70,9 +70,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.pipeline import log_stderr
-    from app.registry import Registry, RegistryBusy, now_iso
-    from app.retrain import (
+    from trafficcast.app.pipeline import log_stderr
+    from trafficcast.app.registry import Registry, RegistryBusy, now_iso
+    from trafficcast.app.retrain import (
         EXIT_BAD_INPUT,
         EXIT_BUSY,
         EXIT_FAILED,
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             traceback.print_exc()
         print(f"error: {describe(exc)}", file=sys.stderr)
         return code
-    from models.distributed import is_main_process
+    from trafficcast.models.distributed import is_main_process
 
     if not is_main_process():  # under torchrun: rank 0 reports for the job
         return int(summary.get("exit_code", 0))

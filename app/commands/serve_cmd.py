@@ -47,8 +47,8 @@ def register(subparsers) -> None:
 
 def build_settings(args: argparse.Namespace):
     """Settings from the environment, overridden by the command line; one-line errors."""
-    from app.settings import load_settings
-    from models.errors import CheckpointError, ConfigError
+    from trafficcast.app.settings import load_settings
+    from trafficcast.models.errors import CheckpointError, ConfigError
 
     overrides = {
         "run_dir": args.run,
@@ -81,7 +81,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from app.service import create_app
+    from trafficcast.app.service import create_app
 
     settings = build_settings(args)
     model = settings.run_dir / "model.pt"

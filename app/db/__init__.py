@@ -3,8 +3,8 @@ number of replicas), through one data-access layer, SQLAlchemy Core with psycopg
 
 ``Database.open(location)`` takes a URL (``postgresql://user:pass@host/db``,
 ``sqlite:///path``) or a SQLite file path, and gives the pooled engine the observation store
-(``app.observations``) and the forecast record (``app.accuracy``) share. The schema is versioned
-by the Alembic migrations in ``app/db/migrations`` (:mod:`app.db.migrate`). Writes are upserts
+(``trafficcast.app.observations``) and the forecast record (``trafficcast.app.accuracy``) share. The schema is versioned
+by the Alembic migrations in ``app/db/migrations`` (:mod:`trafficcast.app.db.migrate`). Writes are upserts
 (:meth:`Database.upsert`), so a reading sent twice, to one replica or to two, is one row.
 
 :data:`UNAVAILABLE` are the errors that mean the database can't be reached or can't take the
@@ -23,7 +23,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 
-from data.errors import DataInputError
+from trafficcast.data.errors import DataInputError
 
 UNAVAILABLE: tuple[type[Exception], ...] = (
     sa_exc.OperationalError,

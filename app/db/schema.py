@@ -45,7 +45,7 @@ store_state = Table(
     Column("generation", BigInteger, nullable=False),
 )
 
-# What a recorded forecast's values mean, per model version (see app.accuracy).
+# What a recorded forecast's values mean, per model version (see trafficcast.app.accuracy).
 forecast_models = Table(
     "forecast_models",
     metadata,

@@ -13,13 +13,13 @@ directory that holds what a run produced:
 ``RUN_DIR/train_log.jsonl`` a JSON record per epoch, resumption and recovery (:class:`TrainLog`)
 ``RUN_DIR/state_*.pt``    resumable training state
 
-The modules: :mod:`~app.pipeline.data` (inputs, windows, the graph), :mod:`~app.pipeline.train`
-with :mod:`~app.pipeline.baselines`, :mod:`~app.pipeline.evaluate` with
-:mod:`~app.pipeline.report`, :mod:`~app.pipeline.predict`.
+The modules: :mod:`~trafficcast.app.pipeline.data` (inputs, windows, the graph), :mod:`~trafficcast.app.pipeline.train`
+with :mod:`~trafficcast.app.pipeline.baselines`, :mod:`~trafficcast.app.pipeline.evaluate` with
+:mod:`~trafficcast.app.pipeline.report`, :mod:`~trafficcast.app.pipeline.predict`.
 """
 
-from app.pipeline.baselines import build_fc_lstm, build_gru, build_tcn
-from app.pipeline.data import (
+from trafficcast.app.pipeline.baselines import build_fc_lstm, build_gru, build_tcn
+from trafficcast.app.pipeline.data import (
     PreparedData,
     WindowSource,
     check_data_fits,
@@ -30,16 +30,16 @@ from app.pipeline.data import (
     read_graph,
     torch_supports,
 )
-from app.pipeline.evaluate import LoadedRun, evaluate_run, load_run
-from app.pipeline.predict import predict_run
-from app.pipeline.report import (
+from trafficcast.app.pipeline.evaluate import LoadedRun, evaluate_run, load_run
+from trafficcast.app.pipeline.predict import predict_run
+from trafficcast.app.pipeline.report import (
     MODEL_ORDER,
     REPORT_MINUTES,
     horizon_steps,
     report_markdown,
     trace_steps,
 )
-from app.pipeline.train import (
+from trafficcast.app.pipeline.train import (
     TrainLog,
     build_dcrnn,
     load_config,

@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from app.pipeline.data import PreparedData, data_fingerprint
-from app.pipeline.evaluate import CHECKPOINT_FILES
-from models.checkpoint import load_checkpoint
-from models.config import RunConfig, TrainConfig
-from models.dcrnn import DCRNN
-from models.errors import ConfigError
-from models.fc_lstm import FCLSTM
-from models.tcn import TCN
+from trafficcast.app.pipeline.data import PreparedData, data_fingerprint
+from trafficcast.app.pipeline.evaluate import CHECKPOINT_FILES
+from trafficcast.models.checkpoint import load_checkpoint
+from trafficcast.models.config import RunConfig, TrainConfig
+from trafficcast.models.dcrnn import DCRNN
+from trafficcast.models.errors import ConfigError
+from trafficcast.models.fc_lstm import FCLSTM
+from trafficcast.models.tcn import TCN
 
 if TYPE_CHECKING:
-    from app.pipeline.train import _Training
+    from trafficcast.app.pipeline.train import _Training
 
 
 def build_fc_lstm(config: RunConfig, num_nodes: int, input_dim: int) -> tuple[FCLSTM, dict]:

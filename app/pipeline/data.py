@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.forecaster import missing_rule, model_inputs
-from data import SpeedData, StandardScaler, gather, read_speeds, split_windows
-from data.errors import DataInputError
-from models.baselines import time_slots
-from models.config import RunConfig
-from models.distributed import shard_bounds
-from models.errors import ConfigError
-from models.trainer import Batch
+from trafficcast.app.forecaster import missing_rule, model_inputs
+from trafficcast.data import SpeedData, StandardScaler, gather, read_speeds, split_windows
+from trafficcast.data.errors import DataInputError
+from trafficcast.models.baselines import time_slots
+from trafficcast.models.config import RunConfig
+from trafficcast.models.distributed import shard_bounds
+from trafficcast.models.errors import ConfigError
+from trafficcast.models.trainer import Batch
 
 
 @dataclass
@@ -130,7 +130,7 @@ class WindowSource:
         generator: torch.Generator | None = None,
         shard: tuple[int, int] | None = None,
     ) -> Iterator[Batch]:
-        """See :class:`models.trainer.BatchSource`: with ``shard = (rank, world_size)`` each
+        """See :class:`trafficcast.models.trainer.BatchSource`: with ``shard = (rank, world_size)`` each
         global batch (the batch size is global) is cut into contiguous shares differing by at
         most one window, and a rank with an empty share gets the batch's first window as
         padding. Every rank draws the same permutation, so the shares partition the epoch."""
@@ -172,7 +172,7 @@ def read_graph(
 
     Shapes: ``adj (N, N)`` with ``N == len(sensor_ids)``.
     """
-    from graph import build_adjacency, load_adjacency, read_distances
+    from trafficcast.graph import build_adjacency, load_adjacency, read_distances
 
     if distances is not None:
         adj = build_adjacency(read_distances(distances), list(sensor_ids), threshold=threshold)
@@ -203,7 +203,7 @@ def _dense_adjacency(
 
     Shapes: returns ids (N) and ``(N, N)`` float32.
     """
-    from graph import read_dense_matrix
+    from trafficcast.graph import read_dense_matrix
 
     header, adj = read_dense_matrix(path, what="weights")
     if header is not None:
@@ -241,7 +241,7 @@ def load_graph_for(
 
 
 def torch_supports(adj: np.ndarray, filter_type: str) -> list[torch.Tensor]:
-    from graph import compute_supports, to_torch_sparse_csr
+    from trafficcast.graph import compute_supports, to_torch_sparse_csr
 
     return [to_torch_sparse_csr(s) for s in compute_supports(adj, filter_type)]
 

@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.fsutil import atomic_write_json, atomic_write_text
-from app.pipeline.data import (
+from trafficcast.app.fsutil import atomic_write_json, atomic_write_text
+from trafficcast.app.pipeline.data import (
     PreparedData,
     WindowSource,
     checkpoint_speeds,
     missing_rule,
     prepare_data,
 )
-from app.pipeline.report import (
+from trafficcast.app.pipeline.report import (
     MODEL_ORDER,
     NO_METRICS,
     clean,
@@ -27,12 +27,12 @@ from app.pipeline.report import (
     trace_steps,
     write_plots,
 )
-from data import SpeedData, StandardScaler
-from models.baselines import HistoricalAverage, persistence_forecast
-from models.checkpoint import build_model, load_checkpoint
-from models.config import RunConfig
-from models.errors import CheckpointError
-from models.metrics import MaskedMetrics
+from trafficcast.data import SpeedData, StandardScaler
+from trafficcast.models.baselines import HistoricalAverage, persistence_forecast
+from trafficcast.models.checkpoint import build_model, load_checkpoint
+from trafficcast.models.config import RunConfig
+from trafficcast.models.errors import CheckpointError
+from trafficcast.models.metrics import MaskedMetrics
 
 
 def _config_from_payload(payload: dict[str, Any]) -> RunConfig:
@@ -76,7 +76,7 @@ def load_run(
     freq_minutes: int | None = None,
 ) -> LoadedRun:
     """Load a run directory's checkpoints and the data they are scored on (see
-    :func:`app.pipeline.data.checkpoint_speeds`, which ``start``/``freq_minutes`` go to); one-line
+    :func:`trafficcast.app.pipeline.data.checkpoint_speeds`, which ``start``/``freq_minutes`` go to); one-line
     :class:`CheckpointError` when the run is not there."""
     run_dir = Path(run_dir)
     model_path = run_dir / "model.pt"
@@ -230,7 +230,7 @@ def evaluate_run(
     """Score the run's models and the baselines on the test split; write the report files.
     ``start``/``freq_minutes``: the times of a ``data`` file without timestamps."""
     run_dir = Path(run_dir)
-    from app.calibration import interval_report  # it scores runs that this module loads
+    from trafficcast.app.calibration import interval_report  # it scores runs that this module loads
 
     run = load_run(run_dir, data, speeds, device, start, freq_minutes)
     scores = _score_test(run)

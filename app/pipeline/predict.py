@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from app.fsutil import atomic_write_text
-from app.pipeline.data import checkpoint_speeds
-from data.errors import DataInputError
+from trafficcast.app.fsutil import atomic_write_text
+from trafficcast.app.pipeline.data import checkpoint_speeds
+from trafficcast.data.errors import DataInputError
 
 
 def predict_run(
@@ -27,7 +27,7 @@ def predict_run(
     ``interval``: also the calibrated band at that central coverage, as columns
     ``<sensor>_lower`` and ``<sensor>_upper`` after the forecast's (which stay as without it).
     """
-    from app.forecaster import Forecaster
+    from trafficcast.app.forecaster import Forecaster
 
     run_dir = Path(run_dir)
     forecaster = Forecaster.from_run(run_dir)
@@ -68,7 +68,7 @@ def predict_run(
 
 
 def _check_interval(forecaster, interval: float) -> None:
-    from models.intervals import check_level
+    from trafficcast.models.intervals import check_level
 
     try:
         check_level(interval)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from data import SpeedData
+from trafficcast.data import SpeedData
 
 REPORT_MINUTES = {"15min": 15, "30min": 30, "60min": 60}
 MODEL_ORDER = ("dcrnn", "persistence", "historical_average", "fc_lstm", "gru", "tcn")
@@ -160,7 +160,7 @@ def write_plots(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from app.fsutil import atomic_write_bytes
+    from trafficcast.app.fsutil import atomic_write_bytes
 
     def save(fig, name: str) -> None:
         import io

@@ -1,5 +1,5 @@
-"""``trafficcast train``: DCRNN and the baselines (:mod:`app.pipeline.baselines`) trained on a
-data file, written to a run directory (its files: :mod:`app.pipeline`) and scored."""
+"""``trafficcast train``: DCRNN and the baselines (:mod:`trafficcast.app.pipeline.baselines`) trained on a
+data file, written to a run directory (its files: :mod:`trafficcast.app.pipeline`) and scored."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from app.fsutil import atomic_write_text
-from app.pipeline.baselines import BASELINE_TRAINERS, check_addition
-from app.pipeline.data import (
+from trafficcast.app.fsutil import atomic_write_text
+from trafficcast.app.pipeline.baselines import BASELINE_TRAINERS, check_addition
+from trafficcast.app.pipeline.data import (
     PreparedData,
     WindowSource,
     check_data_fits,
@@ -28,15 +28,20 @@ from app.pipeline.data import (
     prepare_data,
     torch_supports,
 )
-from app.pipeline.evaluate import CHECKPOINT_FILES, evaluate_run
-from data import read_speeds
-from graph.io import read_sensor_ids
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.config import RunConfig, TrainConfig
-from models.dcrnn import DCRNN
-from models.distributed import DistContext, distributed_session, process_device, shard_bounds
-from models.errors import ConfigError
-from models.trainer import (
+from trafficcast.app.pipeline.evaluate import CHECKPOINT_FILES, evaluate_run
+from trafficcast.data import read_speeds
+from trafficcast.graph.io import read_sensor_ids
+from trafficcast.models.checkpoint import load_checkpoint, save_checkpoint
+from trafficcast.models.config import RunConfig, TrainConfig
+from trafficcast.models.dcrnn import DCRNN
+from trafficcast.models.distributed import (
+    DistContext,
+    distributed_session,
+    process_device,
+    shard_bounds,
+)
+from trafficcast.models.errors import ConfigError
+from trafficcast.models.trainer import (
     EpochRecord,
     Trainer,
     TrainerCallback,
@@ -183,7 +188,7 @@ def train_run(
     ``start``, ``freq_minutes``: the times of a data file without timestamps (see
     :func:`data.read_speeds`); the data is read with ``config.data``'s missing-value rule.
     ``sensor_ids``: a sensor-id file giving the order of a dense ``.csv`` adjacency without a
-    header (:func:`app.pipeline.read_graph`). ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a resumed
+    header (:func:`trafficcast.app.pipeline.read_graph`). ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a resumed
     run's own state takes precedence over it. ``callbacks``: progress hooks of both trainers
     (after the one that writes ``train_log.jsonl``). ``only``: baselines to add to the existing
     run in ``output`` (same data and config sections ``data``, ``model``, ``train``, else
@@ -191,10 +196,10 @@ def train_run(
     calibrated before the run is scored again.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this: the ranks train one model
-    together (see :mod:`models.distributed`), rank 0 alone logs, calls the hooks and writes
+    together (see :mod:`trafficcast.models.distributed`), rank 0 alone logs, calls the hooks and writes
     RUN_DIR, and every rank returns the same report (rank 0's, sent to the others). A caller
     that acts on the report, such as promoting the model, must do so on rank 0 only
-    (:func:`models.distributed.is_main_process`).
+    (:func:`trafficcast.models.distributed.is_main_process`).
     """
     config = config or RunConfig()
     set_threads(config.train.threads)
@@ -365,8 +370,8 @@ def _train(
     if not training.main:
         return {}
     # Every trained model ships with its prediction intervals, fitted on the validation split
-    # (app.calibration builds on this package, hence imported here).
-    from app.calibration import calibrate_run
+    # (trafficcast.app.calibration builds on this package, hence imported here).
+    from trafficcast.app.calibration import calibrate_run
 
     calibrate_run(run_dir, log=log, speeds=speeds, device=device, only=only)
     return evaluate_run(run_dir, speeds=speeds, device=device)
@@ -435,7 +440,7 @@ def warm_start(model: torch.nn.Module, checkpoint: str | Path) -> None:
 class TrainLog(TrainerCallback):
     """Appends the trainers' progress to ``train_log.jsonl``, one JSON object a line, each with
     the time, the model's name and the ``event``: ``"epoch"`` with the finished epoch's
-    :class:`models.trainer.EpochRecord` (one line per epoch), ``"resumed"`` and ``"recovered"``."""
+    :class:`trafficcast.models.trainer.EpochRecord` (one line per epoch), ``"resumed"`` and ``"recovered"``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -7,10 +7,10 @@ One run, holding the registry's lock throughout:
    the data snapshot it started with; otherwise start afresh: merge ``--data`` with the readings
    the service stored (``--observations``; where both have a reading for the same sensor and time,
    the store's wins: it is the newer), and snapshot the result and the graph into staging.
-3. Train the challenger with :func:`app.pipeline.train_run` (``resume=True``: the trainer's state
+3. Train the challenger with :func:`trafficcast.app.pipeline.train_run` (``resume=True``: the trainer's state
    file, written after every epoch, continues a killed run), optionally warm-started from the
    champion.
-4. Publish the challenger as a new immutable version (atomically; see :mod:`app.registry`).
+4. Publish the challenger as a new immutable version (atomically; see :mod:`trafficcast.app.registry`).
 5. Score the champion on the same holdout (the last test-fraction of the same merged data, so
    the most recent readings) and promote the challenger only if its mean MAE over the horizon is
    lower by ``margin`` (a fraction: 0.01 = 1 %), or with ``force``.
@@ -19,14 +19,14 @@ One run, holding the registry's lock throughout:
 A job killed anywhere leaves the registry valid: the pointer still names the old champion until
 the one atomic rename that promotes the new one.
 
-The modules: :mod:`~app.retrain.options`, :mod:`~app.retrain.merge` (step 2's data),
-:mod:`~app.retrain.stages` (steps 2 to 6, each a function), :mod:`~app.retrain.job` (running
-them), :mod:`~app.retrain.publish` (a version's files; ``registry import``).
+The modules: :mod:`~trafficcast.app.retrain.options`, :mod:`~trafficcast.app.retrain.merge` (step 2's data),
+:mod:`~trafficcast.app.retrain.stages` (steps 2 to 6, each a function), :mod:`~trafficcast.app.retrain.job` (running
+them), :mod:`~trafficcast.app.retrain.publish` (a version's files; ``registry import``).
 """
 
-from app.retrain.job import run_retrain, write_summary
-from app.retrain.merge import MAX_GAP, merge_observations
-from app.retrain.options import (
+from trafficcast.app.retrain.job import run_retrain, write_summary
+from trafficcast.app.retrain.merge import MAX_GAP, merge_observations
+from trafficcast.app.retrain.options import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
     EXIT_CODES,
@@ -35,8 +35,8 @@ from app.retrain.options import (
     EXIT_PROMOTED,
     RetrainOptions,
 )
-from app.retrain.publish import import_run
-from app.retrain.stages import STAGES
+from trafficcast.app.retrain.publish import import_run
+from trafficcast.app.retrain.stages import STAGES
 
 __all__ = [
     "EXIT_BAD_INPUT",

@@ -1,5 +1,5 @@
 """Running the retraining job: the registry's lock, resuming or starting the job in staging,
-the stages of :mod:`app.retrain.stages` in order, and the summary; distributed, the other ranks'
+the stages of :mod:`trafficcast.app.retrain.stages` in order, and the summary; distributed, the other ranks'
 part."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from app.db import describe, is_url
-from app.fsutil import atomic_write_json, atomic_write_text
-from app.registry import Registry, RegistryError, now_iso
-from app.retrain.live import champion_live, live_gate
-from app.retrain.options import EXIT_CODES, RetrainOptions
-from app.retrain.stages import (
+from trafficcast.app.db import describe, is_url
+from trafficcast.app.fsutil import atomic_write_json, atomic_write_text
+from trafficcast.app.registry import Registry, RegistryError, now_iso
+from trafficcast.app.retrain.live import champion_live, live_gate
+from trafficcast.app.retrain.options import EXIT_CODES, RetrainOptions
+from trafficcast.app.retrain.stages import (
     STAGES,
     JobContext,
     JobFile,
@@ -32,11 +32,11 @@ from app.retrain.stages import (
     snapshot_data,
     train_challenger,
 )
-from data import SpeedData, read_speeds
-from models.config import RunConfig
-from models.distributed import DistContext, distributed_session, env_world_size
-from models.errors import ConfigError
-from models.trainer import no_log
+from trafficcast.data import SpeedData, read_speeds
+from trafficcast.models.config import RunConfig
+from trafficcast.models.distributed import DistContext, distributed_session, env_world_size
+from trafficcast.models.errors import ConfigError
+from trafficcast.models.trainer import no_log
 
 
 def run_retrain(opts: RetrainOptions, log: Callable[[str], None]) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def run_retrain(opts: RetrainOptions, log: Callable[[str], None]) -> dict[str, A
             summary = _run_retrain(opts, log, ctx)
             ctx.broadcast_json({"summary": summary})
             return summary
-        from app.pipeline import train_run
+        from trafficcast.app.pipeline import train_run
 
         while True:
             message = ctx.broadcast_json(None)
@@ -245,7 +245,7 @@ def _champion(registry: Registry, job_file: JobFile | None) -> str | None:
 
 def _job_config(opts: RetrainOptions, champion_dir: Path | None) -> RunConfig:
     """``--config``, else the champion's config, else the defaults; ``--epochs`` over each."""
-    from app.pipeline import load_config
+    from trafficcast.app.pipeline import load_config
 
     if opts.config is not None:
         return load_config(opts.config, opts.epochs)
@@ -262,8 +262,8 @@ def _resolve_graph(
 ) -> tuple[list[str], np.ndarray, str]:
     """The adjacency: --distances / --adjacency, else the champion's, else the bundled METR-LA
     graph when the data has exactly its sensors."""
-    from app.pipeline import read_graph
-    from graph import load_adjacency
+    from trafficcast.app.pipeline import read_graph
+    from trafficcast.graph import load_adjacency
 
     given = read_graph(speeds.sensor_ids, opts.distances, opts.adjacency, opts.threshold)
     if given is not None:
@@ -271,7 +271,7 @@ def _resolve_graph(
     if champion_dir is not None and (champion_dir / "graph.npz").is_file():
         ids, adj = load_adjacency(champion_dir / "graph.npz")
         return ids, adj, f"{champion_dir.name}/graph.npz"
-    from data import sample_adjacency_pkl_path
+    from trafficcast.data import sample_adjacency_pkl_path
 
     ids, adj = load_adjacency(sample_adjacency_pkl_path())
     if set(ids) == set(speeds.sensor_ids):

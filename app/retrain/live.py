@@ -1,7 +1,7 @@
 """The champion's live accuracy, read from the service's forecast record before the job trains.
 
 The service records every forecast it makes from its observation store and scores it as the
-readings arrive (:mod:`app.accuracy`); the record lives in the store's database, the file
+readings arrive (:mod:`trafficcast.app.accuracy`); the record lives in the store's database, the file
 ``trafficcast retrain --observations`` already reads. The job reports the champion's live MAE
 beside its holdout comparison, and with ``--when-live-mae-above X`` trains only when that MAE
 (over the 15-, 30- and 60-minute targets of the last day) is above ``X``: a model that still
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.db import describe
-from app.registry import Registry
-from app.retrain.options import RetrainOptions
+from trafficcast.app.db import describe
+from trafficcast.app.registry import Registry
+from trafficcast.app.retrain.options import RetrainOptions
 
 WINDOW = "24h"
 
@@ -23,7 +23,7 @@ def champion_live(opts: RetrainOptions, registry: Registry) -> dict[str, Any] | 
     """The current version's live figures from ``opts.observations``: ``version``, ``window``,
     the pooled ``mae``, ``latest_observation`` and MAE/RMSE/coverage per horizon; None when
     there is no store, no current version, or no record of it."""
-    from app.accuracy import live_summary, pooled_mae
+    from trafficcast.app.accuracy import live_summary, pooled_mae
 
     pointer = registry.current()
     if opts.observations is None or pointer is None:

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.db import describe
-from data import SpeedData
-from data.errors import DataInputError
+from trafficcast.app.db import describe
+from trafficcast.data import SpeedData
+from trafficcast.data.errors import DataInputError
 
 # Readings further apart than this would make the merged series mostly an empty grid.
 MAX_GAP = pd.Timedelta(days=7)
@@ -26,7 +26,7 @@ def merge_observations(speeds: SpeedData, db: str | Path) -> tuple[SpeedData, di
 
     Shapes: ``speeds`` ``(T, N)`` -> ``(T', N)`` with ``T' >= T``.
     """
-    from app.observations import read_readings
+    from trafficcast.app.observations import read_readings
 
     readings = read_readings(db)
     info: dict[str, Any] = {"path": describe(db), "readings": 0, "overridden": 0, "new_steps": 0}

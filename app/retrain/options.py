@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import ConfigError
+from trafficcast.models.errors import ConfigError
 
 EXIT_PROMOTED = 0
 EXIT_FAILED = 1

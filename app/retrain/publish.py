@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from app.fsutil import atomic_write_text
-from app.registry import Registry
-from models.errors import ConfigError
+from trafficcast.app.fsutil import atomic_write_text
+from trafficcast.app.registry import Registry
+from trafficcast.models.errors import ConfigError
 
 # The files of a run directory a version keeps, where the run has them (model.pt always).
 RUN_FILES = (
@@ -51,9 +51,9 @@ def import_run(
     The graph is stored with it so that later retrains need none. Returns the version and
     whether it was promoted.
     """
-    from app.pipeline import read_graph
-    from graph import save_adjacency
-    from models.checkpoint import load_checkpoint
+    from trafficcast.app.pipeline import read_graph
+    from trafficcast.graph import save_adjacency
+    from trafficcast.models.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
     model = run_dir / "model.pt"

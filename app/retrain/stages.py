@@ -1,6 +1,6 @@
 """The retraining job's stages, each a function that takes what it needs of the job (its
 :class:`JobContext`, the state kept in ``staging/job.json``) and returns what it adds.
-:mod:`app.retrain.job` runs them in order and records in ``job.json`` the stage reached
+:mod:`trafficcast.app.retrain.job` runs them in order and records in ``job.json`` the stage reached
 (:data:`STAGES`), so that a killed job resumes at the first stage it had not finished:
 
 1. :func:`snapshot_data`: the data merged with the observations, and the graph, written into
@@ -12,7 +12,7 @@
    a resumed job).
 5. :func:`promote`: the pointer moved if so decided, old versions pruned.
 
-The job's fault points (:func:`app.registry.fault_point`) hang on the trainer's callbacks
+The job's fault points (:func:`trafficcast.app.registry.fault_point`) hang on the trainer's callbacks
 (:class:`ChallengerProgress`) and on these stages, never on log text.
 """
 
@@ -27,16 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from app.db import describe
-from app.fsutil import atomic_write_json
-from app.registry import Registry, RegistryError, fault_point, now_iso
-from app.retrain.merge import merge_observations
-from app.retrain.options import RetrainOptions
-from app.retrain.publish import mean_mae, published_files
-from data import SpeedData, read_speeds, write_speeds
-from models.config import RunConfig
-from models.distributed import DistContext
-from models.trainer import EpochRecord, TrainerCallback
+from trafficcast.app.db import describe
+from trafficcast.app.fsutil import atomic_write_json
+from trafficcast.app.registry import Registry, RegistryError, fault_point, now_iso
+from trafficcast.app.retrain.merge import merge_observations
+from trafficcast.app.retrain.options import RetrainOptions
+from trafficcast.app.retrain.publish import mean_mae, published_files
+from trafficcast.data import SpeedData, read_speeds, write_speeds
+from trafficcast.models.config import RunConfig
+from trafficcast.models.distributed import DistContext
+from trafficcast.models.trainer import EpochRecord, TrainerCallback
 
 # The stages job.json records, in order: "training" once the data is snapshot, "trained" once
 # the challenger is trained, "published" once it is a version. "done" is accepted from a job
@@ -113,8 +113,8 @@ def snapshot_data(
     """Start the job in a fresh staging directory: ``speeds`` (the ``--data`` file) merged with
     the observations, and the graph ``(ids, adj, source)``, written there. Returns the job's
     fields: its options ``key``, creation time, champion and the snapshot's description."""
-    from app.pipeline import data_fingerprint
-    from graph import save_adjacency
+    from trafficcast.app.pipeline import data_fingerprint
+    from trafficcast.graph import save_adjacency
 
     opts = job.opts
     if job.staging.exists():
@@ -182,7 +182,7 @@ def train_challenger(job: JobContext) -> tuple[dict[str, Any], int | None]:
     Returns the job's new field (the version the challenger will be published as) and the
     epoch a resumed training went on after (None when it started afresh).
     """
-    from app.pipeline import train_run
+    from trafficcast.app.pipeline import train_run
 
     init_from = None
     if job.opts.warm_start and job.champion_dir is not None:
@@ -302,8 +302,8 @@ def score(job: JobContext, version: str, report: dict[str, Any]) -> Decision:
 def _score_champion(job: JobContext) -> tuple[str | None, dict[str, Any]]:
     """Why the champion cannot be scored on the challenger's holdout (None if it can), and its
     entry in the summary: its version and mean holdout MAE (None when not scored)."""
-    from app.pipeline import evaluate_run
-    from models.checkpoint import load_checkpoint
+    from trafficcast.app.pipeline import evaluate_run
+    from trafficcast.models.checkpoint import load_checkpoint
 
     assert job.champion_dir is not None
     why_not = _comparable(

@@ -1,14 +1,14 @@
 """The forecast service: ``create_app(settings)`` builds the FastAPI app of interface.md.
 
-The routes (``app.service.routes``, one module per resource) reach the serving core
-(``app.serving``: the loaded model, the observation store, the forecast cache) through the
-dependencies in ``app.service.deps``. The app's lifespan starts the core: it loads the model (or,
+The routes (``trafficcast.app.service.routes``, one module per resource) reach the serving core
+(``trafficcast.app.serving``: the loaded model, the observation store, the forecast cache) through the
+dependencies in ``trafficcast.app.service.deps``. The app's lifespan starts the core: it loads the model (or,
 for the bundled run without a checkpoint, trains it in a background thread first: ``/readyz``
 answers 503 until then).
 
 Every error is JSON ``{"detail": "...", "field": ..., "value": ...}`` naming the problem
-(``app.service.errors``); a body over ``max_body_bytes`` is refused with 413 before it is parsed
-(``app.service.middleware``).
+(``trafficcast.app.service.errors``); a body over ``max_body_bytes`` is refused with 413 before it is parsed
+(``trafficcast.app.service.middleware``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app.service.errors import add_error_handlers
-from app.service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from app.service.openapi import openapi_builder
-from app.service.routes import accuracy, dashboard, forecasts, model, observations, probes
-from app.serving import Service
-from app.settings import Settings, load_settings
+from trafficcast.app.service.errors import add_error_handlers
+from trafficcast.app.service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from trafficcast.app.service.openapi import openapi_builder
+from trafficcast.app.service.routes import (
+    accuracy,
+    dashboard,
+    forecasts,
+    model,
+    observations,
+    probes,
+)
+from trafficcast.app.serving import Service
+from trafficcast.app.settings import Settings, load_settings
 
 __all__ = ["app_from_env", "create_app", "lifespan"]
 
@@ -74,6 +81,6 @@ def _package_version() -> str:
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory app.service:app_from_env``: settings from the environment
+    """Factory for ``uvicorn --factory trafficcast.app.service:app_from_env``: settings from the environment
     (an invalid one is one line naming it, a database URL without its password)."""
     return create_app(load_settings())

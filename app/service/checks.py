@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from app.schemas import ForecastRequest, ObservationBatch
-from app.service.errors import ApiError
-from app.serving import LoadedModel, Service
+from trafficcast.app.schemas import ForecastRequest, ObservationBatch
+from trafficcast.app.service.errors import ApiError
+from trafficcast.app.serving import LoadedModel, Service
 
 
 def _listing(items: list[str], limit: int = 5) -> str:

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from app.service.errors import ApiError
-from app.serving import Service
+from trafficcast.app.service.errors import ApiError
+from trafficcast.app.serving import Service
 
 API_KEY_HEADER = "X-API-Key"
 

@@ -1,7 +1,7 @@
 """Error types and handlers: every error is JSON ``{"detail", "field", "value", "errors"}``.
 
 ``detail`` is one line naming the problem; request validation errors are reformatted to say which
-field; the serving core's own exceptions (``app.serving.errors``) become the status codes below.
+field; the serving core's own exceptions (``trafficcast.app.serving.errors``) become the status codes below.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
-from app.db import UNAVAILABLE, reason
-from app.schemas import ErrorBody, FieldError
-from app.serving.errors import NonFiniteForecast, NotEnoughData, ServingError
+from trafficcast.app.db import UNAVAILABLE, reason
+from trafficcast.app.schemas import ErrorBody, FieldError
+from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData, ServingError
 
 log = logging.getLogger("trafficcast.service")
 

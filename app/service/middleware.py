@@ -11,8 +11,8 @@ import time
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.service.errors import error_response
-from app.telemetry import Metrics
+from trafficcast.app.service.errors import error_response
+from trafficcast.app.telemetry import Metrics
 
 
 class BodyLimitMiddleware:

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.serving import LoadedModel, Service
+from trafficcast.app.serving import LoadedModel, Service
 
 
 def constrain_schema(schema: dict[str, Any], service: Service, model: LoadedModel) -> None:

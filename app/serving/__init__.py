@@ -2,12 +2,12 @@
 cache and the observation store, without HTTP.
 
 Nothing here imports FastAPI or Starlette, so the core can be used and tested on its own;
-``app.service`` puts the REST API in front of it.
+``trafficcast.app.service`` puts the REST API in front of it.
 """
 
-from app.serving.core import CachedForecast, Service
-from app.serving.errors import NonFiniteForecast, NotEnoughData, ServingError
-from app.serving.loading import LoadedModel
+from trafficcast.app.serving.core import CachedForecast, Service
+from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData, ServingError
+from trafficcast.app.serving.loading import LoadedModel
 
 __all__ = [
     "CachedForecast",

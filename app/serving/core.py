@@ -4,9 +4,9 @@ Lifecycle: ``start()`` opens the observation store and the inference pool and lo
 from a registry (then watched, and each newly promoted version swapped in), from ``run_dir``, or,
 for the bundled run without a checkpoint, by training it in a background thread first (the service
 is not ready until then); ``stop()`` undoes it. Inference runs in the pool, off the event loop;
-concurrent forecasts are micro-batched into one forward pass (``app.batching``). With
-``accuracy_enabled``, a background task (``app.serving.recorder``) records a forecast from each new
-latest observed step and scores it as its readings arrive (``app.accuracy``).
+concurrent forecasts are micro-batched into one forward pass (``trafficcast.app.batching``). With
+``accuracy_enabled``, a background task (``trafficcast.app.serving.recorder``) records a forecast from each new
+latest observed step and scores it as its readings arrive (``trafficcast.app.accuracy``).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.accuracy import WINDOWS, ForecastRecord, ModelMeta
-from app.batching import MicroBatcher
-from app.db import UNAVAILABLE, Database
-from app.forecaster import Forecaster
-from app.observations import ObservationStore
-from app.registry import file_sha256, now_iso
-from app.serving.errors import NonFiniteForecast, NotEnoughData
-from app.serving.health import DatabaseHealth
-from app.serving.loading import (
+from trafficcast.app.accuracy import WINDOWS, ForecastRecord, ModelMeta
+from trafficcast.app.batching import MicroBatcher
+from trafficcast.app.db import UNAVAILABLE, Database
+from trafficcast.app.forecaster import Forecaster
+from trafficcast.app.observations import ObservationStore
+from trafficcast.app.registry import file_sha256, now_iso
+from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData
+from trafficcast.app.serving.health import DatabaseHealth
+from trafficcast.app.serving.loading import (
     LoadedModel,
     open_database,
     read_locations,
@@ -40,10 +40,10 @@ from app.serving.loading import (
     seed_store,
     smoke_test,
 )
-from app.serving.recorder import Recorder
-from app.serving.swap import RegistryWatcher
-from app.settings import BUNDLED_CONFIG, Settings
-from app.telemetry import Metrics
+from trafficcast.app.serving.recorder import Recorder
+from trafficcast.app.serving.swap import RegistryWatcher
+from trafficcast.app.settings import BUNDLED_CONFIG, Settings
+from trafficcast.app.telemetry import Metrics
 
 log = logging.getLogger("trafficcast.service")
 
@@ -236,7 +236,7 @@ class Service:
     def _seed_path(self) -> Path | None:
         seed = self.settings.seed_observations
         if seed == "auto":
-            from data import sample_speeds_path
+            from trafficcast.data import sample_speeds_path
 
             return sample_speeds_path() if self.settings.serves_bundled_run else None
         return seed
@@ -252,8 +252,8 @@ class Service:
     def train_then_load(self) -> None:
         """First start without the bundled checkpoint: train it (with a progress bar; training
         also calibrates its intervals, so it ships calibrated), then load."""
-        from app.pipeline import load_config, train_run
-        from data import sample_adjacency_pkl_path, sample_speeds_path
+        from trafficcast.app.pipeline import load_config, train_run
+        from trafficcast.data import sample_adjacency_pkl_path, sample_speeds_path
 
         try:
             self.status = "training the bundled model (first start); see the server's log"
@@ -460,9 +460,9 @@ class Service:
         self, version: str | None, windows: list[str]
     ) -> tuple[dict[str, Any], pd.Timestamp | None, bool] | None:
         """The live-accuracy summary of a model version (content hash or registry version; None:
-        the serving one) over ``windows`` (names in ``app.accuracy.WINDOWS``) ending at the latest
+        the serving one) over ``windows`` (names in ``trafficcast.app.accuracy.WINDOWS``) ending at the latest
         stored observation; that time; and whether the version is the serving one. None when the
-        record knows no such version. See ``app.accuracy.summarize``."""
+        record knows no such version. See ``trafficcast.app.accuracy.summarize``."""
         assert self.accuracy is not None and self.store is not None
         record, model = self.accuracy, self.model
         serving = model is not None and version in (None, model.version, model.registry_version)

@@ -1,6 +1,6 @@
 """What the serving core refuses, as its own exception types: it knows nothing of HTTP.
 
-The service maps each type to a status code (``app.service.errors``); ``detail`` is the one-line
+The service maps each type to a status code (``trafficcast.app.service.errors``); ``detail`` is the one-line
 message for the client and ``field`` the request field at fault, when there is one.
 """
 

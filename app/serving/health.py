@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from app.db import UNAVAILABLE, Database, reason
-from app.telemetry import Metrics
+from trafficcast.app.db import UNAVAILABLE, Database, reason
+from trafficcast.app.telemetry import Metrics
 
 # Probes and load balancers may ask often: the database is pinged at most this often (seconds).
 CHECK_EVERY_S = 1.0

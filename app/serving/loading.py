@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.batching import MicroBatcher
-from app.db import UNAVAILABLE, Database, describe
-from app.forecaster import Forecaster
-from app.observations import ObservationStore
-from app.settings import Settings
+from trafficcast.app.batching import MicroBatcher
+from trafficcast.app.db import UNAVAILABLE, Database, describe
+from trafficcast.app.forecaster import Forecaster
+from trafficcast.app.observations import ObservationStore
+from trafficcast.app.settings import Settings
 
 log = logging.getLogger("trafficcast.service")
 
@@ -36,9 +36,9 @@ def open_database(settings: Settings) -> Database:
     this version's head (or checked, with ``db_migrate_on_start`` off).
 
     An unreachable database is retried for :data:`DB_START_WAIT_S` seconds; raises the last
-    error after that, and ``app.db.migrate.SchemaOutOfDate`` for a schema nobody upgraded.
+    error after that, and ``trafficcast.app.db.migrate.SchemaOutOfDate`` for a schema nobody upgraded.
     """
-    from app.db import migrate
+    from trafficcast.app.db import migrate
 
     s = settings
     db = Database.open(
@@ -118,7 +118,7 @@ def read_report(path: Path) -> dict[str, Any] | None:
 def read_locations(sensor_ids: list[str], path: Path | None) -> dict[str, tuple[float, float]]:
     """Latitude and longitude of the model's sensors found in the locations CSV at ``path``
     (default: the bundled METR-LA locations)."""
-    from data import read_sensor_locations, sample_locations_path
+    from trafficcast.data import read_sensor_locations, sample_locations_path
 
     table = read_sensor_locations(path or sample_locations_path())
     known = set(sensor_ids)
@@ -136,7 +136,7 @@ def seed_store(
 ) -> int:
     """Write the last ``seed_days`` of the speed file at ``path`` (at least one window) for the
     model's sensors; returns the readings written, 0 when the file does not fit the model."""
-    from data import read_speeds
+    from trafficcast.data import read_speeds
 
     speeds = read_speeds(path)
     ids = [s for s in forecaster.sensor_ids if s in set(speeds.sensor_ids)]

@@ -5,7 +5,7 @@ step and scores the recorded forecasts as their readings arrive; never on a requ
 task, so the POST returns before any of this runs. Each round of the task:
 
 1. rescores the recorded forecasts with a target time among those written since the last round
-   (a score row is recomputed from the store, see ``app.accuracy``, so a late or re-sent reading
+   (a score row is recomputed from the store, see ``trafficcast.app.accuracy``, so a late or re-sent reading
    counts as the store now holds it);
 2. forecasts, in time order, from every stored time step later than the last step forecast
    from (its high-water mark, or the newest ``made_from`` in the record if later: replicas on
@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from app.accuracy import ForecastRecord, ModelMeta, Recorded, epoch_seconds, score_rows
-from app.registry import now_iso
-from app.serving.errors import NonFiniteForecast, NotEnoughData
-from app.serving.loading import LoadedModel
+from trafficcast.app.accuracy import ForecastRecord, ModelMeta, Recorded, epoch_seconds, score_rows
+from trafficcast.app.registry import now_iso
+from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData
+from trafficcast.app.serving.loading import LoadedModel
 
 if TYPE_CHECKING:
-    from app.serving.core import Service
+    from trafficcast.app.serving.core import Service
 
 log = logging.getLogger("trafficcast.accuracy")
 

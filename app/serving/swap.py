@@ -13,18 +13,18 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from app.registry import Pointer, Registry, now_iso
-from app.schemas import SwapError
-from app.serving.loading import LoadedModel
+from trafficcast.app.registry import Pointer, Registry, now_iso
+from trafficcast.app.schemas import SwapError
+from trafficcast.app.serving.loading import LoadedModel
 
 if TYPE_CHECKING:
-    from app.serving.core import Service
+    from trafficcast.app.serving.core import Service
 
 log = logging.getLogger("trafficcast.service")
 
 
 class RegistryWatcher:
-    """The registry side of a :class:`~app.serving.core.Service`: what it last read and what
+    """The registry side of a :class:`~trafficcast.app.serving.core.Service`: what it last read and what
     failed (``/v1/model`` reports both), and the task polling the pointer."""
 
     def __init__(self, service: Service) -> None:

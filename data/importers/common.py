@@ -1,7 +1,7 @@
 """What the importers share: the result they return, its writer, the time grid and small checks.
 
 An importer reads one public layout and returns an :class:`ImportResult`: the readings as a
-:class:`~data.io.SpeedData` (whatever the quantity: speed, flow or occupancy), the sensors'
+:class:`~trafficcast.data.io.SpeedData` (whatever the quantity: speed, flow or occupancy), the sensors'
 coordinates, the graph the layout gives (road distances or ready-made weights), and an account of
 what was read, dropped and found missing. :func:`write_import` writes it in the project's formats.
 """
@@ -19,9 +19,9 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
-from data.errors import DataInputError
-from data.io import SpeedData, parse_freq_minutes, parse_start, write_speeds
-from graph.io import atomic_write, save_adjacency, write_distances
+from trafficcast.data.errors import DataInputError
+from trafficcast.data.io import SpeedData, parse_freq_minutes, parse_start, write_speeds
+from trafficcast.graph.io import atomic_write, save_adjacency, write_distances
 
 __all__ = [
     "QUANTITIES",

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from data.errors import DataInputError
-from data.importers.common import ImportResult, finite_readings, grid_positions, listing
-from data.io import SpeedData
+from trafficcast.data.errors import DataInputError
+from trafficcast.data.importers.common import ImportResult, finite_readings, grid_positions, listing
+from trafficcast.data.io import SpeedData
 
 __all__ = ["import_largest", "read_largest_meta"]
 

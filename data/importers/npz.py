@@ -16,10 +16,10 @@ import zipfile
 import numpy as np
 import pandas as pd
 
-from data.errors import DataInputError
-from data.importers.common import ImportResult, finite_readings, listing
-from data.io import SpeedData
-from graph.io import read_distances, read_sensor_ids
+from trafficcast.data.errors import DataInputError
+from trafficcast.data.importers.common import ImportResult, finite_readings, listing
+from trafficcast.data.io import SpeedData
+from trafficcast.graph.io import read_distances, read_sensor_ids
 
 __all__ = ["CHANNEL_NAMES", "import_npz"]
 

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import DataInputError
-from data.importers.common import (
+from trafficcast.data.errors import DataInputError
+from trafficcast.data.importers.common import (
     QUANTITIES,
     ImportResult,
     finite_readings,
@@ -46,7 +46,7 @@ from data.importers.common import (
     listing,
     progress_bar,
 )
-from data.io import SpeedData
+from trafficcast.data.io import SpeedData
 
 __all__ = ["import_pems", "read_pems_meta"]
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-import data
+from trafficcast import data
 
 
 def train_tiny_run(root: Path, model: dict, baselines: dict) -> Path:
     """Train a tiny run on the first day of the bundled week into ``root/run``: one epoch, the
     model and baselines settings as given."""
-    from app.pipeline import train_run
-    from models.config import RunConfig
+    from trafficcast.app.pipeline import train_run
+    from trafficcast.models.config import RunConfig
 
     week = data.read_speeds(data.sample_speeds_path())
     one_day = root / "one-day.h5"
@@ -67,7 +67,7 @@ def uncalibrated_run_dir(service_run_dir: Path, tmp_path_factory: pytest.TempPat
     in its checkpoint, everything else the same."""
     import shutil
 
-    from models.checkpoint import load_checkpoint, save_checkpoint
+    from trafficcast.models.checkpoint import load_checkpoint, save_checkpoint
 
     run_dir = tmp_path_factory.mktemp("uncalibrated") / "run"
     shutil.copytree(service_run_dir, run_dir)
@@ -81,7 +81,7 @@ def uncalibrated_run_dir(service_run_dir: Path, tmp_path_factory: pytest.TempPat
 @pytest.fixture
 def service_settings(service_run_dir: Path, tmp_path: Path):
     """Settings for one app: the tiny run, a fresh SQLite file, one write key, no seeding."""
-    from app.settings import Settings
+    from trafficcast.app.settings import Settings
 
     return Settings(
         run_dir=service_run_dir,
@@ -98,7 +98,7 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """``uvicorn --factory app.service:app_from_env`` in a subprocess, on a free loopback port."""
+    """``uvicorn --factory trafficcast.app.service:app_from_env`` in a subprocess, on a free loopback port."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         import os
@@ -113,7 +113,7 @@ class LiveServer:
                 "-m",
                 "uvicorn",
                 "--factory",
-                "app.service:app_from_env",
+                "trafficcast.app.service:app_from_env",
                 "--host",
                 "127.0.0.1",
                 "--port",

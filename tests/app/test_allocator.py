@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.allocator import (
+from tests.app.conftest import free_port
+from trafficcast.app.allocator import (
     ENV_RESTARTED,
     ENV_SETTING,
     AllocatorError,
@@ -24,7 +25,6 @@ from app.allocator import (
     preloaded_allocator,
     restart_plan,
 )
-from tests.app.conftest import free_port
 
 LIB = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
@@ -95,7 +95,7 @@ def test_a_bad_setting_is_a_one_line_cli_error(tmp_path):
     env.pop(ENV_RESTARTED, None)
     missing = tmp_path / "nothing.h5"
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "summary", "--data", str(missing)],
+        [sys.executable, "-m", "trafficcast.app.cli", "summary", "--data", str(missing)],
         env=env,
         capture_output=True,
         text=True,
@@ -107,7 +107,7 @@ def test_a_bad_setting_is_a_one_line_cli_error(tmp_path):
         [
             sys.executable,
             "-m",
-            "app.cli",
+            "trafficcast.app.cli",
             "predict",
             "--run",
             str(tmp_path),
@@ -130,13 +130,13 @@ def test_a_bad_setting_is_a_one_line_cli_error(tmp_path):
 
 
 def _serve_and_read_maps(env: dict[str, str], tmp_path: Path, run_dir: Path) -> str:
-    """Start ``python -m app.cli serve``, wait for /readyz, return the memory map of the PID we
+    """Start ``python -m trafficcast serve``, wait for /readyz, return the memory map of the PID we
     started: the restart is an ``execve``, so that PID is the server."""
     port = free_port()
     log = tmp_path / f"serve-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--run", str(run_dir), "--port", str(port)],
+            [sys.executable, "-m", "trafficcast.app.cli", "serve", "--run", str(run_dir), "--port", str(port)],
             env={
                 **env,
                 "TRAFFICCAST_OBSERVATIONS_DB": str(tmp_path / f"obs-{port}.sqlite3"),

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import data
-from app.cli import main
-from models.checkpoint import load_checkpoint
+from trafficcast import data
+from trafficcast.app.cli import main
+from trafficcast.models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 ADJ = REPO / "data" / "sample" / "adj_mx.pkl"
@@ -67,14 +67,14 @@ def _argv(inputs: dict[str, Path], output: Path, epochs: int, *extra: str) -> li
 
 
 def torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=nproc -m app.cli ARGV`` as a real subprocess."""
+    """``torchrun --standalone --nproc_per_node=nproc -m trafficcast ARGV`` as a real subprocess."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc_per_node={nproc}", "-m", "app.cli", *argv]
+    cmd += [f"--nproc_per_node={nproc}", "-m", "trafficcast.app.cli", *argv]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
@@ -176,8 +176,8 @@ def test_two_process_exits_are_clean_every_time(inputs):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_window_shards_partition_every_global_batch(inputs, world):
-    from app.pipeline import WindowSource, prepare_data
-    from models.config import RunConfig
+    from trafficcast.app.pipeline import WindowSource, prepare_data
+    from trafficcast.models.config import RunConfig
 
     config = RunConfig.from_yaml(inputs["config"])
     prepared = prepare_data(data.read_speeds(inputs["data"]), config)

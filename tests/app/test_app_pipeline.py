@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from app.forecaster import Forecaster
-from app.pipeline import WindowSource, prepare_data, read_graph, train_run
-from data import (
+from trafficcast.app.forecaster import Forecaster
+from trafficcast.app.pipeline import WindowSource, prepare_data, read_graph, train_run
+from trafficcast.data import (
     DataInputError,
     SpeedData,
     make_synthetic,
@@ -19,10 +19,10 @@ from data import (
     sample_adjacency_pkl_path,
     sample_speeds_path,
 )
-from graph import save_adjacency
-from models import RunConfig
-from models.baselines import time_slots
-from models.checkpoint import build_model, load_checkpoint
+from trafficcast.graph import save_adjacency
+from trafficcast.models import RunConfig
+from trafficcast.models.baselines import time_slots
+from trafficcast.models.checkpoint import build_model, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_forecaster_from_run_matches_the_model(tiny_run):
 
 
 def test_report_horizon_keys_follow_the_data_frequency(tmp_path):
-    from data import make_synthetic, write_synthetic
+    from trafficcast.data import make_synthetic, write_synthetic
 
     write_synthetic(make_synthetic(num_sensors=4, num_days=3, seed=2, freq_minutes=15), tmp_path)
     config = RunConfig.from_dict(

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.cli import main
-from data import SpeedData, make_synthetic, read_speeds, write_speeds, write_synthetic
-from graph import save_adjacency
-from models.checkpoint import load_checkpoint
+from trafficcast.app.cli import main
+from trafficcast.data import SpeedData, make_synthetic, read_speeds, write_speeds, write_synthetic
+from trafficcast.graph import save_adjacency
+from trafficcast.models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 HORIZONS = ("15min", "30min", "60min")
@@ -39,7 +39,7 @@ def _user_error(argv: list[str], capsys) -> str:
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "trafficcast.app.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

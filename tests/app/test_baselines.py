@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.pipeline import build_dcrnn, build_gru, build_tcn, report_markdown
-from app.pipeline.baselines import gru_settings
-from app.pipeline.report import graph_verdict
-from models.checkpoint import build_model
-from models.config import RunConfig
-from models.errors import ConfigError
+from trafficcast.app.pipeline import build_dcrnn, build_gru, build_tcn, report_markdown
+from trafficcast.app.pipeline.baselines import gru_settings
+from trafficcast.app.pipeline.report import graph_verdict
+from trafficcast.models.checkpoint import build_model
+from trafficcast.models.config import RunConfig
+from trafficcast.models.errors import ConfigError
 
 
 def _config(**sections) -> RunConfig:
@@ -141,7 +141,7 @@ def test_on_the_synthetic_corridor_the_graph_helps(tmp_path, capsys):
     graph-free GRU at every horizon, and the report's first sentence says so with the margins."""
     import json
 
-    from app.cli import main
+    from trafficcast.app.cli import main
 
     data, run = tmp_path / "syn", tmp_path / "run"
     assert main(["synth", "--sensors", "30", "--days", "7", "--output-dir", str(data)]) == 0

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-import data
-from app.calibration import interval_metrics, persistence, plot_bands, split_residuals
-from app.cli import main
-from app.forecaster import Forecaster
-from app.pipeline import load_run
-from models.checkpoint import load_checkpoint, save_checkpoint
+from trafficcast import data
+from trafficcast.app.calibration import interval_metrics, persistence, plot_bands, split_residuals
+from trafficcast.app.cli import main
+from trafficcast.app.forecaster import Forecaster
+from trafficcast.app.pipeline import load_run
+from trafficcast.models.checkpoint import load_checkpoint, save_checkpoint
 
 
 def run_calibrate(argv: list[str]) -> int:
@@ -223,8 +223,8 @@ def test_calibrate_stores_each_models_intervals_in_its_checkpoint(
 def test_calibrate_writes_nothing_when_a_checkpoint_changed_meanwhile(
     fc_lstm_run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.calibration as calibration
-    from models.errors import CheckpointError
+    import trafficcast.app.calibration as calibration
+    from trafficcast.models.errors import CheckpointError
 
     run_dir = tmp_path / "run"
     shutil.copytree(fc_lstm_run_dir, run_dir)

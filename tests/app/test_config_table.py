@@ -6,7 +6,7 @@ string, a list, a boolean and numbers just outside its range must end in one ``e
 naming ``section.key`` and exit status 2, before any data is read; and the values the key does
 allow (its default, null where that is the default, its range's ends, ...) must load.
 
-The CLI loads the config (``app.pipeline.load_config``) before ``train_run`` reads any data, so
+The CLI loads the config (``trafficcast.app.pipeline.load_config``) before ``train_run`` reads any data, so
 each refused case costs only the YAML parse.
 """
 
@@ -25,9 +25,9 @@ import pytest
 import yaml
 from pydantic.fields import FieldInfo
 
-from app.cli import main
-from app.pipeline import load_config
-from models.config import RunConfig
+from trafficcast.app.cli import main
+from trafficcast.app.pipeline import load_config
+from trafficcast.models.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "data" / "sample" / "metr-la-week.h5"
@@ -264,7 +264,7 @@ REAL_PROCESS_CASES = {
 
 @pytest.fixture(scope="module")
 def real_processes(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    """`python -m app.cli train` once per case, the processes run side by side (each pays for
+    """`python -m trafficcast train` once per case, the processes run side by side (each pays for
     importing torch)."""
     started = {}
     for case, (yaml_text, _) in REAL_PROCESS_CASES.items():
@@ -272,7 +272,7 @@ def real_processes(tmp_path_factory) -> dict[str, tuple[Path, subprocess.Complet
         config = folder / "cfg.yaml"
         config.write_text(yaml_text)
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *_train_argv(config, folder / "run")],
+            [sys.executable, "-m", "trafficcast.app.cli", *_train_argv(config, folder / "run")],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

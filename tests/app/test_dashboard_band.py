@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-import data
-from app.settings import BUNDLED_RUN_DIR
 from tests.app.conftest import LiveServer
+from trafficcast import data
+from trafficcast.app.settings import BUNDLED_RUN_DIR
 
 CHROMIUM = Path("/usr/bin/chromium")
 # docs/dashboard-band.png is retaken on request only, so that a test run leaves the tree clean:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from app.cli import build_parser
+from trafficcast.app.cli import build_parser
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # The command the Docker compose file runs (kept identical across the examples).

@@ -14,13 +14,13 @@ import httpx
 import numpy as np
 import torch
 
-from app.cli import main
-from app.pipeline import train_run
-from app.registry import Registry
-from data import read_speeds
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.config import RunConfig
 from tests.app.conftest import registry_server
+from trafficcast.app.cli import main
+from trafficcast.app.pipeline import train_run
+from trafficcast.app.registry import Registry
+from trafficcast.data import read_speeds
+from trafficcast.models.checkpoint import load_checkpoint, save_checkpoint
+from trafficcast.models.config import RunConfig
 
 
 def forecast_body(data_path) -> dict:
@@ -158,7 +158,7 @@ def test_empty_registry_serves_the_run_dir_model_until_a_version_is_promoted(
     # run_dir's model, and the first promoted version replaces it; without the fallback it waits.
     from fastapi.testclient import TestClient
 
-    from app.service import create_app
+    from trafficcast.app.service import create_app
 
     root = tmp_path / "registry"
     root.mkdir()

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from app.cli import main
-from app.pipeline import horizon_steps, trace_steps
-from data import SpeedData, read_speeds, sample_speeds_path, split_windows, write_speeds
+from trafficcast.app.cli import main
+from trafficcast.app.pipeline import horizon_steps, trace_steps
+from trafficcast.data import SpeedData, read_speeds, sample_speeds_path, split_windows, write_speeds
 
 SEQ, HORIZON = 12, 12
 FLOW_IDS = ["s1", "s2", "s3", "s4"]
@@ -38,7 +38,7 @@ def _flows() -> np.ndarray:
 
 
 def _settings(run_dir: Path, tmp_path: Path):
-    from app.settings import Settings
+    from trafficcast.app.settings import Settings
 
     return Settings(
         run_dir=run_dir,
@@ -105,7 +105,7 @@ def test_flow_zeros_count_in_the_metrics(flow_run):
 
 
 def test_flow_service_says_what_it_forecasts_and_keeps_zeros(flow_run, tmp_path):
-    from app.service import create_app
+    from trafficcast.app.service import create_app
 
     with TestClient(create_app(_settings(flow_run, tmp_path))) as client:
         info = client.get("/v1/model").json()
@@ -126,8 +126,8 @@ def test_flow_service_says_what_it_forecasts_and_keeps_zeros(flow_run, tmp_path)
 @pytest.fixture(scope="module")
 def quarter_hour(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled week at 15 minutes (every third row), 12 of its sensors, trained one epoch."""
-    from data import sample_adjacency_pkl_path
-    from graph import load_adjacency
+    from trafficcast.data import sample_adjacency_pkl_path
+    from trafficcast.graph import load_adjacency
 
     root = tmp_path_factory.mktemp("quarter")
     week = read_speeds(sample_speeds_path())
@@ -175,7 +175,7 @@ def test_fifteen_minute_report_uses_steps_1_2_4(quarter_hour, capsys):
 
 
 def test_fifteen_minute_model_serves_15_minute_windows(quarter_hour, tmp_path):
-    from app.service import create_app
+    from trafficcast.app.service import create_app
 
     week = read_speeds(sample_speeds_path())
     with TestClient(create_app(_settings(quarter_hour, tmp_path))) as client:

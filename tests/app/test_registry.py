@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from app.cli import main
-from app.registry import Registry, RegistryBusy
+from trafficcast.app.cli import main
+from trafficcast.app.registry import Registry, RegistryBusy
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_verify_finds_a_damaged_version_and_promote_refuses_it(registry, capsys)
 
 
 def test_prune_keeps_the_newest_and_the_current(registry, tiny_run) -> None:
-    from app.retrain import import_run
+    from trafficcast.app.retrain import import_run
 
     for _ in range(3):
         import_run(registry.root, tiny_run["run"], tiny_run["distances"], None)
@@ -102,7 +102,7 @@ def test_prune_keeps_the_newest_and_the_current(registry, tiny_run) -> None:
 
 HOLD_LOCK = """
 import sys, time
-from app.registry import Registry
+from trafficcast.app.registry import Registry
 lock = Registry(sys.argv[1]).lock("test holder").acquire()
 print("locked", flush=True)
 time.sleep(120)

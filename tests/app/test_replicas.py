@@ -22,10 +22,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from app.cli import main
-from data import SpeedData, read_speeds
-from models.checkpoint import load_checkpoint, save_checkpoint
 from tests.app.conftest import LiveServer
+from trafficcast.app.cli import main
+from trafficcast.data import SpeedData, read_speeds
+from trafficcast.models.checkpoint import load_checkpoint, save_checkpoint
 
 API_KEY = "replica-key"
 WRITE = {"X-API-Key": API_KEY}
@@ -307,7 +307,7 @@ def test_serve_with_an_unsupported_database_url_is_one_line_naming_the_setting(
         "TRAFFICCAST_RUN_DIR": str(tiny_run["run"]),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "trafficcast.app.cli", "serve", "--port", "1"],
         env=env,
         capture_output=True,
         text=True,

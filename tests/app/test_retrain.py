@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.cli import main
-from app.observations import ObservationStore
-from app.registry import Registry
-from app.retrain import merge_observations
-from data import DataInputError, read_speeds
-from models.trainer import EpochRecord
 from tests.conftest import TINY_CONFIG
+from trafficcast.app.cli import main
+from trafficcast.app.observations import ObservationStore
+from trafficcast.app.registry import Registry
+from trafficcast.app.retrain import merge_observations
+from trafficcast.data import DataInputError, read_speeds
+from trafficcast.models.trainer import EpochRecord
 
 NO_FC_LSTM = TINY_CONFIG + "  fc_lstm: false\n"
 
@@ -168,7 +168,7 @@ def test_challenger_progress_hooks(monkeypatch) -> None:
     """The job's decisions on the training come from the trainer's callbacks: the ``training``
     fault point after DCRNN's epoch 2 (not FC-LSTM's, not another epoch), and the epoch a
     resumed DCRNN training went on after."""
-    from app.retrain import stages
+    from trafficcast.app.retrain import stages
 
     fired: list[str] = []
     monkeypatch.setattr(stages, "fault_point", fired.append)
@@ -195,7 +195,7 @@ def _live_record(db, registry_version: str, speeds, error: float) -> None:
     """The service's record for ``registry_version`` in ``db``: one forecast from the last hour
     of ``speeds`` that is ``error`` above every reading it is scored against, as the service's
     recorder writes and scores it (the store holds the readings it is scored on)."""
-    from app.accuracy import ForecastRecord, ModelMeta, epoch_seconds, score_rows
+    from trafficcast.app.accuracy import ForecastRecord, ModelMeta, epoch_seconds, score_rows
 
     horizon = 12
     made_from = speeds.index[-horizon - 1]

@@ -15,11 +15,11 @@ import sys
 import httpx
 import pytest
 
-from app.cli import main
-from app.registry import FAULT_ENV, Registry
 from tests.app.conftest import registry_server
 from tests.app.test_hot_swap import forecast_body, wait_for
 from tests.conftest import TINY_CONFIG
+from trafficcast.app.cli import main
+from trafficcast.app.registry import FAULT_ENV, Registry
 
 
 def trafficcast(*argv: str, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -28,7 +28,7 @@ def trafficcast(*argv: str, fault: str | None = None) -> subprocess.CompletedPro
     if fault is not None:
         env[FAULT_ENV] = fault
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *argv], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "trafficcast.app.cli", *argv], env=env, capture_output=True, text=True
     )
 
 

@@ -18,13 +18,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import data
-from app.accuracy import live_summary, pooled_mae
-from app.forecaster import Forecaster
-from app.service import create_app
-from app.settings import BUNDLED_RUN_DIR, Settings
-from models.metrics import MaskedMetrics
 from tests.app.conftest import LiveServer
+from trafficcast import data
+from trafficcast.app.accuracy import live_summary, pooled_mae
+from trafficcast.app.forecaster import Forecaster
+from trafficcast.app.service import create_app
+from trafficcast.app.settings import BUNDLED_RUN_DIR, Settings
+from trafficcast.models.metrics import MaskedMetrics
 
 STEP_S = 300
 HEADERS = {"X-API-Key": "test-key"}
@@ -482,7 +482,7 @@ def test_dashboard_shows_live_beside_test_split_figures(live_server, week) -> No
 
 
 def test_record_scores_bounds_and_keeps_the_first_forecast(tmp_path: Path) -> None:
-    from app.accuracy import ForecastRecord, ModelMeta, score_rows
+    from trafficcast.app.accuracy import ForecastRecord, ModelMeta, score_rows
 
     record = ForecastRecord(tmp_path / "record.sqlite3")
     meta = ModelMeta("v1", ["a", "b", "c"], horizon=3, freq_minutes=5)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import data
-from app.service import create_app
-from app.settings import Settings
+from trafficcast import data
+from trafficcast.app.service import create_app
+from trafficcast.app.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import httpx
 import numpy as np
 import pytest
 
-import data
-from app.batching import MicroBatcher
-from app.forecaster import Forecaster
-from app.service import create_app
+from trafficcast import data
+from trafficcast.app.batching import MicroBatcher
+from trafficcast.app.forecaster import Forecaster
+from trafficcast.app.service import create_app
 
 
 def windows(count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from app.commands import serve_cmd
-from app.commands.common import EXIT_USER_ERROR, user_error_types
+from trafficcast.app.commands import serve_cmd
+from trafficcast.app.commands.common import EXIT_USER_ERROR, user_error_types
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -17,7 +17,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def run_like_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """What app.cli.main does with a handler's user error (serve is registered there later)."""
+    """What trafficcast.app.cli.main does with a handler's user error (serve is registered there later)."""
     args = parse(argv)
     try:
         code = args.handler(args)

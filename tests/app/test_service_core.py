@@ -1,4 +1,4 @@
-"""The serving core (``app.serving``) on its own: no web stack imported, and used without HTTP."""
+"""The serving core (``trafficcast.app.serving``) on its own: no web stack imported, and used without HTTP."""
 
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import data
-from app.forecaster import Forecaster
-from app.serving import NotEnoughData, Service
-from app.settings import BUNDLED_RUN_DIR, Settings
+from trafficcast import data
+from trafficcast.app.forecaster import Forecaster
+from trafficcast.app.serving import NotEnoughData, Service
+from trafficcast.app.settings import BUNDLED_RUN_DIR, Settings
 
 
 def test_serving_core_imports_no_web_stack() -> None:
     code = textwrap.dedent(
         """
         import sys
-        import app.serving, app.serving.core, app.serving.loading, app.serving.errors
+        import trafficcast.app.serving, trafficcast.app.serving.core, trafficcast.app.serving.loading, trafficcast.app.serving.errors
         web = ("fastapi", "starlette", "uvicorn")
         print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in web)))
-        print("app.serving.core" in sys.modules and "app.batching" in sys.modules)
+        print("trafficcast.app.serving.core" in sys.modules and "trafficcast.app.batching" in sys.modules)
         """
     )
     result = subprocess.run(

@@ -6,10 +6,10 @@ import time
 
 from fastapi.testclient import TestClient
 
-import app.serving.core
-import app.settings
-from app.service import create_app
-from app.settings import Settings
+import trafficcast.app.serving.core
+import trafficcast.app.settings
+from trafficcast.app.service import create_app
+from trafficcast.app.settings import Settings
 
 TINY_CONFIG = """\
 model: {rnn_units: 4, num_rnn_layers: 1, max_diffusion_step: 1}
@@ -24,8 +24,8 @@ def test_trains_the_bundled_run_on_first_start(tmp_path, monkeypatch) -> None:
     config = tmp_path / "bundled" / "metr-la-week.yaml"
     config.parent.mkdir()
     config.write_text(TINY_CONFIG)
-    monkeypatch.setattr(app.settings, "BUNDLED_RUN_DIR", bundled)
-    monkeypatch.setattr(app.serving.core, "BUNDLED_CONFIG", config)
+    monkeypatch.setattr(trafficcast.app.settings, "BUNDLED_RUN_DIR", bundled)
+    monkeypatch.setattr(trafficcast.app.serving.core, "BUNDLED_CONFIG", config)
     settings = Settings(run_dir=bundled, observations_db=tmp_path / "obs.sqlite3")
     assert settings.serves_bundled_run and settings.seed_observations == "auto"
     with TestClient(create_app(settings)) as c:

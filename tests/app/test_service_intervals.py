@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import data
-from app.service import create_app
-from app.settings import BUNDLED_RUN_DIR, Settings
+from trafficcast import data
+from trafficcast.app.service import create_app
+from trafficcast.app.settings import BUNDLED_RUN_DIR, Settings
 
 PLAIN_KEYS = {"model_version", "sensors", "timestamps", "forecast"}
 STORED_KEYS = PLAIN_KEYS | {"last_observation", "coverage", "cached"}
@@ -188,7 +188,7 @@ def test_openapi_documents_the_interval(client: TestClient) -> None:
 
 
 def test_the_bundled_model_ships_calibrated() -> None:
-    from models.checkpoint import load_checkpoint
+    from trafficcast.models.checkpoint import load_checkpoint
 
     state = load_checkpoint(Path(BUNDLED_RUN_DIR) / "model.pt")["intervals"]
     assert state["version"] == 1 and state["horizon"] == 12 and state["num_nodes"] == 207

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-import data
+from trafficcast import data
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The README's screenshot is retaken on request only, so that a test run leaves the tree clean:

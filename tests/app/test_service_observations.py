@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from app.service import create_app
-from app.settings import Settings
+from trafficcast.app.service import create_app
+from trafficcast.app.settings import Settings
 
 SENSORS = ["773869", "767541", "767542"]
 
@@ -153,7 +153,7 @@ def test_timezone_offsets_are_converted_to_utc(service_settings: Settings) -> No
 
 
 def test_seeding_fills_an_empty_store_once(service_settings: Settings) -> None:
-    import data
+    from trafficcast import data
 
     settings = service_settings.model_copy(
         update={"seed_observations": data.sample_speeds_path(), "seed_days": 0.5}

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from fastapi.testclient import TestClient
 
-import data
-from app.pipeline import predict_run
-from app.service import create_app
+from trafficcast import data
+from trafficcast.app.pipeline import predict_run
+from trafficcast.app.service import create_app
 
 
 def test_post_forecast_equals_predict(service_settings, service_run_dir, tmp_path) -> None:

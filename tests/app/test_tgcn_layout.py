@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.cli import main
-from data import read_speeds, sample_adjacency_pkl_path, sample_speeds_path
-from graph import load_adjacency
+from trafficcast.app.cli import main
+from trafficcast.data import read_speeds, sample_adjacency_pkl_path, sample_speeds_path
+from trafficcast.graph import load_adjacency
 
 TINY = "model:\n  rnn_units: 8\n  num_rnn_layers: 1\nbaselines:\n  fc_lstm: false\n"
 TIMING = ["--start", "2012-03-01", "--freq", "5min"]

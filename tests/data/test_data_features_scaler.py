@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from data import DataInputError, StandardScaler, day_of_week, time_features, time_of_day
+from trafficcast.data import DataInputError, StandardScaler, day_of_week, time_features, time_of_day
 
 
 def test_time_of_day_and_day_of_week():

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import DataInputError, DataWarning, SpeedData, read_speeds, write_speeds
-from data.bundled import sample_sensor_ids_path, sample_speeds_path
+from trafficcast.data import DataInputError, DataWarning, SpeedData, read_speeds, write_speeds
+from trafficcast.data.bundled import sample_sensor_ids_path, sample_speeds_path
 
 
 @pytest.fixture(scope="module")

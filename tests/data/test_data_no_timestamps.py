@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import DataInputError, read_speeds, write_speeds
+from trafficcast.data import DataInputError, read_speeds, write_speeds
 
 
 def _write(tmp_path, text: str, name: str = "speeds.csv"):

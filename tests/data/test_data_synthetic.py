@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import DataInputError, make_synthetic, read_speeds, write_synthetic
+from trafficcast.data import DataInputError, make_synthetic, read_speeds, write_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import (
+from trafficcast.data import (
     DataInputError,
     WindowBatches,
     gather,
@@ -15,7 +15,7 @@ from data import (
     split_counts,
     split_windows,
 )
-from data.bundled import sample_speeds_path
+from trafficcast.data.bundled import sample_speeds_path
 
 
 def test_bundled_week_gives_dcrnn_counts():

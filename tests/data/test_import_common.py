@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.cli import main
-from data import SpeedData, read_speeds
-from data.errors import DataInputError
-from data.importers import ImportResult, parse_freq_minutes, parse_start, write_import
-from graph import load_adjacency, read_distances
+from trafficcast.app.cli import main
+from trafficcast.data import SpeedData, read_speeds
+from trafficcast.data.errors import DataInputError
+from trafficcast.data.importers import ImportResult, parse_freq_minutes, parse_start, write_import
+from trafficcast.graph import load_adjacency, read_distances
 
 # Small enough that a train/evaluate/predict round takes seconds on a busy core.
 TINY_IMPORT_CONFIG = """\

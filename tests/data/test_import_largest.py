@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.cli import main
-from data import read_sensor_locations
 from tests.data.test_import_common import check_round_trip, train_evaluate_predict, user_error
+from trafficcast.app.cli import main
+from trafficcast.data import read_sensor_locations
 
 META_HEADER = "ID,Lat,Lng,District,County,Fwy,Lanes,Type,Direction,ID2"
 # (id, latitude, longitude, district): three in district 4 (GBA), two in 11 (SD), one in 7.

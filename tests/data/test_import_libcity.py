@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.cli import main
-from data import read_sensor_locations, read_speeds
-from graph import load_adjacency, read_distances
 from tests.data.test_import_common import check_round_trip, train_evaluate_predict, user_error
+from trafficcast.app.cli import main
+from trafficcast.data import read_sensor_locations, read_speeds
+from trafficcast.graph import load_adjacency, read_distances
 
 # geo_id: (longitude, latitude), GeoJSON order.
 POINTS = {
@@ -140,7 +140,7 @@ def test_libcity_weights_become_the_adjacency_and_train(tmp_path, capsys):
 
 
 def test_libcity_link_edges_weigh_one_and_empty_coordinates_are_no_location(tmp_path):
-    from data.importers import import_libcity
+    from trafficcast.data.importers import import_libcity
 
     files = write_libcity(tmp_path, info={"set_weight_link_or_dist": "link"})
     geo = files["geo"].read_text()

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.cli import main
-from data import read_speeds
-from graph import read_distances
 from tests.data.test_import_common import check_round_trip, train_evaluate_predict, user_error
+from trafficcast.app.cli import main
+from trafficcast.data import read_speeds
+from trafficcast.graph import read_distances
 
 STEPS, SENSORS = 576, 5
 START = "2018-01-01T00:00"

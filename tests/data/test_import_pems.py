@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.cli import main
-from data import read_sensor_locations, read_speeds
-from data.importers import import_pems
 from tests.data.test_import_common import check_round_trip, train_evaluate_predict, user_error
+from trafficcast.app.cli import main
+from trafficcast.data import read_sensor_locations, read_speeds
+from trafficcast.data.importers import import_pems
 
 META_HEADER = (
     "ID\tFwy\tDir\tDistrict\tCounty\tCity\tState_PM\tAbs_PM\tLatitude\tLongitude\tLength\t"

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from app.settings import Settings
+from trafficcast.app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -294,7 +294,7 @@ def test_compose_flags_are_accepted_by_the_retrain_command() -> None:
         [
             sys.executable,
             "-c",
-            "from app.cli import main; raise SystemExit(main())",
+            "from trafficcast.app.cli import main; raise SystemExit(main())",
             "retrain",
             "--help",
         ],

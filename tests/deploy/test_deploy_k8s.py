@@ -19,7 +19,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from app.settings import Settings
+from trafficcast.app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -273,7 +273,7 @@ def test_migration_job_and_cronjob_run_the_database_commands() -> None:
     assert migrate["command"] == ["trafficcast", "db", "upgrade"]
     assert one("Job")["spec"]["ttlSecondsAfterFinished"] > 0
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", *migrate["command"][1:], "--help"],
+        [sys.executable, "-m", "trafficcast.app.cli", *migrate["command"][1:], "--help"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -291,7 +291,7 @@ def test_migration_job_and_cronjob_run_the_database_commands() -> None:
     assert all(m["mountPath"] != "/state" for m in container["volumeMounts"])
 
     done = subprocess.run(
-        [sys.executable, "-c", "from app.cli import main; raise SystemExit(main())", "retrain"]
+        [sys.executable, "-c", "from trafficcast.app.cli import main; raise SystemExit(main())", "retrain"]
         + ["--help"],
         capture_output=True,
         text=True,

@@ -11,8 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from graph import GraphInputError, GraphWarning, build_adjacency, build_adjacency_with_sigma
-from graph.io import read_distances
+from trafficcast.graph import (
+    GraphInputError,
+    GraphWarning,
+    build_adjacency,
+    build_adjacency_with_sigma,
+)
+from trafficcast.graph.io import read_distances
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pems-bay"
 BAY_DISTANCES = FIXTURES / "distances_bay_2017.csv"

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.cli import main
-from graph import load_adjacency, read_distances
+from trafficcast.app.cli import main
+from trafficcast.graph import load_adjacency, read_distances
 
 REPO = Path(__file__).resolve().parents[2]
 BAY = REPO / "tests" / "graph" / "fixtures" / "pems-bay"
@@ -55,7 +55,7 @@ def test_graph_command_builds_pems_bay_as_subprocess(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "app.cli",
+            "trafficcast.app.cli",
             "graph",
             "--distances",
             str(BAY / "distances_bay_2017.csv"),
@@ -104,7 +104,7 @@ def test_graph_info_on_metr_la_pickle(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_graph_info_on_symmetric_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from graph import save_adjacency
+    from trafficcast.graph import save_adjacency
 
     path = tmp_path / "sym.npz"
     save_adjacency(path, ["a", "b", "c"], np.array([[1, 0.5, 0], [0.5, 1, 0], [0, 0, 1]]))
@@ -130,7 +130,7 @@ def test_graph_info_malicious_pickle_as_subprocess(tmp_path: Path) -> None:
     path = tmp_path / "adj_mx.pkl"
     path.write_bytes(pickle.dumps(_RunsShell(f"touch {marker}"), protocol=0))
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "graph-info", str(path)],
+        [sys.executable, "-m", "trafficcast.app.cli", "graph-info", str(path)],
         cwd=REPO,
         capture_output=True,
         text=True,

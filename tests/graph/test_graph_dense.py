@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.cli import main
-from graph import (
+from trafficcast.app.cli import main
+from trafficcast.graph import (
     GraphInputError,
     adjacency_from_distance_matrix,
     build_adjacency_with_sigma,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from graph import (
+from trafficcast.graph import (
     GraphInputError,
     GraphWarning,
     haversine_m,

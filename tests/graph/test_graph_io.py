@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from graph import (
+from trafficcast.graph import (
     GraphInputError,
     atomic_write,
     load_adjacency,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graph import GraphInputError, load_dcrnn_adj_pkl, load_pickle_restricted
+from trafficcast.graph import GraphInputError, load_dcrnn_adj_pkl, load_pickle_restricted
 
 REPO = Path(__file__).resolve().parents[2]
 ADJ_PKL = REPO / "data" / "sample" / "adj_mx.pkl"

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from graph import (
+from trafficcast.graph import (
     FILTER_TYPES,
     GraphInputError,
     compute_supports,

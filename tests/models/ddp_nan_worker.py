@@ -16,20 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import StandardScaler, gather, make_synthetic, split_windows
-from graph import build_adjacency, compute_supports, to_torch_sparse_csr
-from models import DCRNN
-from models.config import TrainConfig
-from models.distributed import DistContext, distributed_session, shard_bounds
-from models.trainer import Batch, Trainer
+from trafficcast.data import StandardScaler, gather, make_synthetic, split_windows
+from trafficcast.graph import build_adjacency, compute_supports, to_torch_sparse_csr
+from trafficcast.models import DCRNN
+from trafficcast.models.config import TrainConfig
+from trafficcast.models.distributed import DistContext, distributed_session, shard_bounds
+from trafficcast.models.trainer import Batch, Trainer
 
 SEQ_LEN, HORIZON, BATCH = 4, 3, 13
 
 
 class Source:
-    """Scaled speed windows of synthetic data, shardable like app.pipeline.WindowSource.
+    """Scaled speed windows of synthetic data, shardable like trafficcast.app.pipeline.WindowSource.
 
-    Shapes: ``features (T, N, 1)``; batches as :class:`models.trainer.Batch`.
+    Shapes: ``features (T, N, 1)``; batches as :class:`trafficcast.models.trainer.Batch`.
     """
 
     def __init__(self) -> None:

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from graph import compute_supports, to_torch_sparse_csr
-from models import DCRNN, FCLSTM, CheckpointError
-from models.checkpoint import build_model, load_checkpoint, save_checkpoint
-from models.trainer import atomic_torch_save
+from trafficcast.graph import compute_supports, to_torch_sparse_csr
+from trafficcast.models import DCRNN, FCLSTM, CheckpointError
+from trafficcast.models.checkpoint import build_model, load_checkpoint, save_checkpoint
+from trafficcast.models.trainer import atomic_torch_save
 
 
 def _dcrnn(k: int = 2) -> tuple[DCRNN, dict]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from models import ConfigError, RunConfig
+from trafficcast.models import ConfigError, RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -173,7 +173,7 @@ def _without_later_keys(config: dict) -> dict:
 
 
 def test_bundled_configs_load_and_save_unchanged():
-    from models.checkpoint import load_checkpoint
+    from trafficcast.models.checkpoint import load_checkpoint
 
     bundled = REPO / "app" / "bundled"
     payload = load_checkpoint(bundled / "metr-la-week" / "model.pt")
@@ -214,7 +214,7 @@ def test_import_models_pulls_in_no_web_stack():
     code = textwrap.dedent(
         """
         import sys
-        import models, models.trainer, models.checkpoint, models.config
+        import models, trafficcast.models.trainer, trafficcast.models.checkpoint, trafficcast.models.config
         web = ("fastapi", "starlette", "uvicorn", "pydantic_settings", "app")
         print(",".join(sorted(m for m in web if m in sys.modules)))
         print("torch" in sys.modules)

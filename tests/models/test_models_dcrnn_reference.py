@@ -3,7 +3,7 @@
 The reference below follows Eq. 2 and Eq. 3 literally: every gate diffuses the concatenation
 ``[X, H]`` (the candidate ``[X, r ⊙ H]``) with DENSE supports, one weight matrix per gate over the
 concatenated diffusion terms, step-major loops over time and layers, layout ``(B, N, F)``. It
-shares nothing with :mod:`models.layers` except the weights, which are copied into the paper's
+shares nothing with :mod:`trafficcast.models.layers` except the weights, which are copied into the paper's
 layout: the optimised cell splits the paper's weight by rows into an input part and a hidden part.
 
 The first tests use a small random graph; the last ones run at the sizes of real training (the
@@ -22,10 +22,10 @@ import pytest
 import torch
 from torch import nn
 
-from graph import FILTER_TYPES, compute_supports, load_adjacency, to_torch_sparse_csr
-from models import layers
-from models.dcrnn import DCRNN
-from models.layers import DCGRUCell, Supports, diffusion_conv, num_diffusion_terms
+from trafficcast.graph import FILTER_TYPES, compute_supports, load_adjacency, to_torch_sparse_csr
+from trafficcast.models import layers
+from trafficcast.models.dcrnn import DCRNN
+from trafficcast.models.layers import DCGRUCell, Supports, diffusion_conv, num_diffusion_terms
 
 
 def reference_diffusion(z: torch.Tensor, supports: list[torch.Tensor], k: int) -> torch.Tensor:
@@ -107,7 +107,7 @@ def paper_layout(
 
 
 class ReferenceDCRNN(nn.Module):
-    """Seq2seq of stacked reference cells, step-major. Shapes as :class:`models.dcrnn.DCRNN`."""
+    """Seq2seq of stacked reference cells, step-major. Shapes as :class:`trafficcast.models.dcrnn.DCRNN`."""
 
     def __init__(self, model: DCRNN, dense_supports: list[torch.Tensor]) -> None:
         super().__init__()
@@ -330,7 +330,7 @@ def test_no_per_sensor_vectors_is_the_paper_model():
 
 # ---- At the sizes real training uses: the METR-LA graph (207 sensors), 64 hidden units.
 #
-# The kernel (models.layers) picks its arithmetic by size: _conv_forward stacks the terms into one
+# The kernel (trafficcast.models.layers) picks its arithmetic by size: _conv_forward stacks the terms into one
 # matmul up to _STACK_LIMIT elements and goes term by term above it (training's batch 64), a
 # narrow input (2·M·F ≤ O, _narrow_input) is diffused and multiplied stacked, and the backward
 # walks the gradient when the output is narrower than 2·F and recomputes the terms otherwise. The

@@ -1,11 +1,16 @@
-"""models.distributed without a process group: the sharding rule and the environment."""
+"""trafficcast.models.distributed without a process group: the sharding rule and the environment."""
 
 from __future__ import annotations
 
 import pytest
 
-from models.distributed import distributed_session, env_world_size, is_main_process, shard_bounds
-from models.errors import ConfigError
+from trafficcast.models.distributed import (
+    distributed_session,
+    env_world_size,
+    is_main_process,
+    shard_bounds,
+)
+from trafficcast.models.errors import ConfigError
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 37, 64])

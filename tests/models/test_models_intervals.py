@@ -1,4 +1,4 @@
-"""Prediction intervals (models.intervals) on synthetic residuals whose noise is known."""
+"""Prediction intervals (trafficcast.models.intervals) on synthetic residuals whose noise is known."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.intervals import FACTORS, IntervalCalibrator, check_level, hour_of_week_part
+from trafficcast.models.intervals import FACTORS, IntervalCalibrator, check_level, hour_of_week_part
 
 H, N, T = 3, 12, 6
 RUSH_HOURS = (7, 8, 17, 18)
@@ -140,7 +140,7 @@ def test_hour_of_week_part_separates_weekends() -> None:
 
 
 def test_variability_ignores_missing_readings() -> None:
-    from models.intervals import window_variability
+    from trafficcast.models.intervals import window_variability
 
     history = np.array([[[50.0, 0.0]], [[54.0, np.nan]], [[0.0, 40.0]]])  # (T=3, ...) then batch
     v = window_variability(history.transpose(1, 0, 2))  # (1, 3, 2) -> (1, 2)

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.config import TrainConfig
-from models.metrics import MaskedMetrics, masked_mae_loss, observed
-from models.trainer import Batch, Trainer
+from trafficcast.models.config import TrainConfig
+from trafficcast.models.metrics import MaskedMetrics, masked_mae_loss, observed
+from trafficcast.models.trainer import Batch, Trainer
 
 B, H, N = 2, 3, 4
 

@@ -8,12 +8,12 @@ import dataclasses
 import pytest
 import torch
 
-from models.checkpoint import build_model
-from models.config import TrainConfig
-from models.metrics import masked_mae_loss
-from models.tcn import TCN
-from models.trainer import Trainer
 from tests.models.test_models_training import _small
+from trafficcast.models.checkpoint import build_model
+from trafficcast.models.config import TrainConfig
+from trafficcast.models.metrics import masked_mae_loss
+from trafficcast.models.tcn import TCN
+from trafficcast.models.trainer import Trainer
 
 
 def _inputs(batch=3, seq_len=12, nodes=5, features=2, seed=0) -> torch.Tensor:

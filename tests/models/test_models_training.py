@@ -9,13 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from data import SpeedData, StandardScaler, gather, make_synthetic, split_windows, time_features
-from graph import build_adjacency, compute_supports, to_torch_sparse_csr
-from models import DCRNN, TrainingError
-from models.baselines import persistence_forecast
-from models.config import TrainConfig
-from models.metrics import MaskedMetrics, masked_mae_loss
-from models.trainer import (
+from trafficcast.data import (
+    SpeedData,
+    StandardScaler,
+    gather,
+    make_synthetic,
+    split_windows,
+    time_features,
+)
+from trafficcast.graph import build_adjacency, compute_supports, to_torch_sparse_csr
+from trafficcast.models import DCRNN, TrainingError
+from trafficcast.models.baselines import persistence_forecast
+from trafficcast.models.config import TrainConfig
+from trafficcast.models.metrics import MaskedMetrics, masked_mae_loss
+from trafficcast.models.trainer import (
     Batch,
     EpochRecord,
     Trainer,
@@ -26,9 +33,9 @@ from models.trainer import (
 
 
 class SyntheticSource:
-    """A :class:`models.trainer.BatchSource` over synthetic speeds: scaled speed + time of day.
+    """A :class:`trafficcast.models.trainer.BatchSource` over synthetic speeds: scaled speed + time of day.
 
-    Shapes: ``features (T, N, 2)``; batches as :class:`models.trainer.Batch`.
+    Shapes: ``features (T, N, 2)``; batches as :class:`trafficcast.models.trainer.Batch`.
     """
 
     def __init__(self, speeds: SpeedData, seq_len: int, horizon: int, batch_size: int) -> None:

@@ -1,1 +1,1 @@
-"""Alembic's environment and the schema's versions (``versions/``); run by ``app.db.migrate``."""
+"""Alembic's environment and the schema's versions (``versions/``); run by ``trafficcast.app.db.migrate``."""

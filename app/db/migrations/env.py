@@ -1,4 +1,4 @@
-"""Alembic's environment: migrations run on the connection ``app.db.migrate`` hands over
+"""Alembic's environment: migrations run on the connection ``trafficcast.app.db.migrate`` hands over
 (``config.attributes["connection"]``), online only; the URL never passes through Alembic's
 config file, so a password with ``%`` in it needs no escaping."""
 

@@ -6,10 +6,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from app.accuracy import WINDOWS
-from app.schemas import AccuracyResponse, ErrorBody
-from app.service.deps import ReadyService
-from app.service.errors import ApiError, responses
+from trafficcast.app.accuracy import WINDOWS
+from trafficcast.app.schemas import AccuracyResponse, ErrorBody
+from trafficcast.app.service.deps import ReadyService
+from trafficcast.app.service.errors import ApiError, responses
 
 router = APIRouter(tags=["accuracy"])
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
 
-from app.service.deps import ServiceDep
-from app.telemetry import CONTENT_TYPE_LATEST
+from trafficcast.app.service.deps import ServiceDep
+from trafficcast.app.telemetry import CONTENT_TYPE_LATEST
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 

@@ -8,17 +8,17 @@ import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Query, Response
 
-from app.forecaster import Forecaster
-from app.schemas import (
+from trafficcast.app.forecaster import Forecaster
+from trafficcast.app.schemas import (
     INTERVAL_DESCRIPTION,
     ForecastRequest,
     ForecastResponse,
     StoredForecastResponse,
     iso,
 )
-from app.service.checks import check_matrix, check_sensors, check_spacing
-from app.service.deps import ReadyService
-from app.service.errors import ApiError, responses
+from trafficcast.app.service.checks import check_matrix, check_sensors, check_spacing
+from trafficcast.app.service.deps import ReadyService
+from trafficcast.app.service.errors import ApiError, responses
 
 router = APIRouter(tags=["forecast"])
 

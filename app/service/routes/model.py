@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.schemas import ModelInfo, RegistryInfo, SensorInfo, SensorList
-from app.service.deps import ReadyService
-from app.service.errors import responses
+from trafficcast.app.schemas import ModelInfo, RegistryInfo, SensorInfo, SensorList
+from trafficcast.app.service.deps import ReadyService
+from trafficcast.app.service.errors import responses
 
 router = APIRouter(tags=["model"], responses=responses(503))
 

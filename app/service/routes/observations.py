@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Query
 
-from app.schemas import HistoryResponse, ObservationBatch, ObservationResult, iso
-from app.service.checks import check_grid, check_matrix, check_sensors
-from app.service.deps import ReadyService, WriterService
-from app.service.errors import ApiError, responses
-from data.io import observed_readings
+from trafficcast.app.schemas import HistoryResponse, ObservationBatch, ObservationResult, iso
+from trafficcast.app.service.checks import check_grid, check_matrix, check_sensors
+from trafficcast.app.service.deps import ReadyService, WriterService
+from trafficcast.app.service.errors import ApiError, responses
+from trafficcast.data.io import observed_readings
 
 router = APIRouter(tags=["observations"])
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.schemas import Status
-from app.service.deps import ServiceDep
-from app.service.errors import ApiError, responses
+from trafficcast.app.schemas import Status
+from trafficcast.app.service.deps import ServiceDep
+from trafficcast.app.service.errors import ApiError, responses
 
 router = APIRouter(tags=["probes"])
 

@@ -1,0 +1,7 @@
+"""``python -m trafficcast``: the same entry point as the ``trafficcast`` console script."""
+
+import sys
+
+from trafficcast.app.cli import main
+
+sys.exit(main())
