@@ -15,8 +15,9 @@ from trafficcast.data.bundled import (
 )
 from trafficcast.data.errors import DataInputError, DataWarning
 from trafficcast.data.features import day_of_week, time_features, time_of_day
-from trafficcast.data.io import MISSING_RULES, SpeedData, read_speeds, write_speeds
+from trafficcast.data.io import read_speeds, write_speeds
 from trafficcast.data.scaler import StandardScaler
+from trafficcast.data.speeds import MISSING_RULES, SpeedData
 from trafficcast.data.synthetic import SyntheticDataset, make_synthetic, write_synthetic
 from trafficcast.data.windows import WindowBatches, gather, num_windows, split_counts, split_windows
 

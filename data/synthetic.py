@@ -34,7 +34,8 @@ from scipy import signal, sparse
 from scipy.sparse import csgraph
 
 from trafficcast.data.errors import DataInputError
-from trafficcast.data.io import SpeedData, write_speeds
+from trafficcast.data.io import write_speeds
+from trafficcast.data.speeds import SpeedData
 from trafficcast.graph.io import atomic_write
 
 __all__ = ["SyntheticDataset", "make_synthetic", "write_synthetic"]

@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from trafficcast.data.errors import DataInputError
-from trafficcast.data.io import SpeedData, parse_freq_minutes, parse_start, write_speeds
+from trafficcast.data.grid import parse_freq_minutes, parse_start
+from trafficcast.data.io import write_speeds
+from trafficcast.data.speeds import SpeedData
 from trafficcast.graph.io import atomic_write, save_adjacency, write_distances
 
 __all__ = [

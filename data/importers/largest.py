@@ -17,7 +17,7 @@ import pandas as pd
 
 from trafficcast.data.errors import DataInputError
 from trafficcast.data.importers.common import ImportResult, finite_readings, grid_positions, listing
-from trafficcast.data.io import SpeedData
+from trafficcast.data.speeds import SpeedData
 
 __all__ = ["import_largest", "read_largest_meta"]
 

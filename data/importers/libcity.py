@@ -33,7 +33,7 @@ from trafficcast.data.importers.common import (
     listing,
     progress_bar,
 )
-from trafficcast.data.io import SpeedData
+from trafficcast.data.speeds import SpeedData
 
 __all__ = ["find_atomic_files", "import_libcity"]
 

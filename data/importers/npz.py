@@ -18,7 +18,7 @@ import pandas as pd
 
 from trafficcast.data.errors import DataInputError
 from trafficcast.data.importers.common import ImportResult, finite_readings, listing
-from trafficcast.data.io import SpeedData
+from trafficcast.data.speeds import SpeedData
 from trafficcast.graph.io import read_distances, read_sensor_ids
 
 __all__ = ["CHANNEL_NAMES", "import_npz"]

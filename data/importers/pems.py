@@ -46,7 +46,7 @@ from trafficcast.data.importers.common import (
     listing,
     progress_bar,
 )
-from trafficcast.data.io import SpeedData
+from trafficcast.data.speeds import SpeedData
 
 __all__ = ["import_pems", "read_pems_meta"]
 
