@@ -1,6 +1,10 @@
 """trafficcast data pipeline: speed readers, calendar features, scaling, windows, synthetic data.
 
-Imports numpy, pandas, scipy and torch only; never ``graph``, ``models`` or ``app``.
+Imports numpy, pandas, scipy and torch, never ``models`` or ``app``, and from ``graph`` only
+:mod:`trafficcast.graph.io`: its atomic write (every file the pipeline writes goes through it)
+and the graph files' readers and writers that the importers use (``write_distances`` and
+``save_adjacency`` for the graph an import writes; ``read_distances`` and ``read_sensor_ids``
+for the files beside an ASTGCN ``.npz``).
 """
 
 from __future__ import annotations
