@@ -29,7 +29,8 @@ def measure(checkout: Path, batch: int, steps: int) -> dict:
     import torch
 
     from trafficcast.data import sample_adjacency_pkl_path
-    from trafficcast.graph import compute_supports, load_adjacency, to_torch_sparse_csr
+    from trafficcast.graph import compute_supports, load_adjacency
+    from trafficcast.graph.tensors import to_torch_sparse_csr
     from trafficcast.models.dcrnn import DCRNN
 
     torch.set_num_threads(1)

@@ -41,8 +41,8 @@ from trafficcast.graph import (  # noqa: E402
     build_adjacency,
     compute_supports,
     load_adjacency,
-    to_torch_sparse_csr,
 )
+from trafficcast.graph.tensors import to_torch_sparse_csr  # noqa: E402
 from trafficcast.models.dcrnn import DCRNN  # noqa: E402
 
 

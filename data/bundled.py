@@ -44,7 +44,7 @@ def sample_adjacency_pkl_path() -> Path:
     return SAMPLE_DIR / "adj_mx.pkl"
 
 
-def read_sensor_locations(path: str | os.PathLike) -> pd.DataFrame:
+def read_sensor_locations(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Sensor coordinates as a DataFrame ``sensor_id`` (str), ``latitude``, ``longitude``.
 
     Accepts METR-LA's ``index,sensor_id,latitude,longitude`` with a header row and PEMS-BAY's
@@ -103,7 +103,7 @@ def read_sensor_locations(path: str | os.PathLike) -> pd.DataFrame:
     dup = ids[ids.duplicated()]
     if len(dup):
         raise DataInputError(f"{src}: duplicate sensor_id {', '.join(pd.unique(dup)[:5])}")
-    out = pd.DataFrame({"sensor_id": ids.astype(str).to_numpy()})
+    out: pd.DataFrame = pd.DataFrame({"sensor_id": ids.astype(str).to_numpy()})
     for column, bound in (("latitude", 90.0), ("longitude", 180.0)):
         text = table[column]
         numbers = pd.to_numeric(text, errors="coerce")

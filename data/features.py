@@ -11,7 +11,8 @@ __all__ = ["day_of_week", "time_features", "time_of_day"]
 def _as_index(index: pd.DatetimeIndex | np.ndarray | pd.Series) -> pd.DatetimeIndex:
     if isinstance(index, pd.DatetimeIndex):
         return index
-    return pd.DatetimeIndex(index)
+    converted: pd.DatetimeIndex = pd.DatetimeIndex(index)
+    return converted
 
 
 def time_of_day(index: pd.DatetimeIndex | np.ndarray) -> np.ndarray:

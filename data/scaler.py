@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,7 +30,9 @@ class StandardScaler:
         self.mean = None if mean is None else float(mean)
         self.std = None if std is None else float(std)
 
-    def fit(self, values: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None = None):
+    def fit(
+        self, values: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None = None
+    ) -> StandardScaler:
         """Mean and std over the observed entries of ``values``; returns ``self``.
 
         ``mask`` None means every finite value counts.
@@ -72,7 +74,7 @@ class StandardScaler:
         return {"mean": mean, "std": std}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> StandardScaler:
+    def from_state_dict(cls, state: dict[str, Any]) -> StandardScaler:
         """Rebuild a fitted scaler; keys ``mean`` and ``std`` (finite, std > 0), nothing else."""
         if not isinstance(state, dict):
             raise DataInputError(f"scaler state must be a dict, not {type(state).__name__}")

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from trafficcast.data.errors import DataInputError
 
 __all__ = ["WindowBatches", "gather", "num_windows", "split_counts", "split_windows"]
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
 def num_windows(
@@ -97,7 +101,9 @@ def split_windows(
     }
 
 
-def gather(array, starts, offset: int, length: int):
+def gather(
+    array: ArrayOrTensor, starts: npt.ArrayLike | torch.Tensor, offset: int, length: int
+) -> ArrayOrTensor:
     """``array[starts[:, None] + offset + arange(length)]`` in one fancy-index gather.
 
     Inputs of the windows are ``gather(x, starts, 0, seq_len)``, targets
@@ -111,17 +117,24 @@ def gather(array, starts, offset: int, length: int):
     num_steps = array.shape[0]
     if isinstance(array, torch.Tensor):
         starts_t = torch.as_tensor(starts, dtype=torch.long, device=array.device)
-        rows = starts_t[:, None] + offset + torch.arange(length, device=array.device)  # (B, L)
-        low, high = (int(rows.min()), int(rows.max())) if rows.numel() else (0, 0)
-    else:
-        starts_np = np.asarray(starts, dtype=np.int64)
-        rows = starts_np[:, None] + offset + np.arange(length, dtype=np.int64)  # (B, L)
-        low, high = (int(rows.min()), int(rows.max())) if rows.size else (0, 0)
+        rows_t = starts_t[:, None] + offset + torch.arange(length, device=array.device)  # (B, L)
+        _check_rows(rows_t, num_steps)
+        return array[rows_t]  # (B, L, N, ...)
+    starts_np = np.asarray(starts, dtype=np.int64)
+    rows = starts_np[:, None] + offset + np.arange(length, dtype=np.int64)  # (B, L)
+    _check_rows(rows, num_steps)
+    gathered: np.ndarray = array[rows]  # (B, L, N, ...)
+    return gathered
+
+
+def _check_rows(rows: np.ndarray | torch.Tensor, num_steps: int) -> None:
+    """Refuse rows out of ``0 .. num_steps - 1`` (negative ones would wrap around)."""
+    empty = rows.shape[0] == 0 or rows.shape[1] == 0
+    low, high = (0, 0) if empty else (int(rows.min()), int(rows.max()))
     if low < 0 or high >= num_steps:
         raise IndexError(
             f"windows need rows {low}..{high} but the array has {num_steps} time steps"
         )
-    return array[rows]  # (B, L, N, ...)
 
 
 class WindowBatches:

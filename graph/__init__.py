@@ -2,6 +2,10 @@
 
 Pure functions, arrays in and arrays out. ``adj[i, j]`` is always the weight of the road from
 sensor i to sensor j, in the order of the sensor ids.
+
+The torch forms of the supports (:mod:`~trafficcast.graph.tensors`) and PyG's ``edge_index``
+(:mod:`~trafficcast.graph.pyg`) are imported from their modules, not from here: importing this
+package loads neither torch nor PyG.
 """
 
 from __future__ import annotations
@@ -41,9 +45,6 @@ from trafficcast.graph.transitions import (
     random_walk_matrix,
     reverse_random_walk_matrix,
     scaled_laplacian,
-    to_edge_index,
-    to_torch_sparse_coo,
-    to_torch_sparse_csr,
 )
 
 __all__ = [
@@ -73,8 +74,5 @@ __all__ = [
     "save_adjacency",
     "scaled_laplacian",
     "straight_line_distances",
-    "to_edge_index",
-    "to_torch_sparse_coo",
-    "to_torch_sparse_csr",
     "write_distances",
 ]

@@ -123,7 +123,7 @@ def _kernel(dist: np.ndarray, sensor_ids: Sequence[str], kappa: float) -> tuple[
     off_diagonal = finite & ~np.eye(len(index), dtype=bool)
     connected = off_diagonal.any(axis=0) | off_diagonal.any(axis=1)
     if not connected.all():
-        isolated = [str(sensor_ids[k]) for k in np.flatnonzero(~connected)]
+        isolated = [str(sensor_ids[int(k)]) for k in np.flatnonzero(~connected)]
         named = ", ".join(isolated[:_NAMED_ISOLATED]) + (
             ", ..." if len(isolated) > _NAMED_ISOLATED else ""
         )

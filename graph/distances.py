@@ -53,14 +53,15 @@ def haversine_m(
     dlmb = np.radians(np.asarray(lon2) - np.asarray(lon1))
     h = np.sin(dphi / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlmb / 2) ** 2
     # clip: rounding can push h a hair above 1 for antipodal points, and arcsin would give NaN.
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+    angle: np.ndarray = np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+    return 2 * EARTH_RADIUS_M * angle
 
 
 def _read_table(path: str | os.PathLike[str], required: Iterable[str]) -> pd.DataFrame:
     """A headed CSV as stripped strings, indexed by file line number, blank lines dropped."""
     source = os.fspath(path)
     try:
-        raw = pd.read_csv(
+        raw: pd.DataFrame = pd.read_csv(
             path,
             dtype=str,
             keep_default_na=False,
@@ -97,7 +98,9 @@ def _first_duplicate(raw: pd.DataFrame, column: str, source: str) -> None:
     duplicated = raw[column].duplicated()
     if duplicated.any():
         line = raw.index[duplicated.to_numpy()][0]
-        raise GraphInputError(f"{source}: line {line}: duplicate {column} '{raw.at[line, column]}'")
+        raise GraphInputError(
+            f"{source}: line {line}: duplicate {column} '{str(raw.at[line, column])}'"
+        )
 
 
 def _parse_float(
@@ -160,7 +163,7 @@ def read_roads(path: str | os.PathLike[str]) -> pd.DataFrame:
         oneway = flag.isin(_TRUE).to_numpy(dtype=bool)
     else:
         oneway = np.zeros(len(raw), dtype=bool)
-    return pd.DataFrame(
+    frame: pd.DataFrame = pd.DataFrame(
         {
             "from_node": raw["from_node"].to_numpy(),
             "to_node": raw["to_node"].to_numpy(),
@@ -168,6 +171,7 @@ def read_roads(path: str | os.PathLike[str]) -> pd.DataFrame:
             "oneway": oneway,
         }
     ).astype({"from_node": str, "to_node": str})
+    return frame
 
 
 def read_road_nodes(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -185,13 +189,14 @@ def read_road_nodes(path: str | os.PathLike[str]) -> pd.DataFrame:
     raw = _read_table(path, ("node_id", "latitude", "longitude"))
     _require_ids(raw, "node_id", source)
     _first_duplicate(raw, "node_id", source)
-    return pd.DataFrame(
+    frame: pd.DataFrame = pd.DataFrame(
         {
             "node_id": raw["node_id"].to_numpy(),
             "latitude": _parse_float(raw, "latitude", source, -90.0, 90.0),
             "longitude": _parse_float(raw, "longitude", source, -180.0, 180.0),
         }
     ).astype({"node_id": str})
+    return frame
 
 
 def read_sensor_points(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -232,11 +237,11 @@ def read_sensor_points(path: str | os.PathLike[str]) -> pd.DataFrame:
     if not located.all():
         line = raw.index[~located][0]
         raise GraphInputError(
-            f"{source}: line {line}: sensor '{raw.at[line, 'sensor_id']}' has neither a node_id "
+            f"{source}: line {line}: sensor '{str(raw.at[line, 'sensor_id'])}' has neither a node_id "
             "nor latitude and longitude"
         )
     node_id = pd.Series(node.to_numpy(), dtype=str).replace("", np.nan)
-    return pd.DataFrame(
+    frame: pd.DataFrame = pd.DataFrame(
         {
             "sensor_id": pd.Series(raw["sensor_id"].to_numpy(), dtype=str),
             "node_id": node_id,
@@ -244,6 +249,7 @@ def read_sensor_points(path: str | os.PathLike[str]) -> pd.DataFrame:
             "longitude": longitude,
         }
     )
+    return frame
 
 
 def _unit_vectors(latitude: np.ndarray, longitude: np.ndarray) -> np.ndarray:
@@ -385,9 +391,10 @@ def road_distances(
 
     i, j = np.nonzero(np.isfinite(dist))  # row-major: ordered by from, then to
     ids = np.asarray(sensor_ids, dtype=object)
-    return pd.DataFrame(
+    frame: pd.DataFrame = pd.DataFrame(
         {"from": ids[i], "to": ids[j], "cost": dist[i, j].astype(np.float64)}
     ).astype({"from": str, "to": str})
+    return frame
 
 
 def straight_line_distances(sensors: pd.DataFrame) -> pd.DataFrame:
@@ -422,6 +429,7 @@ def straight_line_distances(sensors: pd.DataFrame) -> pd.DataFrame:
     np.fill_diagonal(dist, 0.0)
     num = len(sensor_ids)
     ids = np.asarray(sensor_ids, dtype=object)
-    return pd.DataFrame(
+    frame: pd.DataFrame = pd.DataFrame(
         {"from": np.repeat(ids, num), "to": np.tile(ids, num), "cost": dist.ravel()}
     ).astype({"from": str, "to": str})
+    return frame

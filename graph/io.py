@@ -113,6 +113,31 @@ def read_distances(path: str | os.PathLike[str]) -> pd.DataFrame:
     if raw.empty:
         raise GraphInputError(f"{source}: empty file, expected rows from,to,cost")
 
+    raw = _named_columns(raw, source)
+    for column in ("from", "to"):
+        empty = raw.index[raw[column] == ""]
+        if len(empty):
+            raise GraphInputError(f"{source}: line {empty[0]}: empty '{column}' sensor id")
+    cost = pd.to_numeric(raw["cost"], errors="coerce").astype("float64")
+    bad = ~np.isfinite(cost.to_numpy()) | (cost.to_numpy() < 0)
+    if bad.any():
+        line = raw.index[bad][0]
+        value = raw.at[line, "cost"]
+        raise GraphInputError(
+            f"{source}: line {line}: cost {value!r} is not a finite number >= 0 (metres)"
+        )
+    frame: pd.DataFrame = pd.DataFrame(
+        {
+            "from": raw["from"].astype(str).to_numpy(),
+            "to": raw["to"].astype(str).to_numpy(),
+            "cost": cost.to_numpy(dtype=np.float64),
+        }
+    ).astype({"from": str, "to": str})
+    return frame
+
+
+def _named_columns(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The ``from, to, cost`` columns of a distances table, by header name or by position."""
     first = raw.iloc[0].tolist()
     has_header = len(first) >= 3 and not _is_number(first[2])
     if has_header:
@@ -138,26 +163,7 @@ def read_distances(path: str | os.PathLike[str]) -> pd.DataFrame:
                 f"{source}: {raw.shape[1]} columns without a header, expected from,to,cost"
             )
         raw.columns = list(DISTANCE_COLUMNS)
-
-    for column in ("from", "to"):
-        empty = raw.index[raw[column] == ""]
-        if len(empty):
-            raise GraphInputError(f"{source}: line {empty[0]}: empty '{column}' sensor id")
-    cost = pd.to_numeric(raw["cost"], errors="coerce").astype("float64")
-    bad = ~np.isfinite(cost.to_numpy()) | (cost.to_numpy() < 0)
-    if bad.any():
-        line = raw.index[bad][0]
-        value = raw.at[line, "cost"]
-        raise GraphInputError(
-            f"{source}: line {line}: cost {value!r} is not a finite number >= 0 (metres)"
-        )
-    return pd.DataFrame(
-        {
-            "from": raw["from"].astype(str).to_numpy(),
-            "to": raw["to"].astype(str).to_numpy(),
-            "cost": cost.to_numpy(dtype=np.float64),
-        }
-    ).astype({"from": str, "to": str})
+    return raw
 
 
 def read_dense_matrix(

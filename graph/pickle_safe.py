@@ -59,8 +59,8 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         allowed[(f"{package}.numeric", "_frombuffer")] = frombuffer
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
-    builtin_types = (list, dict, set, frozenset, tuple, str, int, float, complex, bool)
-    builtin_types += (bytes, bytearray)
+    builtin_types: tuple[type, ...] = (list, dict, set, frozenset, tuple, str, int, float, complex)
+    builtin_types += (bool, bytes, bytearray)
     for module in ("builtins", "__builtin__"):  # ``__builtin__``: Python 2 pickles
         for obj in builtin_types:
             allowed[(module, obj.__name__)] = obj
@@ -82,7 +82,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._allowed = _allowed_globals()
 
     def find_class(self, module: str, name: str) -> Callable[..., Any]:
-        obj = self._allowed.get((module, name))
+        obj: Callable[..., Any] | None = self._allowed.get((module, name))
         if obj is None:
             raise GraphInputError(
                 f"{self.source}: refused to load '{module}.{name}' from a pickle (only numpy "

@@ -1,5 +1,8 @@
 """Graph supports: the matrices the diffusion convolution multiplies node signals by.
 
+Their torch forms are in :mod:`~trafficcast.graph.tensors` and PyG's ``edge_index`` form in
+:mod:`~trafficcast.graph.pyg`, apart so that this module (and ``trafficcast graph``) needs no torch.
+
 Convention everywhere in trafficcast: a support ``P`` acts on a node signal ``X`` as
 ``(P X)[i] = sum_j P[i, j] X[j]``, and ``adj[i, j]`` is the weight of the road from sensor i to
 sensor j. So the forward random walk ``D_O^{-1} W`` averages, at sensor i, the signal of the
@@ -8,17 +11,11 @@ sensors downstream of it.
 
 from __future__ import annotations
 
-import warnings
-from typing import TYPE_CHECKING
-
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackNoConvergence, eigs, eigsh
 
 from trafficcast.graph.errors import GraphInputError
-
-if TYPE_CHECKING:  # torch is imported where used: `trafficcast graph` need not load it
-    import torch
 
 __all__ = [
     "FILTER_TYPES",
@@ -26,9 +23,6 @@ __all__ = [
     "random_walk_matrix",
     "reverse_random_walk_matrix",
     "scaled_laplacian",
-    "to_edge_index",
-    "to_torch_sparse_coo",
-    "to_torch_sparse_csr",
 ]
 
 FILTER_TYPES = ("laplacian", "random_walk", "dual_random_walk")
@@ -152,79 +146,3 @@ def compute_supports(
     if filter_type == "dual_random_walk":
         return [random_walk_matrix(adj), reverse_random_walk_matrix(adj)]
     raise GraphInputError(f"unknown filter_type {filter_type!r} (valid: {', '.join(FILTER_TYPES)})")
-
-
-def to_torch_sparse_csr(m: np.ndarray | sp.spmatrix | sp.sparray) -> torch.Tensor:
-    """A float32 ``torch.sparse_csr`` tensor with the same entries as ``m``.
-
-    Shapes:
-        m: ``(N, M)``; returns ``(N, M)``.
-    """
-    import torch
-
-    csr = sp.csr_matrix(m, dtype=np.float32)
-    csr.sort_indices()
-    with warnings.catch_warnings():
-        # torch warns once per process that CSR is "beta"; users of the CLI cannot act on it.
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(csr.indptr.astype(np.int64)),
-            torch.from_numpy(csr.indices.astype(np.int64)),
-            torch.from_numpy(csr.data.copy()),
-            size=csr.shape,
-            dtype=torch.float32,
-            check_invariants=True,  # cheap next to building the matrix; silences torch's warning
-        )
-
-
-def to_torch_sparse_coo(m: np.ndarray | sp.spmatrix | sp.sparray) -> torch.Tensor:
-    """A coalesced float32 ``torch.sparse_coo`` tensor with the same entries as ``m``.
-
-    Shapes:
-        m: ``(N, M)``; returns ``(N, M)``.
-    """
-    import torch
-
-    coo = sp.coo_matrix(m, dtype=np.float32)
-    indices = np.vstack([coo.row, coo.col]).astype(np.int64)  # (2, nnz)
-    return torch.sparse_coo_tensor(
-        torch.from_numpy(indices),
-        torch.from_numpy(coo.data.copy()),
-        size=coo.shape,
-        check_invariants=True,
-    ).coalesce()
-
-
-def to_edge_index(
-    adj: np.ndarray | sp.spmatrix | sp.sparray,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyG ``edge_index`` and ``edge_weight`` of an adjacency, direction kept.
-
-    Each nonzero ``adj[i, j]`` (road from sensor i to sensor j) becomes the column ``(i, j)``:
-    row 0 holds the source sensor i, row 1 the target sensor j. PyG's ``MessagePassing`` (default
-    ``flow="source_to_target"``) sends messages from row 0 to row 1, i.e. it computes
-    ``out[j] = sum_i adj[i, j] x[i]`` = ``(adj^T x)[j]``; to apply a support as ``P x`` pass the
-    edges of ``P`` with ``flow="target_to_source"`` (or flip the rows).
-
-    Shapes:
-        adj: ``(N, N)``; returns ``edge_index`` ``(2, E)`` int64 and ``edge_weight`` ``(E,)``
-        float32, ``E`` = number of nonzeros, ordered by (i, j).
-    """
-    import torch
-
-    with warnings.catch_warnings():
-        # torch_geometric's import emits torch.jit deprecation noise that is not ours to report.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torch_geometric.utils import dense_to_sparse, from_scipy_sparse_matrix
-
-    if sp.issparse(adj):
-        coo = sp.coo_matrix(adj, dtype=np.float32)
-        coo.eliminate_zeros()
-        coo.sum_duplicates()  # also sorts by (row, col)
-        edge_index, edge_weight = from_scipy_sparse_matrix(coo)
-    else:
-        dense = torch.as_tensor(np.asarray(adj, dtype=np.float32))
-        if dense.ndim != 2 or dense.shape[0] != dense.shape[1]:
-            raise GraphInputError(f"adjacency has shape {tuple(dense.shape)}, expected square")
-        edge_index, edge_weight = dense_to_sparse(dense)
-    return edge_index.to(torch.long), edge_weight.to(torch.float32)

@@ -241,7 +241,8 @@ def load_graph_for(
 
 
 def torch_supports(adj: np.ndarray, filter_type: str) -> list[torch.Tensor]:
-    from trafficcast.graph import compute_supports, to_torch_sparse_csr
+    from trafficcast.graph import compute_supports
+    from trafficcast.graph.tensors import to_torch_sparse_csr
 
     return [to_torch_sparse_csr(s) for s in compute_supports(adj, filter_type)]
 

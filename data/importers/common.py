@@ -1,9 +1,14 @@
-"""What the importers share: the result they return, its writer, the time grid and small checks.
+"""What the importers share: the steps of an import after the reading, the result, its writer.
 
-An importer reads one public layout and returns an :class:`ImportResult`: the readings as a
-:class:`~trafficcast.data.io.SpeedData` (whatever the quantity: speed, flow or occupancy), the sensors'
-coordinates, the graph the layout gives (road distances or ready-made weights), and an account of
-what was read, dropped and found missing. :func:`write_import` writes it in the project's formats.
+Every importer has the same skeleton. Its own part reads one public layout into
+:class:`Readings`: each reading with its row on the regular time grid (:func:`grid_positions`)
+and its sensor column, which readings are usable (:func:`finite_readings`: the missing-value rule
+every layout follows, plus any rule of its own), the sensors' coordinates, the graph the layout
+gives (road distances or ready-made weights), and an account of what was read and dropped.
+:func:`finish_import` does the rest the same way for every layout: the readings placed on the
+grid as a :class:`~trafficcast.data.speeds.SpeedData` (whatever the quantity: speed, flow or
+occupancy; missing readings 0.0 with mask False) and the :class:`ImportResult`, which
+:func:`write_import` writes in the project's formats and the ``import`` command summarises.
 """
 
 from __future__ import annotations
@@ -14,21 +19,30 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
+from tqdm import tqdm
 
-from trafficcast.data.errors import DataInputError
-from trafficcast.data.io import SpeedData, parse_freq_minutes, parse_start, write_speeds
+from trafficcast.data.errors import DataInputError, listing
+from trafficcast.data.grid import parse_freq_minutes, parse_start
+from trafficcast.data.io import write_speeds
+from trafficcast.data.speeds import SpeedData
 from trafficcast.graph.io import atomic_write, save_adjacency, write_distances
 
 __all__ = [
     "QUANTITIES",
     "ImportResult",
+    "Readings",
+    "finish_import",
     "finite_readings",
+    "first_repeat",
     "grid_positions",
     "listing",
+    "located",
+    "no_distances_note",
     "parse_freq_minutes",
     "parse_start",
     "progress_bar",
@@ -86,7 +100,7 @@ class ImportResult:
             return "adjacency"
         return "distances" if self.distances is not None else None
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """What was read, dropped and found missing (JSON-serialisable)."""
         facts = self.data.summary()
         return {
@@ -108,7 +122,106 @@ class ImportResult:
         }
 
 
-def write_import(result: ImportResult, output_dir: str | os.PathLike) -> list[Path]:
+@dataclass
+class Readings:
+    """What a layout's reader hands :func:`finish_import`: its readings, each with its place on
+    the regular time grid, and its account of the import.
+
+    Readings come as whole rows (``cols`` None: ``values`` and ``usable`` are ``(R, N)``, row k
+    lands on grid row ``rows[k]``) or one by one (``values``, ``usable`` and ``cols`` are
+    ``(R,)``: reading k lands at ``(rows[k], cols[k])``); no two land on the same cell.
+
+    Attributes:
+        quantity: what the values are: ``speed``, ``flow`` or ``occupancy``.
+        index: the grid; sensor_ids: its columns; freq_minutes: its step; source: for messages.
+        rows, cols, values, usable: the readings, as above; a reading not ``usable`` (missing
+            by the layout's rules) becomes 0.0 with mask False, as do cells nothing lands on.
+        locations, distances, adjacency, inputs, read, dropped, notes: as in
+            :class:`ImportResult`.
+
+    Shapes:
+        index (T,); rows (R,); values, usable (R, N) or (R,) with cols (R,).
+    """
+
+    quantity: str
+    index: pd.DatetimeIndex
+    sensor_ids: list[str]
+    freq_minutes: int
+    source: str
+    rows: npt.NDArray[np.int64]
+    values: np.ndarray
+    usable: npt.NDArray[np.bool_]
+    cols: npt.NDArray[np.int64] | None = None
+    locations: pd.DataFrame | None = None
+    distances: pd.DataFrame | None = None
+    adjacency: np.ndarray | None = None
+    inputs: list[str] = field(default_factory=list)
+    read: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def finish_import(layout: str, readings: Readings) -> ImportResult:
+    """The readings on their grid as a :class:`SpeedData`, and the import's result.
+
+    Shapes:
+        readings as in :class:`Readings` -> data values/mask (T, N).
+    """
+    shape = (len(readings.index), len(readings.sensor_ids))
+    values = np.zeros(shape, dtype=np.float32)
+    mask = np.zeros(shape, dtype=bool)
+    cells = readings.rows if readings.cols is None else (readings.rows, readings.cols)
+    values[cells] = np.where(readings.usable, readings.values, 0.0)
+    mask[cells] = readings.usable
+    data = SpeedData(
+        index=readings.index,
+        sensor_ids=readings.sensor_ids,
+        values=values,
+        mask=mask,
+        freq_minutes=readings.freq_minutes,
+        source=readings.source,
+    )
+    return ImportResult(
+        format=layout,
+        quantity=readings.quantity,
+        data=data,
+        locations=readings.locations,
+        distances=readings.distances,
+        adjacency=readings.adjacency,
+        inputs=readings.inputs,
+        read=readings.read,
+        dropped=readings.dropped,
+        notes=readings.notes,
+    )
+
+
+def located(ids: Sequence[str], latitude: np.ndarray, longitude: np.ndarray) -> pd.DataFrame:
+    """The ``locations`` table of an import: ``sensor_id, latitude, longitude``."""
+    table: pd.DataFrame = pd.DataFrame(
+        {"sensor_id": list(ids), "latitude": latitude, "longitude": longitude}
+    )
+    return table
+
+
+def no_distances_note(layout: str) -> str:
+    """The note of an import whose layout gives coordinates but no road distances."""
+    return (
+        f"{layout} gives no road distances: make them with `trafficcast distances` (--roads, or "
+        "--straight-line as an approximation) from locations.csv"
+    )
+
+
+def first_repeat(rows: np.ndarray, cols: np.ndarray, num_sensors: int) -> int | None:
+    """The position of the first reading that lands on the same cell as an earlier one, if any.
+
+    Shapes:
+        rows, cols (R,).
+    """
+    repeated = pd.Series(rows * num_sensors + cols).duplicated().to_numpy()
+    return int(np.argmax(repeated)) if repeated.any() else None
+
+
+def write_import(result: ImportResult, output_dir: str | os.PathLike[str]) -> list[Path]:
     """Write ``result`` into ``output_dir`` (created if needed), each file atomically.
 
     Files: ``speeds.h5`` (key ``df``, the METR-LA layout, whatever the quantity; missing
@@ -198,8 +311,6 @@ def progress_bar(
     if not show:
         yield from items
         return
-    from tqdm import tqdm
-
     yield from tqdm(items, desc=desc, unit=unit, leave=False)
 
 
@@ -213,9 +324,3 @@ def finite_readings(values: np.ndarray) -> tuple[np.ndarray, int]:
     with np.errstate(invalid="ignore"):
         negative = finite & (values < 0)
     return finite & ~negative, int(negative.sum())
-
-
-def listing(items: Sequence[object], limit: int = 5) -> str:
-    """Up to ``limit`` items, comma-separated, then how many more."""
-    shown = ", ".join(str(i) for i in items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

@@ -16,15 +16,23 @@ import numpy as np
 import pandas as pd
 
 from trafficcast.data.errors import DataInputError
-from trafficcast.data.importers.common import ImportResult, finite_readings, grid_positions, listing
-from trafficcast.data.io import SpeedData
+from trafficcast.data.importers.common import (
+    ImportResult,
+    Readings,
+    finish_import,
+    finite_readings,
+    grid_positions,
+    listing,
+    located,
+    no_distances_note,
+)
 
 __all__ = ["import_largest", "read_largest_meta"]
 
 _META_COLUMNS = ("ID", "Lat", "Lng", "District")
 
 
-def read_largest_meta(path: str | os.PathLike) -> pd.DataFrame:
+def read_largest_meta(path: str | os.PathLike[str]) -> pd.DataFrame:
     """``ca_meta.csv`` -> ``ID`` (str), ``Lat``, ``Lng`` (float), ``District`` (str), in file
     order.
 
@@ -51,7 +59,7 @@ def read_largest_meta(path: str | os.PathLike) -> pd.DataFrame:
     repeated = ids[ids.duplicated()]
     if len(repeated):
         raise DataInputError(f"{src}: ID {repeated.iloc[0]} appears more than once")
-    meta = pd.DataFrame({"ID": ids, "District": raw["District"].str.strip()})
+    meta: pd.DataFrame = pd.DataFrame({"ID": ids, "District": raw["District"].str.strip()})
     for column in ("Lat", "Lng"):
         numbers = pd.to_numeric(raw[column].str.strip(), errors="coerce")
         if numbers.isna().any():
@@ -64,8 +72,8 @@ def read_largest_meta(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def import_largest(
-    hdf: str | os.PathLike,
-    meta: str | os.PathLike,
+    hdf: str | os.PathLike[str],
+    meta: str | os.PathLike[str],
     *,
     num_sensors: int | None = None,
     districts: Sequence[str] | None = None,
@@ -91,22 +99,10 @@ def import_largest(
         repeated = pd.Series(table_ids)[pd.Series(table_ids).duplicated()].iloc[0]
         raise DataInputError(f"{src}: sensor column {repeated} appears more than once")
     info = read_largest_meta(meta)
-
-    chosen = info
-    if districts:
-        wanted = {d.strip() for d in districts}
-        chosen = chosen[chosen["District"].isin(wanted)]
-    in_table = set(table_ids)
-    absent = int((~chosen["ID"].isin(in_table)).sum())
-    chosen = chosen[chosen["ID"].isin(in_table)]
-    if num_sensors is not None:
-        if num_sensors < 1:
-            raise DataInputError(f"--sensors must be at least 1, not {num_sensors}")
-        chosen = chosen.iloc[:num_sensors]
+    chosen, absent = _choose_sensors(info, set(table_ids), districts, num_sensors)
     if chosen.empty:
         where = f" in district {', '.join(districts)}" if districts else ""
         raise DataInputError(f"{os.fspath(meta)}: no sensor{where} is a column of {src}")
-    not_in_meta = len(set(table_ids) - set(info["ID"]))
 
     position = {sid: k for k, sid in enumerate(table_ids)}
     cols = np.array([position[sid] for sid in chosen["ID"]], dtype=np.int64)
@@ -118,34 +114,20 @@ def import_largest(
     index, positions, freq_minutes = grid_positions(stamps[order], src)
     values = frame.iloc[:, cols].to_numpy(dtype=np.float64, na_value=np.nan)[order]  # (rows, N)
     usable, negative = finite_readings(values)
-    grid_values = np.zeros((len(index), len(cols)), dtype=np.float32)
-    grid_mask = np.zeros((len(index), len(cols)), dtype=bool)
-    grid_values[positions] = np.where(usable, values, 0.0)
-    grid_mask[positions] = usable
-    data = SpeedData(
-        index=index,
-        sensor_ids=chosen["ID"].tolist(),
-        values=grid_values,
-        mask=grid_mask,
-        freq_minutes=freq_minutes,
-        source=src,
-    )
-    notes = [
-        "LargeST gives no road distances: make them with `trafficcast distances` (--roads, or "
-        "--straight-line as an approximation) from locations.csv"
-    ]
+    notes = [no_distances_note("LargeST")]
     if len(index) > len(stamps):
         notes.append(f"{len(index) - len(stamps)} missing timestamps filled as missing")
-    return ImportResult(
-        format="largest",
+    readings = Readings(
         quantity="flow",
-        data=data,
-        locations=pd.DataFrame(
-            {
-                "sensor_id": chosen["ID"].to_numpy(),
-                "latitude": chosen["Lat"].to_numpy(),
-                "longitude": chosen["Lng"].to_numpy(),
-            }
+        index=index,
+        sensor_ids=chosen["ID"].tolist(),
+        freq_minutes=freq_minutes,
+        source=src,
+        rows=positions,
+        values=values,
+        usable=usable,
+        locations=located(
+            chosen["ID"].tolist(), chosen["Lat"].to_numpy(), chosen["Lng"].to_numpy()
         ),
         inputs=[src, os.fspath(meta)],
         read={
@@ -154,13 +136,36 @@ def import_largest(
             "sensors in the metadata": len(info),
         },
         dropped={
-            "table columns without a metadata row": not_in_meta,
+            "table columns without a metadata row": len(set(table_ids) - set(info["ID"])),
             "chosen metadata sensors not in the table": absent,
             "readings missing (empty)": int((~np.isfinite(values)).sum()),
             "readings with a negative flow": negative,
         },
         notes=notes,
     )
+    return finish_import("largest", readings)
+
+
+def _choose_sensors(
+    info: pd.DataFrame,
+    in_table: set[str],
+    districts: Sequence[str] | None,
+    num_sensors: int | None,
+) -> tuple[pd.DataFrame, int]:
+    """The metadata rows of the sensors to import, in metadata order: those in ``districts``
+    (all when None) that are columns of the table, then the first ``num_sensors`` of them.
+    Also how many chosen by district are not in the table."""
+    chosen = info
+    if districts:
+        wanted = {d.strip() for d in districts}
+        chosen = chosen[chosen["District"].isin(wanted)]
+    absent = int((~chosen["ID"].isin(in_table)).sum())
+    chosen = chosen[chosen["ID"].isin(in_table)]
+    if num_sensors is not None:
+        if num_sensors < 1:
+            raise DataInputError(f"--sensors must be at least 1, not {num_sensors}")
+        chosen = chosen.iloc[:num_sensors]
+    return chosen, absent
 
 
 def _load_table(src: str, key: str | None) -> pd.DataFrame:
@@ -209,7 +214,8 @@ def _timestamps(index: pd.Index, src: str) -> pd.DatetimeIndex:
         )
     if stamps.tz is not None:
         stamps = stamps.tz_convert("UTC").tz_localize(None)
-    return stamps.as_unit("ns")
+    naive: pd.DatetimeIndex = stamps.as_unit("ns")
+    return naive
 
 
 def _clean_id(label: object) -> str:

@@ -19,21 +19,27 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
+from pandas.io.parsers import TextFileReader
 
 from trafficcast.data.errors import DataInputError
 from trafficcast.data.importers.common import (
     QUANTITIES,
     ImportResult,
+    Readings,
+    finish_import,
     finite_readings,
+    first_repeat,
     grid_positions,
     listing,
     progress_bar,
 )
-from trafficcast.data.io import SpeedData
 
 __all__ = ["find_atomic_files", "import_libcity"]
 
@@ -42,9 +48,10 @@ _REL_COLUMNS = ("origin_id", "destination_id")
 _DYNA_COLUMNS = ("time", "entity_id")
 _DYNA_FIXED = ("dyna_id", "type", "time", "entity_id")
 _CHUNK_ROWS = 1_000_000
+_T = TypeVar("_T")
 
 
-def find_atomic_files(directory: str | os.PathLike) -> dict[str, Path | None]:
+def find_atomic_files(directory: str | os.PathLike[str]) -> dict[str, Path | None]:
     """The ``.geo``, ``.rel``, ``.dyna`` and ``config.json`` of a LibCity dataset folder.
 
     Returns:
@@ -73,11 +80,11 @@ def find_atomic_files(directory: str | os.PathLike) -> dict[str, Path | None]:
 
 
 def import_libcity(
-    geo: str | os.PathLike,
-    rel: str | os.PathLike,
-    dyna: str | os.PathLike,
+    geo: str | os.PathLike[str],
+    rel: str | os.PathLike[str],
+    dyna: str | os.PathLike[str],
     *,
-    config: str | os.PathLike | None = None,
+    config: str | os.PathLike[str] | None = None,
     column: str | None = None,
     progress: bool = False,
 ) -> ImportResult:
@@ -106,34 +113,35 @@ def import_libcity(
     interval = info.get("time_intervals")
     # A step the grid can hold (whole minutes); anything else is inferred from the times.
     whole = isinstance(interval, int) and interval >= 60 and interval % 60 == 0
-    freq_minutes = interval // 60 if whole else None
-    index, positions, freq_minutes = grid_positions(stamps, src, freq_minutes)
-    repeated = pd.Series(positions * len(geo_ids) + cols).duplicated().to_numpy()
-    if repeated.any():
-        line = int(np.argmax(repeated))
+    index, positions, freq_minutes = grid_positions(
+        stamps, src, interval // 60 if isinstance(interval, int) and whole else None
+    )
+    repeat = first_repeat(positions, cols, len(geo_ids))
+    if repeat is not None:
         raise DataInputError(
-            f"{src}: line {line + 2}: a second reading of {geo_ids[cols[line]]} at {stamps[line]}"
+            f"{src}: line {repeat + 2}: a second reading of {geo_ids[cols[repeat]]} at "
+            f"{stamps[repeat]}"
         )
     usable, negative = finite_readings(values)
-    grid_values = np.zeros((len(index), len(geo_ids)), dtype=np.float32)
-    grid_mask = np.zeros((len(index), len(geo_ids)), dtype=bool)
-    grid_values[positions[usable], cols[usable]] = values[usable]
-    grid_mask[positions[usable], cols[usable]] = True
-    data = SpeedData(
-        index=index,
-        sensor_ids=geo_ids,
-        values=grid_values,
-        mask=grid_mask,
-        freq_minutes=freq_minutes,
-        source=src,
-    )
-
     edges, cost_kind = _read_rel(rel, info, position)
     quantity = _quantity(name)
-    result = ImportResult(
-        format="libcity",
+    notes = [f"column {name}; .rel cost read as {cost_kind}"]
+    if len(locations) < len(geo_ids):
+        notes.append(f"{len(geo_ids) - len(locations)} sensors have no coordinates")
+    if quantity is None:
+        notes.append(
+            f"column {name} names no speed, flow or occupancy: imported as speed-like values"
+        )
+    readings = Readings(
         quantity=quantity or "speed",
-        data=data,
+        index=index,
+        sensor_ids=geo_ids,
+        freq_minutes=freq_minutes,
+        source=src,
+        rows=positions,
+        cols=cols,
+        values=values,
+        usable=usable,
         locations=locations,
         inputs=[os.fspath(p) for p in (geo, rel, dyna, config) if p is not None],
         read={".geo rows": geo_rows, ".rel rows": len(edges), ".dyna rows": len(values)},
@@ -142,29 +150,32 @@ def import_libcity(
             f"readings with a negative {name}": negative,
             "timestamps without any reading": len(index) - len(np.unique(positions)),
         },
-        notes=[f"column {name}; .rel cost read as {cost_kind}"],
+        notes=notes,
     )
-    if len(locations) < len(geo_ids):
-        result.notes.append(f"{len(geo_ids) - len(locations)} sensors have no coordinates")
-    if quantity is None:
-        result.notes.append(
-            f"column {name} names no speed, flow or occupancy: imported as speed-like values"
-        )
     if cost_kind == "distance":
-        result.distances = edges.rename(columns={"origin_id": "from", "destination_id": "to"})
+        readings.distances = edges.rename(columns={"origin_id": "from", "destination_id": "to"})
     else:
-        adj = np.zeros((len(geo_ids), len(geo_ids)), dtype=np.float32)
-        rows = edges["origin_id"].map(position).to_numpy(dtype=np.int64)
-        cols = edges["destination_id"].map(position).to_numpy(dtype=np.int64)
-        adj[rows, cols] = edges["cost"].to_numpy(dtype=np.float32)
-        result.adjacency = adj
-    return result
+        readings.adjacency = _weights(edges, position)
+    return finish_import("libcity", readings)
+
+
+def _weights(edges: pd.DataFrame, position: dict[str, int]) -> npt.NDArray[np.float32]:
+    """The ``.rel`` costs as edge weights ``adj[origin, destination]`` in ``.geo`` order.
+
+    Shapes:
+        edges (E,) -> (N, N), N = len(position).
+    """
+    adj = np.zeros((len(position), len(position)), dtype=np.float32)
+    rows = edges["origin_id"].map(position).to_numpy(dtype=np.int64)
+    cols = edges["destination_id"].map(position).to_numpy(dtype=np.int64)
+    adj[rows, cols] = edges["cost"].to_numpy(dtype=np.float32)
+    return adj
 
 
 def _read_dyna(
-    path: str | os.PathLike,
-    geo: str | os.PathLike,
-    info: dict,
+    path: str | os.PathLike[str],
+    geo: str | os.PathLike[str],
+    info: dict[str, Any],
     column: str | None,
     position: dict[str, int],
     progress: bool,
@@ -181,13 +192,13 @@ def _read_dyna(
     stamps, cols, values = [], [], []
     name = None
     for chunk in progress_bar(
-        _read_csv(path, _DYNA_COLUMNS, chunked=True), "LibCity .dyna", progress, unit="M rows"
+        _read_csv_chunks(path, _DYNA_COLUMNS), "LibCity .dyna", progress, unit="M rows"
     ):
         name = name or _data_column(list(chunk.columns), column, info, src)
         entity = chunk["entity_id"].fillna("").str.strip()
         unknown = ~entity.isin(position)
         if unknown.any():
-            line = int(entity.index[np.argmax(unknown.to_numpy())]) + 2
+            line = int(entity.index[int(np.argmax(unknown.to_numpy()))]) + 2
             raise DataInputError(
                 f"{src}: line {line}: entity_id {entity[unknown].iloc[0]!r} is not a geo_id of "
                 f"{os.fspath(geo)}"
@@ -201,7 +212,7 @@ def _read_dyna(
     return name, stamps_ns, np.concatenate(cols), np.concatenate(values)
 
 
-def _read_config(path: str | os.PathLike | None) -> dict:
+def _read_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """``config.json``'s ``info`` section (empty without a config)."""
     if path is None:
         return {}
@@ -217,9 +228,28 @@ def _read_config(path: str | os.PathLike | None) -> dict:
     return info
 
 
-def _read_csv(path: str | os.PathLike, required: tuple[str, ...], *, chunked: bool = False):
-    """A LibCity CSV (ids and text as str, empty cells NaN), whole or as chunks of rows; a
-    missing column or a line with more fields than the header is an error naming the file."""
+def _read_csv(path: str | os.PathLike[str], required: tuple[str, ...]) -> pd.DataFrame:
+    """A LibCity CSV (ids and text as str, empty cells NaN); a missing column or a line with
+    more fields than the header is an error naming the file."""
+    src, options = _csv_options(path, required)
+    table: pd.DataFrame = _checked(lambda: pd.read_csv(path, **options), src)
+    return table
+
+
+def _read_csv_chunks(
+    path: str | os.PathLike[str], required: tuple[str, ...]
+) -> Iterator[pd.DataFrame]:
+    """:func:`_read_csv` as chunks of rows; the header is checked before the first is read."""
+    src, options = _csv_options(path, required)
+    reader = _checked(lambda: pd.read_csv(path, chunksize=_CHUNK_ROWS, **options), src)
+    return _checked_chunks(reader, src)
+
+
+def _csv_options(
+    path: str | os.PathLike[str], required: tuple[str, ...]
+) -> tuple[str, dict[str, Any]]:
+    """The file's name and the ``read_csv`` options that read it, once its header has every
+    ``required`` column."""
     src = os.fspath(path)
     if not os.path.exists(src):
         raise FileNotFoundError(2, "No such file or directory", src)
@@ -231,25 +261,24 @@ def _read_csv(path: str | os.PathLike, required: tuple[str, ...], *, chunked: bo
     if missing:
         raise DataInputError(f"{src}: missing column {missing[0]!r} (found: {listing(header, 8)})")
     text = {c: str for c in header if c in (*_GEO_COLUMNS, *_REL_COLUMNS, *_DYNA_FIXED)}
-
-    def read(**extra):
-        return pd.read_csv(
-            path, names=header, header=0, dtype=text, keep_default_na=False, na_values=[""], **extra
-        )
-
-    if not chunked:
-        return _checked(read, src)
-    return _checked_chunks(_checked(lambda: read(chunksize=_CHUNK_ROWS), src), src)
+    return src, {
+        "names": header,
+        "header": 0,
+        "dtype": text,
+        "keep_default_na": False,
+        "na_values": [""],
+    }
 
 
-def _checked(read, src: str):
+def _checked(read: Callable[[], _T], src: str) -> _T:
+    """``read()``, a parser error turned into a one-line error naming the file."""
     try:
         return read()
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataInputError(f"{src}: cannot parse ({' '.join(str(exc).split())})") from exc
 
 
-def _checked_chunks(reader, src: str):
+def _checked_chunks(reader: TextFileReader, src: str) -> Iterator[pd.DataFrame]:
     with reader:
         while True:
             chunk = _checked(lambda: next(reader, None), src)
@@ -258,7 +287,7 @@ def _checked_chunks(reader, src: str):
             yield chunk
 
 
-def _read_geo(path: str | os.PathLike) -> tuple[list[str], pd.DataFrame, int]:
+def _read_geo(path: str | os.PathLike[str]) -> tuple[list[str], pd.DataFrame, int]:
     """Point ids in file order, the coordinates of those that have them, and the number of rows
     read."""
     src = os.fspath(path)
@@ -300,7 +329,7 @@ def _read_geo(path: str | os.PathLike) -> tuple[list[str], pd.DataFrame, int]:
 
 
 def _read_rel(
-    path: str | os.PathLike, info: dict, position: dict[str, int]
+    path: str | os.PathLike[str], info: dict[str, Any], position: dict[str, int]
 ) -> tuple[pd.DataFrame, str]:
     """Edges ``origin_id, destination_id, cost`` and whether cost is a ``distance`` or a
     ``weight``."""
@@ -332,7 +361,7 @@ def _read_rel(
     return edges, "weight" if calculate is False else "distance"
 
 
-def _data_column(header: list[str], column: str | None, info: dict, src: str) -> str:
+def _data_column(header: list[str], column: str | None, info: dict[str, Any], src: str) -> str:
     data_columns = [c for c in header if c not in _DYNA_FIXED]
     if not data_columns:
         raise DataInputError(f"{src}: no data column after {', '.join(_DYNA_FIXED)}")
@@ -359,7 +388,10 @@ def _parse_times(text: pd.Series, src: str) -> pd.DatetimeIndex:
             f"{src}: line {int(text.index[row]) + 2}: cannot read time {text.iloc[row]!r} "
             "(expected ISO 8601, e.g. 2012-03-01T00:00:00Z)"
         )
-    return pd.DatetimeIndex(stamps).tz_convert("UTC").tz_localize(None).as_unit("ns")
+    naive: pd.DatetimeIndex = (
+        pd.DatetimeIndex(stamps).tz_convert("UTC").tz_localize(None).as_unit("ns")
+    )
+    return naive
 
 
 def _numbers(values: pd.Series, src: str, name: str) -> np.ndarray:

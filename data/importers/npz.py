@@ -14,11 +14,17 @@ import os
 import zipfile
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from trafficcast.data.errors import DataInputError
-from trafficcast.data.importers.common import ImportResult, finite_readings, listing
-from trafficcast.data.io import SpeedData
+from trafficcast.data.importers.common import (
+    ImportResult,
+    Readings,
+    finish_import,
+    finite_readings,
+    listing,
+)
 from trafficcast.graph.io import read_distances, read_sensor_ids
 
 __all__ = ["CHANNEL_NAMES", "import_npz"]
@@ -29,13 +35,13 @@ _KEY = "data"
 
 
 def import_npz(
-    npz: str | os.PathLike,
+    npz: str | os.PathLike[str],
     *,
     channel: str,
-    distances: str | os.PathLike,
+    distances: str | os.PathLike[str],
     start: pd.Timestamp,
     freq_minutes: int,
-    sensor_ids: str | os.PathLike | None = None,
+    sensor_ids: str | os.PathLike[str] | None = None,
 ) -> ImportResult:
     """One channel of an ASTGCN ``.npz`` -> a table with timestamps from ``start``.
 
@@ -58,6 +64,55 @@ def import_npz(
             unknown sensor.
     """
     src = os.fspath(npz)
+    values, k, quantity, num_channels = _read_channel(src, channel)  # (T, N)
+    num_steps, num_sensors = values.shape
+    ids = _sensor_ids(sensor_ids, num_sensors, src)
+    table = _checked_distances(distances, ids, by_id=sensor_ids is not None)
+
+    usable, negative = finite_readings(values)
+    zeros = int((usable & (values == 0)).sum())
+    notes = [
+        f"channel {k} ({quantity}) of {num_channels}; timestamps from {start} every "
+        f"{freq_minutes} min (the file has none)"
+    ]
+    if zeros:
+        notes.append(
+            f"{zeros} readings are 0 ({100.0 * zeros / values.size:.2f}%): kept as readings here; "
+            "a config with missing: zero counts them as missing"
+        )
+    inputs = [src, os.fspath(distances)] + ([os.fspath(sensor_ids)] if sensor_ids else [])
+    readings = Readings(
+        quantity=quantity,
+        index=pd.date_range(start, periods=num_steps, freq=f"{freq_minutes}min", unit="ns"),
+        sensor_ids=ids,
+        freq_minutes=freq_minutes,
+        source=src,
+        rows=np.arange(num_steps, dtype=np.int64),
+        values=values,
+        usable=usable,
+        distances=table,
+        inputs=inputs,
+        read={
+            "steps": num_steps,
+            "sensors": num_sensors,
+            "channels": num_channels,
+            "distance rows": len(table),
+        },
+        dropped={
+            f"readings not finite ({quantity})": int((~np.isfinite(values)).sum()),
+            f"readings with a negative {quantity}": negative,
+        },
+        notes=notes,
+    )
+    return finish_import("npz", readings)
+
+
+def _read_channel(src: str, channel: str) -> tuple[npt.NDArray[np.float64], int, str, int]:
+    """The chosen channel as float64, its number, the quantity it holds and how many there are.
+
+    Shapes:
+        returns values (T, N).
+    """
     array = _load_array(src)
     if array.ndim == 2:
         array = array[:, :, None]  # (T, N) -> (T, N, 1)
@@ -69,67 +124,35 @@ def import_npz(
     if num_steps == 0 or num_sensors == 0:
         raise DataInputError(f"{src}: '{_KEY}' has shape {array.shape}: no readings")
     k, quantity = _channel(channel, num_channels, src)
-    values = array[:, :, k].astype(np.float64)  # (T, N)
+    return array[:, :, k].astype(np.float64), k, quantity, num_channels
 
+
+def _sensor_ids(sensor_ids: str | os.PathLike[str] | None, num_sensors: int, src: str) -> list[str]:
+    """The ids in column order from ``sensor_ids``, or ``0 .. N-1`` without it."""
     if sensor_ids is None:
-        ids = [str(i) for i in range(num_sensors)]
-    else:
-        ids = read_sensor_ids(sensor_ids)
-        if len(ids) != num_sensors:
-            raise DataInputError(
-                f"{os.fspath(sensor_ids)}: {len(ids)} sensor ids, but {src} has {num_sensors} "
-                "sensors"
-            )
+        return [str(i) for i in range(num_sensors)]
+    ids = read_sensor_ids(sensor_ids)
+    if len(ids) != num_sensors:
+        raise DataInputError(
+            f"{os.fspath(sensor_ids)}: {len(ids)} sensor ids, but {src} has {num_sensors} sensors"
+        )
+    return ids
+
+
+def _checked_distances(
+    distances: str | os.PathLike[str], ids: list[str], *, by_id: bool
+) -> pd.DataFrame:
+    """``distance.csv``, refused when a row names a sensor that is not one of ``ids``."""
     table = read_distances(distances)
     known = set(ids)
     unknown = [s for s in pd.unique(pd.concat([table["from"], table["to"]])) if s not in known]
     if unknown:
-        how = "ids from --sensor-ids" if sensor_ids is not None else f"0 .. {num_sensors - 1}"
+        how = "ids from --sensor-ids" if by_id else f"0 .. {len(ids) - 1}"
         raise DataInputError(
-            f"{os.fspath(distances)}: sensor {listing(unknown)} is not one of the {num_sensors} "
+            f"{os.fspath(distances)}: sensor {listing(unknown)} is not one of the {len(ids)} "
             f"sensors ({how})"
         )
-
-    usable, negative = finite_readings(values)
-    non_finite = int((~np.isfinite(values)).sum())
-    zeros = int((usable & (values == 0)).sum())
-    index = pd.date_range(start, periods=num_steps, freq=f"{freq_minutes}min", unit="ns")
-    data = SpeedData(
-        index=index,
-        sensor_ids=ids,
-        values=np.where(usable, values, 0.0),
-        mask=usable,
-        freq_minutes=freq_minutes,
-        source=src,
-    )
-    notes = [
-        f"channel {k} ({quantity}) of {num_channels}; timestamps from {start} every "
-        f"{freq_minutes} min (the file has none)"
-    ]
-    if zeros:
-        notes.append(
-            f"{zeros} readings are 0 ({100.0 * zeros / values.size:.2f}%): kept as readings here; "
-            "a config with missing: zero counts them as missing"
-        )
-    inputs = [src, os.fspath(distances)] + ([os.fspath(sensor_ids)] if sensor_ids else [])
-    return ImportResult(
-        format="npz",
-        quantity=quantity,
-        data=data,
-        distances=table,
-        inputs=inputs,
-        read={
-            "steps": num_steps,
-            "sensors": num_sensors,
-            "channels": num_channels,
-            "distance rows": len(table),
-        },
-        dropped={
-            f"readings not finite ({quantity})": non_finite,
-            f"readings with a negative {quantity}": negative,
-        },
-        notes=notes,
-    )
+    return table
 
 
 def _load_array(src: str) -> np.ndarray:

@@ -35,18 +35,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from trafficcast.data.errors import DataInputError
 from trafficcast.data.importers.common import (
     QUANTITIES,
     ImportResult,
+    Readings,
+    finish_import,
     finite_readings,
+    first_repeat,
     grid_positions,
     listing,
+    located,
+    no_distances_note,
     progress_bar,
 )
-from trafficcast.data.io import SpeedData
 
 __all__ = ["import_pems", "read_pems_meta"]
 
@@ -58,7 +63,7 @@ _META_COLUMNS = ("ID", "Latitude", "Longitude", "Type")
 _FREQ_MINUTES = 5
 
 
-def read_pems_meta(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+def read_pems_meta(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     """Station metadata: ``ID`` (str), ``Type`` (str), ``Latitude``, ``Longitude`` (float,
     NaN where empty), one row per station; a station in several files keeps its last row.
 
@@ -85,7 +90,7 @@ def read_pems_meta(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         table = pd.DataFrame({"ID": raw["ID"].str.strip(), "Type": raw["Type"].str.strip()})
         for column in ("Latitude", "Longitude"):
             text = raw[column].str.strip()
-            numbers = pd.to_numeric(text.replace("", np.nan), errors="coerce")
+            numbers = pd.to_numeric(text, errors="coerce")
             bad = numbers.isna() & (text != "")
             if bad.any():
                 row = int(np.argmax(bad.to_numpy()))
@@ -95,12 +100,13 @@ def read_pems_meta(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             table[column] = numbers.to_numpy(dtype=np.float64)
         tables.append(table[table["ID"] != ""])
     meta = pd.concat(tables, ignore_index=True)
-    return meta.drop_duplicates("ID", keep="last").reset_index(drop=True)
+    unique: pd.DataFrame = meta.drop_duplicates("ID", keep="last").reset_index(drop=True)
+    return unique
 
 
 def import_pems(
-    station_files: Sequence[str | os.PathLike],
-    meta_files: Sequence[str | os.PathLike],
+    station_files: Sequence[str | os.PathLike[str]],
+    meta_files: Sequence[str | os.PathLike[str]],
     *,
     quantity: str = "speed",
     min_observed: float = 50.0,
@@ -125,11 +131,9 @@ def import_pems(
     if not 0.0 <= min_observed <= 100.0:
         raise DataInputError(f"--min-observed must be between 0 and 100, not {min_observed:g}")
     wanted_types = {t.strip().upper() for t in lane_types}
-    meta = read_pems_meta(meta_files)
-
-    located = meta.dropna(subset=["Latitude", "Longitude"])
+    located_meta = read_pems_meta(meta_files).dropna(subset=["Latitude", "Longitude"])
     rows, counts = _read_rows(
-        station_files, quantity, wanted_types, set(located["ID"]), progress=progress
+        station_files, quantity, wanted_types, set(located_meta["ID"]), progress=progress
     )
     values = rows["value"].to_numpy(dtype=np.float64)
     usable, negative = finite_readings(values)
@@ -147,86 +151,65 @@ def import_pems(
             f"coordinates in the metadata, {len(never)} with no usable {quantity} reading"
         )
     kept = rows["station"].isin(stations).to_numpy()
-    index, grid_values, grid_mask = _to_grid(
-        rows[kept], values[kept], keep[kept], stations, station_files
-    )
-    locations = located.set_index("ID").loc[stations, ["Latitude", "Longitude"]]
-    data = SpeedData(
+    index, positions, cols = _grid_cells(rows[kept], stations, station_files)
+    coordinates = located_meta.set_index("ID").loc[stations, ["Latitude", "Longitude"]]
+    lanes = "/".join(sorted(wanted_types))
+    readings = Readings(
+        quantity=quantity,
         index=index,
         sensor_ids=stations,
-        values=grid_values,
-        mask=grid_mask,
         freq_minutes=_FREQ_MINUTES,
         source="PeMS station files",
-    )
-    dropped = {
-        f"stations of another lane type than {'/'.join(sorted(wanted_types))}": counts[
-            "other_type"
-        ],
-        "stations without coordinates in the metadata": counts["unlocated"],
-        f"stations with no usable {quantity} reading": len(never),
-        f"readings below {min_observed:g}% observed": int(low.sum()),
-        f"readings with an empty {quantity}": int((~np.isfinite(values)).sum()),
-        f"readings with a negative {quantity}": negative,
-    }
-    return ImportResult(
-        format="pems",
-        quantity=quantity,
-        data=data,
-        locations=pd.DataFrame(
-            {
-                "sensor_id": stations,
-                "latitude": locations["Latitude"].to_numpy(),
-                "longitude": locations["Longitude"].to_numpy(),
-            }
+        rows=positions,
+        cols=cols,
+        values=values[kept],
+        usable=keep[kept],
+        locations=located(
+            stations, coordinates["Latitude"].to_numpy(), coordinates["Longitude"].to_numpy()
         ),
         inputs=[os.fspath(p) for p in (*station_files, *meta_files)],
-        read={
-            "files": len(station_files),
-            "rows": counts["rows"],
-            "stations": counts["stations"],
+        read={"files": len(station_files), "rows": counts["rows"], "stations": counts["stations"]},
+        dropped={
+            f"stations of another lane type than {lanes}": counts["other_type"],
+            "stations without coordinates in the metadata": counts["unlocated"],
+            f"stations with no usable {quantity} reading": len(never),
+            f"readings below {min_observed:g}% observed": int(low.sum()),
+            f"readings with an empty {quantity}": int((~np.isfinite(values)).sum()),
+            f"readings with a negative {quantity}": negative,
         },
-        dropped=dropped,
-        notes=[
-            "PeMS gives no road distances: make them with `trafficcast distances` "
-            "(--roads, or --straight-line as an approximation) from locations.csv"
-        ],
+        notes=[no_distances_note("PeMS")],
     )
+    return finish_import("pems", readings)
 
 
-def _to_grid(
-    rows: pd.DataFrame,
-    values: np.ndarray,
-    keep: np.ndarray,
-    stations: list[str],
-    station_files: Sequence[str | os.PathLike],
-) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]:
-    """The rows on the 5-minute grid: index, values (0 where missing) and mask.
+def _grid_cells(
+    rows: pd.DataFrame, stations: list[str], station_files: Sequence[str | os.PathLike[str]]
+) -> tuple[pd.DatetimeIndex, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The 5-minute grid, and each row's cell on it: its grid row and its station's column.
+
+    Raises:
+        DataInputError: a station reported twice for one interval (file, station and time named).
 
     Shapes:
-        rows, values, keep (R,) -> index (T,), values (T, N) float32, mask (T, N) bool.
+        rows (R,) -> index (T,), positions (R,), cols (R,).
     """
     index, positions, _ = grid_positions(
         pd.DatetimeIndex(rows["timestamp"]), "PeMS station files", _FREQ_MINUTES
     )
     column = {sid: k for k, sid in enumerate(stations)}
     cols = rows["station"].map(column).to_numpy(dtype=np.int64)
-    repeated = pd.Series(positions * len(stations) + cols).duplicated().to_numpy()
-    if repeated.any():
-        at = rows.iloc[int(np.argmax(repeated))]
+    repeat = first_repeat(positions, cols, len(stations))
+    if repeat is not None:
+        at = rows.iloc[repeat]
         raise DataInputError(
             f"{os.fspath(station_files[at['file']])}: station {at['station']} at "
             f"{at['timestamp']} appears more than once (the same day given twice?)"
         )
-    grid_values = np.zeros((len(index), len(stations)), dtype=np.float32)
-    grid_mask = np.zeros((len(index), len(stations)), dtype=bool)
-    grid_values[positions[keep], cols[keep]] = values[keep]
-    grid_mask[positions[keep], cols[keep]] = True
-    return index, grid_values, grid_mask
+    return index, positions, cols
 
 
 def _read_rows(
-    station_files: Sequence[str | os.PathLike],
+    station_files: Sequence[str | os.PathLike[str]],
     quantity: str,
     lane_types: set[str],
     located: set[str],
@@ -265,7 +248,7 @@ def _read_rows(
     return pd.concat(frames, ignore_index=True), counts
 
 
-def _read_station_file(path: str | os.PathLike, quantity: str) -> pd.DataFrame:
+def _read_station_file(path: str | os.PathLike[str], quantity: str) -> pd.DataFrame:
     """One station 5-minute file -> rows ``timestamp, station, lane_type, observed_pct, value``
     (numbers NaN where the field is empty)."""
     src = os.fspath(path)
@@ -312,7 +295,7 @@ def _read_station_file(path: str | os.PathLike, quantity: str) -> pd.DataFrame:
         raise DataInputError(f"{src}: line {line + 1}: empty station id")
     observed = _numbers(table[8], src, "% observed")
     value = _numbers(table[_COLUMN[quantity]], src, f"average {quantity}")
-    return pd.DataFrame(
+    frame: pd.DataFrame = pd.DataFrame(
         {
             "timestamp": stamps.to_numpy(),
             "station": station.to_numpy(),
@@ -321,6 +304,7 @@ def _read_station_file(path: str | os.PathLike, quantity: str) -> pd.DataFrame:
             "value": value,
         }
     )
+    return frame
 
 
 def _field_counts(raw: bytes) -> np.ndarray:
@@ -341,7 +325,7 @@ def _field_counts(raw: bytes) -> np.ndarray:
 def _numbers(text: pd.Series, src: str, what: str) -> np.ndarray:
     """A text column as float64 (NaN where empty); the first non-number is named with its line."""
     text = text.str.strip()
-    numbers = pd.to_numeric(text.replace("", np.nan), errors="coerce")
+    numbers = pd.to_numeric(text, errors="coerce")
     bad = numbers.isna() & (text != "")
     if bad.any():
         line = int(np.argmax(bad.to_numpy()))

@@ -18,10 +18,9 @@ from trafficcast.graph import (
     random_walk_matrix,
     reverse_random_walk_matrix,
     scaled_laplacian,
-    to_edge_index,
-    to_torch_sparse_coo,
-    to_torch_sparse_csr,
 )
+from trafficcast.graph.pyg import to_edge_index
+from trafficcast.graph.tensors import to_torch_sparse_coo, to_torch_sparse_csr
 
 REPO = Path(__file__).resolve().parents[2]
 

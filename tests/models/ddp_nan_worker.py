@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from trafficcast.data import StandardScaler, gather, make_synthetic, split_windows
-from trafficcast.graph import build_adjacency, compute_supports, to_torch_sparse_csr
+from trafficcast.graph import build_adjacency, compute_supports
+from trafficcast.graph.tensors import to_torch_sparse_csr
 from trafficcast.models import DCRNN
 from trafficcast.models.config import TrainConfig
 from trafficcast.models.distributed import DistContext, distributed_session, shard_bounds

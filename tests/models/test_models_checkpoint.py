@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from trafficcast.graph import compute_supports, to_torch_sparse_csr
+from trafficcast.graph import compute_supports
+from trafficcast.graph.tensors import to_torch_sparse_csr
 from trafficcast.models import DCRNN, FCLSTM, CheckpointError
 from trafficcast.models.checkpoint import build_model, load_checkpoint, save_checkpoint
 from trafficcast.models.trainer import atomic_torch_save

@@ -22,7 +22,8 @@ import pytest
 import torch
 from torch import nn
 
-from trafficcast.graph import FILTER_TYPES, compute_supports, load_adjacency, to_torch_sparse_csr
+from trafficcast.graph import FILTER_TYPES, compute_supports, load_adjacency
+from trafficcast.graph.tensors import to_torch_sparse_csr
 from trafficcast.models import layers
 from trafficcast.models.dcrnn import DCRNN
 from trafficcast.models.layers import DCGRUCell, Supports, diffusion_conv, num_diffusion_terms

@@ -34,7 +34,8 @@ import numpy as np
 import pytest
 import torch
 
-from trafficcast.graph import compute_supports, to_torch_sparse_csr
+from trafficcast.graph import compute_supports
+from trafficcast.graph.tensors import to_torch_sparse_csr
 from trafficcast.models.layers import DCGRUCell, Supports, diffuse, diffusion_conv
 
 W = np.array([[0.0, 3.5, 0.5], [1.0, 0.0, 0.0], [0.0, 0.5, 0.0]])

@@ -17,7 +17,8 @@ from trafficcast.data import (
     split_windows,
     time_features,
 )
-from trafficcast.graph import build_adjacency, compute_supports, to_torch_sparse_csr
+from trafficcast.graph import build_adjacency, compute_supports
+from trafficcast.graph.tensors import to_torch_sparse_csr
 from trafficcast.models import DCRNN, TrainingError
 from trafficcast.models.baselines import persistence_forecast
 from trafficcast.models.config import TrainConfig
