@@ -146,7 +146,7 @@ class Trainer:
                 # forward would be wasted traffic.
                 forward_sync_buffers=False,
             )
-        self.optimizer = torch.optim.Adam(
+        self._optimizer: torch.optim.Optimizer | None = torch.optim.Adam(
             model.parameters(),
             lr=settings.base_lr,
             eps=settings.epsilon,
@@ -163,6 +163,13 @@ class Trainer:
         self.recovery_factor = 1.0
         self.history: list[EpochRecord] = []
         self.elapsed_s = 0.0
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The Adam optimizer over the model's parameters, until :meth:`close`."""
+        if self._optimizer is None:
+            raise TrainingError(f"{self.name}: the trainer is closed (its optimizer is dropped)")
+        return self._optimizer
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> TrainerState:
@@ -295,7 +302,7 @@ class Trainer:
         that outlives its group can abort the process at exit.
         """
         self.net = self.model
-        self.optimizer = None  # type: ignore[assignment]
+        self._optimizer = None
 
     def _recover(self, start: EpochStart, why: str) -> None:
         self.recoveries += 1

@@ -371,3 +371,12 @@ def test_sharded_loss_without_a_distributed_context_is_a_training_error():
     batch = source.batch(source.splits["train"][:2])
     with pytest.raises(TrainingError, match="model: the sharded loss needs a distributed context"):
         trainer._sharded_loss(batch.y, batch)
+
+
+def test_a_closed_trainer_has_no_optimizer():
+    source, supports = _small()
+    trainer, _ = _quiet_trainer(_dcrnn(source, supports), source, TrainConfig(epochs=1))
+    assert isinstance(trainer.optimizer, torch.optim.Adam)
+    trainer.close()
+    with pytest.raises(TrainingError, match="model: the trainer is closed"):
+        trainer.optimizer  # noqa: B018 (the attribute access is what is tested)
