@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -52,10 +52,14 @@ class _SparseMatmul(torch.autograd.Function):
         return None, None, sparse_matmul(ctx.support_t, grad.contiguous())
 
 
-# torch leaves ``Function.apply`` unannotated; these name what it returns here.
+# torch leaves ``Function.apply`` unannotated; this names what it takes and returns here.
 _sparse_matmul_with_grad: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = (
     _SparseMatmul.apply
 )
+
+
+# Which block matrix of the supports (see Supports.block).
+BlockKind = Literal["stack", "row", "diag"]
 
 
 class Supports:
@@ -70,12 +74,13 @@ class Supports:
     def __init__(self, supports: list[torch.Tensor]) -> None:
         self.matrices = supports
         self._transposes: list[torch.Tensor] | None = None  # made on first need (training only)
-        self._blocks: dict[tuple[str, bool], torch.Tensor] = {}
+        self._blocks: dict[tuple[BlockKind, bool], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.matrices)
 
     def transpose(self, i: int) -> torch.Tensor:
+        """``P_i^T`` in ``P_i``'s layout, made once for all supports on first need."""
         if self._transposes is None:
             self._transposes = [
                 s.t().to_sparse_csr() if s.layout == torch.sparse_csr else s.t().contiguous()
@@ -84,19 +89,20 @@ class Supports:
         return self._transposes[i]
 
     def matmul(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """``P_i @ x``, differentiable in ``x``. Shapes: ``x (N, C)`` -> ``(N, C)``."""
         if x.requires_grad:
             return _sparse_matmul_with_grad(self.matrices[i], self.transpose(i), x)
         return sparse_matmul(self.matrices[i], x)
 
-    def block(self, kind: str, transposed: bool = False) -> torch.Tensor:
+    def block(self, kind: BlockKind, transposed: bool = False) -> torch.Tensor:
         """``kind``: ``stack`` ``[P_1; ...]`` (S·N, N), ``row`` ``[P_1, ...]`` (N, S·N) or
         ``diag`` (S·N, S·N), of the supports or (``transposed``) of their transposes; CSR."""
-        key = (kind, transposed)
+        key: tuple[BlockKind, bool] = (kind, transposed)
         if key not in self._blocks:
             self._blocks[key] = self._make_block(kind, transposed)
         return self._blocks[key]
 
-    def _make_block(self, kind: str, transposed: bool) -> torch.Tensor:
+    def _make_block(self, kind: BlockKind, transposed: bool) -> torch.Tensor:
         n = self.matrices[0].shape[0]
         count = len(self.matrices)
         rows, cols, vals = [], [], []
