@@ -63,7 +63,8 @@ class HistoricalAverage:
     def predict(self, slots: np.ndarray) -> np.ndarray:
         if self.table is None:
             raise RuntimeError("HistoricalAverage.predict called before fit")
-        return self.table[slots]  # (B, H, N)
+        forecast: np.ndarray = self.table[slots]  # (B, H, N)
+        return forecast
 
 
 def time_slots(index_minutes_of_day: np.ndarray, freq_minutes: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from trafficcast.models.dcrnn import DCRNN
 from trafficcast.models.errors import CheckpointError
 from trafficcast.models.fc_lstm import FCLSTM
 from trafficcast.models.tcn import TCN
-from trafficcast.models.trainer import atomic_torch_save
+from trafficcast.models.train_state import atomic_torch_save
 
 FORMAT = "trafficcast-checkpoint"
 FORMAT_VERSION = 1

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 import annotated_types
+import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -40,7 +41,6 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from trafficcast.graph.transitions import FILTER_TYPES
 from trafficcast.models.errors import ConfigError
 
 # Strict: an int is accepted (YAML's `max_grad_norm: 5`) and stored as a float, a bool or a
@@ -79,14 +79,14 @@ class DataConfig(_Section):
     """``data:``: batch sizes, the time features appended to the reading, the chronological
     split, what is forecast and what counts as missing."""
 
-    batch_size: StrictInt = Field(64, ge=1)
-    val_batch_size: StrictInt = Field(64, ge=1)
-    test_batch_size: StrictInt = Field(64, ge=1)
+    batch_size: StrictInt = Field(default=64, ge=1)
+    val_batch_size: StrictInt = Field(default=64, ge=1)
+    test_batch_size: StrictInt = Field(default=64, ge=1)
     add_time_in_day: StrictBool = True
     add_day_in_week: StrictBool = False
     # Chronological: train first, test last, validation the rest in between.
-    train_fraction: StrictFiniteFloat = Field(0.7, gt=0, lt=1)
-    test_fraction: StrictFiniteFloat = Field(0.2, gt=0, lt=1)
+    train_fraction: StrictFiniteFloat = Field(default=0.7, gt=0, lt=1)
+    test_fraction: StrictFiniteFloat = Field(default=0.2, gt=0, lt=1)
     # Accepted for compatibility with DCRNN's files; the CLI names the data instead.
     dataset_dir: StrictStr | None = None
     graph_pkl_filename: StrictStr | None = None
@@ -120,60 +120,65 @@ class DataConfig(_Section):
         return self
 
 
+# graph's FILTER_TYPES, spelt out: a type checker reads no tuple into a Literal (a test checks
+# that the two agree, order included, which the error messages follow).
+FilterType = Literal["laplacian", "random_walk", "dual_random_walk"]
+
+
 class ModelConfig(_Section):
     """``model:``: DCRNN's shape (windows, units, layers, diffusion) and curriculum learning."""
 
-    seq_len: StrictInt = Field(12, ge=1)
-    horizon: StrictInt = Field(12, ge=1)
-    rnn_units: StrictInt = Field(64, ge=1)
-    num_rnn_layers: StrictInt = Field(2, ge=1, le=8)
-    max_diffusion_step: StrictInt = Field(2, ge=0, le=10)
-    filter_type: Literal[FILTER_TYPES] = "dual_random_walk"  # type: ignore[valid-type]
+    seq_len: StrictInt = Field(default=12, ge=1)
+    horizon: StrictInt = Field(default=12, ge=1)
+    rnn_units: StrictInt = Field(default=64, ge=1)
+    num_rnn_layers: StrictInt = Field(default=2, ge=1, le=8)
+    max_diffusion_step: StrictInt = Field(default=2, ge=0, le=10)
+    filter_type: FilterType = "dual_random_walk"
     use_curriculum_learning: StrictBool = True
-    cl_decay_steps: StrictInt = Field(2000, ge=1)
+    cl_decay_steps: StrictInt = Field(default=2000, ge=1)
     # Not in the paper: a learned vector per sensor appended to every input (0 = off, the paper's
     # model). See trafficcast.models.dcrnn.DCRNN.
-    node_embedding_dim: StrictInt = Field(0, ge=0, le=256)
+    node_embedding_dim: StrictInt = Field(default=0, ge=0, le=256)
     # Only one output (speed) is supported; the key is accepted so that DCRNN's files load.
-    output_dim: StrictInt = Field(1, ge=1, le=1)
+    output_dim: StrictInt = Field(default=1, ge=1, le=1)
     # Derived from the data; accepted so that DCRNN's files load, checked against the data.
-    input_dim: StrictInt | None = Field(None, ge=1)
-    num_nodes: StrictInt | None = Field(None, ge=1)
+    input_dim: StrictInt | None = Field(default=None, ge=1)
+    num_nodes: StrictInt | None = Field(default=None, ge=1)
     # DCRNN's key for a regulariser this code does not have: only 0 (off) is accepted.
-    l1_decay: StrictFiniteFloat = Field(0.0, ge=0, le=0)
+    l1_decay: StrictFiniteFloat = Field(default=0.0, ge=0, le=0)
 
 
 class TrainConfig(_Section):
     """``train:``: the optimiser, its learning-rate schedule, stopping, seed, device, threads."""
 
-    base_lr: StrictFiniteFloat = Field(0.01, gt=0)
+    base_lr: StrictFiniteFloat = Field(default=0.01, gt=0)
     # Adam's epsilon.
-    epsilon: StrictFiniteFloat = Field(1.0e-3, gt=0)
-    epochs: StrictInt = Field(100, ge=1)
+    epsilon: StrictFiniteFloat = Field(default=1.0e-3, gt=0)
+    epochs: StrictInt = Field(default=100, ge=1)
     # Epochs after which the learning rate is multiplied by lr_decay_ratio (MultiStepLR).
     steps: list[Annotated[StrictInt, annotated_types.Ge(1)]] = Field(
         default_factory=lambda: [20, 30, 40, 50]
     )
-    lr_decay_ratio: StrictFiniteFloat = Field(0.1, gt=0, le=1)
-    min_learning_rate: StrictFiniteFloat = Field(2.0e-6, ge=0)
-    max_grad_norm: StrictFiniteFloat = Field(5.0, gt=0)
+    lr_decay_ratio: StrictFiniteFloat = Field(default=0.1, gt=0, le=1)
+    min_learning_rate: StrictFiniteFloat = Field(default=2.0e-6, ge=0)
+    max_grad_norm: StrictFiniteFloat = Field(default=5.0, gt=0)
     # Epochs without a better validation MAE before training stops.
-    patience: StrictInt = Field(50, ge=1)
+    patience: StrictInt = Field(default=50, ge=1)
     optimizer: Annotated[Literal["adam"], BeforeValidator(_lower)] = "adam"
-    weight_decay: StrictFiniteFloat = Field(0.0, ge=0)
+    weight_decay: StrictFiniteFloat = Field(default=0.0, ge=0)
     # torch.Generator's range.
-    seed: StrictInt = Field(0, ge=0, le=2**64 - 1)
+    seed: StrictInt = Field(default=0, ge=0, le=2**64 - 1)
     device: StrictStr = "cpu"
     # None: torch's default.
-    threads: StrictInt | None = Field(None, ge=1)
+    threads: StrictInt | None = Field(default=None, ge=1)
     # How many times a non-finite loss or gradient may be recovered from before training stops.
-    max_recoveries: StrictInt = Field(3, ge=0)
+    max_recoveries: StrictInt = Field(default=3, ge=0)
     # Accepted for compatibility with DCRNN's files; not used here (dropout: only 0, off).
-    dropout: StrictFiniteFloat = Field(0.0, ge=0, le=0)
-    epoch: StrictInt = Field(0, ge=0)
-    global_step: StrictInt = Field(0, ge=0)
-    max_to_keep: StrictInt = Field(100, ge=0)
-    test_every_n_epochs: StrictInt = Field(10, ge=1)
+    dropout: StrictFiniteFloat = Field(default=0.0, ge=0, le=0)
+    epoch: StrictInt = Field(default=0, ge=0)
+    global_step: StrictInt = Field(default=0, ge=0)
+    max_to_keep: StrictInt = Field(default=100, ge=0)
+    test_every_n_epochs: StrictInt = Field(default=10, ge=1)
     log_dir: StrictStr | None = None
 
     @field_validator("steps")
@@ -189,25 +194,25 @@ class BaselineConfig(_Section):
     (DCRNN without the graph) and the TCN (dilated causal convolutions per sensor)."""
 
     fc_lstm: StrictBool = True
-    fc_lstm_units: StrictInt = Field(256, ge=1)
-    fc_lstm_layers: StrictInt = Field(2, ge=1)
+    fc_lstm_units: StrictInt = Field(default=256, ge=1)
+    fc_lstm_layers: StrictInt = Field(default=2, ge=1)
     # None: as many epochs as DCRNN.
-    fc_lstm_epochs: StrictInt | None = Field(None, ge=1)
-    fc_lstm_lr: StrictFiniteFloat = Field(0.001, gt=0)
+    fc_lstm_epochs: StrictInt | None = Field(default=None, ge=1)
+    fc_lstm_lr: StrictFiniteFloat = Field(default=0.001, gt=0)
     gru: StrictBool = True
     # None: as DCRNN's rnn_units / num_rnn_layers, so that the graph is all that differs.
-    gru_units: StrictInt | None = Field(None, ge=1)
-    gru_layers: StrictInt | None = Field(None, ge=1)
+    gru_units: StrictInt | None = Field(default=None, ge=1)
+    gru_layers: StrictInt | None = Field(default=None, ge=1)
     # None: as many epochs as DCRNN; fewer compress DCRNN's learning-rate steps to fit.
-    gru_epochs: StrictInt | None = Field(None, ge=1)
+    gru_epochs: StrictInt | None = Field(default=None, ge=1)
     tcn: StrictBool = True
-    tcn_channels: StrictInt = Field(32, ge=1)
+    tcn_channels: StrictInt = Field(default=32, ge=1)
     # The receptive field, tcn_kernel_size ** tcn_layers, must cover model.seq_len.
-    tcn_layers: StrictInt = Field(4, ge=1)
-    tcn_kernel_size: StrictInt = Field(2, ge=2)
+    tcn_layers: StrictInt = Field(default=4, ge=1)
+    tcn_kernel_size: StrictInt = Field(default=2, ge=2)
     # None: as many epochs as DCRNN.
-    tcn_epochs: StrictInt | None = Field(None, ge=1)
-    tcn_lr: StrictFiniteFloat = Field(0.01, gt=0)
+    tcn_epochs: StrictInt | None = Field(default=None, ge=1)
+    tcn_lr: StrictFiniteFloat = Field(default=0.01, gt=0)
 
 
 # Top-level keys of DCRNN's files that name its own directories and logging.
@@ -249,8 +254,6 @@ class RunConfig(_Section):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
-        import yaml
-
         path = Path(path)
         try:
             text = path.read_text()
@@ -292,7 +295,8 @@ def _describe(exc: ValidationError, raw: Any, path: tuple[str, ...], source: str
     errors = exc.errors()
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
-        where = tuple(unknown[0]["loc"][:-1])
+        # an unknown key's location is section names only (no list index), strings all
+        where = tuple(str(part) for part in unknown[0]["loc"][:-1])
         names = [e["loc"][-1] for e in unknown if tuple(e["loc"][:-1]) == where]
         full = path + where
         fields = _model_at(full).model_fields
@@ -340,7 +344,7 @@ def _model_at(path: tuple[str, ...]) -> type[BaseModel]:
     model: Any = RunConfig
     for name in path:
         model = model.model_fields[name].annotation
-    return model
+    return cast("type[BaseModel]", model)  # a section's path leads to a section
 
 
 def _lookup(raw: Any, loc: tuple[Any, ...], default: Any) -> Any:
@@ -351,8 +355,19 @@ def _lookup(raw: Any, loc: tuple[Any, ...], default: Any) -> Any:
     return raw
 
 
-_NOUNS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
-_PLURALS = {bool: "booleans", int: "integers", float: "finite numbers", str: "strings"}
+# Keyed by a field's annotation (typed as any object by pydantic).
+_NOUNS: dict[object, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a finite number",
+    str: "a string",
+}
+_PLURALS: dict[object, str] = {
+    bool: "booleans",
+    int: "integers",
+    float: "finite numbers",
+    str: "strings",
+}
 
 
 def _requirement(field: FieldInfo) -> str:

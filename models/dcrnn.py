@@ -11,7 +11,7 @@ With ``max_diffusion_step = 0`` there is no graph: every term is the identity, a
 GRU sequence-to-sequence applied to each sensor separately with shared weights (the paper's
 ablation of the spatial part).
 
-Differences from the original implementation: see :mod:`trafficcast.models.layers` for the diffusion; in
+Differences from the original implementation: see :mod:`trafficcast.models.diffusion` for the diffusion; in
 addition the teacher-forcing coin is drawn with a ``torch.Generator`` passed in (the original used
 unseeded ``np.random``), all parameters are created in ``__init__`` (the original created them on
 the first forward, so the optimizer had to be rebuilt after the first batch and its learning-rate
@@ -32,16 +32,14 @@ the input (a test checks this).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
-from trafficcast.models.layers import (
-    DCGRUCell,
-    Supports,
-    diffusion_conv,
-    init_input_weight,
-    num_diffusion_terms,
-)
+from trafficcast.models.diffusion import diffusion_conv, num_diffusion_terms
+from trafficcast.models.layers import DCGRUCell, init_input_weight
+from trafficcast.models.sparse import Supports
 
 
 def sparse_to_buffers(support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,8 +153,8 @@ class DCRNN(nn.Module):
             with torch.no_grad():
                 self.node_embedding.normal_(0.0, 1.0)  # on the scale of the scaled inputs
                 for weight, cell in (
-                    (self.encoder_embedding_weight, self.encoder_cells[0]),
-                    (self.decoder_embedding_weight, self.decoder_cells[0]),
+                    (self.encoder_embedding_weight, _as_cells(self.encoder_cells)[0]),
+                    (self.decoder_embedding_weight, _as_cells(self.decoder_cells)[0]),
                 ):
                     # as the rows of the cell's input weight, were the vector part of its input
                     init_input_weight(
@@ -177,7 +175,8 @@ class DCRNN(nn.Module):
             self.max_diffusion_step,
             torch.cat([self.encoder_embedding_weight, self.decoder_embedding_weight], dim=1),
         )  # (N, 1, 6H)
-        return both.chunk(2, dim=-1)
+        encoder_terms, decoder_terms = both.chunk(2, dim=-1)
+        return encoder_terms, decoder_terms
 
     @property
     def num_terms(self) -> int:
@@ -229,7 +228,7 @@ class DCRNN(nn.Module):
         # step t+1 and the input of layer l+1 at step t. One diffusion convolution with the two
         # weights side by side (see _state_conv) computes both contributions.
         layers = self.num_layers
-        enc, dec = self.encoder_cells, self.decoder_cells
+        enc, dec = _as_cells(self.encoder_cells), _as_cells(self.decoder_cells)
         fused: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
         # ---- encoder, step-major; layer 0's input contribution for all steps at once.
@@ -237,11 +236,11 @@ class DCRNN(nn.Module):
         x_proj = enc[0].project_input_steps(x.permute(2, 1, 0, 3), supports)  # (T, N, B, 3H)
         if embedding is not None:
             x_proj = x_proj + embedding[0]  # (N, 1, 3H) for every step and window
-        x_proj = x_proj.unbind(0)  # T x (N, B, 3H), contiguous views
+        step_inputs = x_proj.unbind(0)  # T x (N, B, 3H), contiguous views
         states: list[torch.Tensor | None] = [None] * layers
         h_gates: list[torch.Tensor | None] = [None] * layers
         for t in range(seq_len):
-            layer_input = x_proj[t]
+            layer_input: torch.Tensor | None = step_inputs[t]  # None above the top layer
             last = t == seq_len - 1
             for layer in range(layers):
                 h = enc[layer](layer_input, states[layer], supports, h_gates[layer])
@@ -254,9 +253,7 @@ class DCRNN(nn.Module):
                 )
 
         # ---- decoder: step by step, each step's output feeding the next.
-        use_truth = self._teacher_forcing_draws(targets, teacher_forcing_prob, generator)
-        if use_truth is not None:
-            truth = targets.permute(1, 2, 0, 3)  # (horizon, N, B, out)
+        truth = self._teacher_forcing(targets, teacher_forcing_prob, generator)
         decoder_input = x.new_zeros(n, batch, self.output_dim)  # the GO symbol
         outputs = []
         for t in range(self.horizon):
@@ -273,7 +270,8 @@ class DCRNN(nn.Module):
                 )
             out = self.projection(h)  # (N, B, out)
             outputs.append(out)
-            decoder_input = truth[t] if use_truth is not None and bool(use_truth[t]) else out
+            fed = truth[t]
+            decoder_input = out if fed is None else fed
         # (horizon, N, B, out) -> (B, horizon, N, out)
         return torch.stack(outputs, dim=0).permute(2, 0, 1, 3)
 
@@ -293,9 +291,9 @@ class DCRNN(nn.Module):
         """
         k = self.max_diffusion_step
         two_h = 2 * self.hidden_dim
-        if gates_cell is None and above is None:
-            return None, None
         if above is None:
+            if gates_cell is None:
+                return None, None
             return diffusion_conv(h, supports, k, gates_cell.weight_hidden_gates), None
         if gates_cell is None:
             return None, above.project_input(h, supports)
@@ -307,17 +305,25 @@ class DCRNN(nn.Module):
             )
         weight, base = fused[key]
         both = diffusion_conv(h, supports, k, weight, base)  # (N, B, 5H)
-        h_gates, above_input = both.split([two_h, 3 * self.hidden_dim], dim=-1)
+        h_gates, above_input = torch.split(both, [two_h, 3 * self.hidden_dim], dim=-1)
         return h_gates, above_input
 
-    def _teacher_forcing_draws(
+    def _teacher_forcing(
         self,
         targets: torch.Tensor | None,
         prob: float,
         generator: torch.Generator | None,
-    ) -> torch.Tensor | None:
-        """One coin per decoder step (shared by the batch, as in the original), or None."""
+    ) -> list[torch.Tensor | None]:
+        """Per decoder step, the ground truth ``(N, B, out)`` that the next step is fed, or None
+        where it is fed the prediction. One coin per step (shared by the batch, as in the
+        original), drawn only in training with ``prob > 0`` and targets given."""
         if targets is None or prob <= 0.0 or not self.training:
-            return None
-        draws = torch.rand(self.horizon, generator=generator)
-        return draws < prob
+            return [None] * self.horizon
+        use_truth = torch.rand(self.horizon, generator=generator) < prob
+        truth = targets.permute(1, 2, 0, 3)  # (horizon, N, B, out)
+        return [truth[t] if bool(use_truth[t]) else None for t in range(self.horizon)]
+
+
+def _as_cells(cells: nn.ModuleList) -> list[DCGRUCell]:
+    """The cells of a layer stack, typed (a ModuleList's items are typed as any Module)."""
+    return [cast(DCGRUCell, cell) for cell in cells]

@@ -63,7 +63,7 @@ class FCLSTM(nn.Module):
             out, state = self.decoder(decoder_input, state)  # (B, 1, H)
             y = self.projection(out)  # (B, 1, N·out)
             outputs.append(y)
-            if use_truth is not None and bool(use_truth[t]):
+            if use_truth is not None and targets is not None and bool(use_truth[t]):
                 decoder_input = targets[:, t].reshape(batch, 1, n * self.output_dim)
             else:
                 decoder_input = y

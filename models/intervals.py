@@ -162,7 +162,8 @@ class IntervalCalibrator:
         eta = np.full((len(history), self.horizon, self.num_nodes), self.intercept)
         for k, g in self._groups(history, target_times).items():
             eta += self.coef[k][g]
-        return np.exp(eta)
+        sigma: np.ndarray = np.exp(eta)  # (B, H, N)
+        return sigma
 
     def fit_scale(
         self,

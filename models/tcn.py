@@ -51,7 +51,7 @@ class TCN(nn.Module):
         self.num_layers = num_layers
         self.kernel_size = kernel_size
         self.horizon = horizon
-        self.dilations = [kernel_size**i for i in range(num_layers)]
+        self.dilations: list[int] = [kernel_size**i for i in range(num_layers)]
         self.input_projection = nn.Conv1d(input_dim, channels, 1)
         self.dilated = nn.ModuleList(
             nn.Conv1d(channels, channels, kernel_size, dilation=d) for d in self.dilations
@@ -84,6 +84,6 @@ class TCN(nn.Module):
         for conv, residual, d in zip(self.dilated, self.residual, self.dilations, strict=True):
             # Left padding only: step t sees steps <= t (causal), and the length stays T.
             h = h + residual(F.relu(conv(F.pad(h, ((self.kernel_size - 1) * d, 0)))))
-        y = self.head(h[:, :, -1])  # (B·N, horizon·out)
+        y: torch.Tensor = self.head(h[:, :, -1])  # (B·N, horizon·out)
         y = y.view(batch, n, self.horizon, self.output_dim)  # (B, N, horizon, out)
         return y.permute(0, 2, 1, 3).contiguous()  # (B, horizon, N, out)

@@ -23,62 +23,53 @@
   process's, so a run can be resumed with another number of processes.
 * Progress reaches the caller through :class:`TrainerCallback` hooks (typed events, not log
   lines): a job decides on those, the log is for people.
+
+This module is the loop. What it reads is defined in :mod:`trafficcast.models.batches`, what it
+reports in :mod:`trafficcast.models.progress`, and what it keeps (the resumable state, the
+snapshot a recovery rolls back to, atomic saves) in :mod:`trafficcast.models.train_state`; their
+names are importable from here as well.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
+from trafficcast.models.batches import Batch, BatchSource
 from trafficcast.models.config import TrainConfig
 from trafficcast.models.distributed import DistContext
 from trafficcast.models.errors import TrainingError
 from trafficcast.models.metrics import MaskedMetrics, masked_mae_loss, observed
+from trafficcast.models.progress import EpochRecord, TrainerCallback, TrainResult, no_log
+from trafficcast.models.train_state import (
+    EpochStart,
+    NonFiniteError,
+    TrainerState,
+    atomic_torch_save,
+    detached_copy,
+)
 
-
-@dataclass
-class Batch:
-    """One batch of windows.
-
-    Shapes: ``x (B, T, N, F)`` scaled inputs; ``y (B, H, N, 1)`` scaled targets (for teacher
-    forcing); ``y_raw (B, H, N)`` targets in data units; ``y_mask (B, H, N)`` True where observed.
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    y_raw: torch.Tensor
-    y_mask: torch.Tensor
-    # A stand-in window for a rank whose share of a global batch is empty (fewer windows than
-    # ranks): the rank still takes part in the step, but the window counts nowhere.
-    padding: bool = False
-
-
-class BatchSource(Protocol):
-    """Where the trainer gets its windows from (the data pipeline implements it)."""
-
-    def num_batches(self, split: str) -> int: ...
-
-    def batches(
-        self,
-        split: str,
-        generator: torch.Generator | None = None,
-        shard: tuple[int, int] | None = None,
-    ) -> Iterator[Batch]:
-        """Batches of ``split`` ("train" shuffled with ``generator``; "val"/"test" in order).
-
-        ``shard = (rank, world_size)`` (distributed training only): of each batch, only that
-        rank's contiguous share; an empty share comes as one ``padding`` window, so that every
-        rank sees the same number of batches.
-        """
-        ...
+# Defined in the modules above and imported from here by callers since before the split.
+__all__ = [
+    "Batch",
+    "BatchSource",
+    "EpochRecord",
+    "TrainResult",
+    "Trainer",
+    "TrainerCallback",
+    "atomic_torch_save",
+    "learning_rate",
+    "no_log",
+    "teacher_forcing_probability",
+]
 
 
 def teacher_forcing_probability(global_step: int, decay_steps: int) -> float:
@@ -95,56 +86,6 @@ def learning_rate(settings: TrainConfig, epoch: int, recovery_factor: float = 1.
     decays = sum(1 for milestone in settings.steps if milestone <= epoch)
     rate = settings.base_lr * settings.lr_decay_ratio**decays * recovery_factor
     return max(rate, settings.min_learning_rate)
-
-
-class _NonFinite(Exception):
-    pass
-
-
-def no_log(message: str) -> None:
-    """A log that drops every line: for the ranks other than 0 (one voice per job) and for
-    callers that want no output."""
-
-
-class EpochRecord(TypedDict):
-    """One finished epoch: an entry of :attr:`TrainResult.history` and of the saved state."""
-
-    epoch: int  # 1-based
-    train_mae: float
-    val_mae: float
-    lr: float
-    seconds: float
-    global_step: int  # optimizer steps taken so far, this epoch's included
-
-
-class TrainerCallback:
-    """Progress hooks of a :class:`Trainer`; override the ones you need (the defaults do nothing).
-
-    ``model`` is the trainer's ``name``. Distributed, the hooks run on rank 0 only.
-    """
-
-    def on_resumed(self, model: str, epoch: int, step: int) -> None:
-        """A saved state was loaded: training goes on after ``epoch`` (the epochs already done)
-        at global step ``step``."""
-
-    def on_epoch_end(self, model: str, record: EpochRecord) -> None:
-        """Epoch ``record["epoch"]`` is trained and validated; its state is not saved yet, so a
-        process killed here loses this epoch."""
-
-    def on_recovered(self, model: str, epoch: int, reason: str, recoveries: int) -> None:
-        """Epoch ``epoch`` (1-based) hit ``reason`` (a non-finite loss or gradient); the state of
-        its start is restored and it runs again at half the rate. ``recoveries`` so far."""
-
-
-@dataclass
-class TrainResult:
-    best_epoch: int
-    best_val_mae: float
-    epochs_run: int
-    stopped_early: bool
-    recoveries: int
-    wall_time_s: float
-    history: list[EpochRecord]
 
 
 class Trainer:
@@ -196,8 +137,6 @@ class Trainer:
         # the gradients during backward). Evaluation and the state always use the bare model.
         self.net: nn.Module = model
         if dist is not None:
-            from torch.nn.parallel import DistributedDataParallel
-
             device = next(model.parameters()).device
             self.net = DistributedDataParallel(
                 model,
@@ -207,7 +146,7 @@ class Trainer:
                 # forward would be wasted traffic.
                 forward_sync_buffers=False,
             )
-        self.optimizer = torch.optim.Adam(
+        self._optimizer: torch.optim.Optimizer | None = torch.optim.Adam(
             model.parameters(),
             lr=settings.base_lr,
             eps=settings.epsilon,
@@ -225,25 +164,35 @@ class Trainer:
         self.history: list[EpochRecord] = []
         self.elapsed_s = 0.0
 
-    # ---- state -----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "best_val_mae": self.best_val_mae,
-            "best_epoch": self.best_epoch,
-            "best_state": self.best_state,
-            "bad_epochs": self.bad_epochs,
-            "recoveries": self.recoveries,
-            "recovery_factor": self.recovery_factor,
-            "history": self.history,
-            "elapsed_s": self.elapsed_s,
-        }
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The Adam optimizer over the model's parameters, until :meth:`close`."""
+        if self._optimizer is None:
+            raise TrainingError(f"{self.name}: the trainer is closed (its optimizer is dropped)")
+        return self._optimizer
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> TrainerState:
+        """The resumable state: the model, the optimizer, the generator and the counters."""
+        return TrainerState(
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            generator=self.generator.get_state(),
+            epoch=self.epoch,
+            global_step=self.global_step,
+            best_val_mae=self.best_val_mae,
+            best_epoch=self.best_epoch,
+            best_state=self.best_state,
+            bad_epochs=self.bad_epochs,
+            recoveries=self.recoveries,
+            recovery_factor=self.recovery_factor,
+            history=self.history,
+            elapsed_s=self.elapsed_s,
+        )
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a :class:`TrainerState` (a file's: one written before ``elapsed_s`` existed
+        counts it from 0)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
@@ -259,6 +208,7 @@ class Trainer:
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
 
     def save_state(self) -> None:
+        """Write :meth:`state_dict` to ``state_path`` atomically (rank 0; none without a path)."""
         if self.state_path is None or (self.dist is not None and not self.dist.is_main):
             return
         atomic_torch_save(self.state_dict(), self.state_path)
@@ -275,7 +225,7 @@ class Trainer:
                 f"{self.name}: only some ranks see {self.state_path}; resuming a distributed run "
                 f"needs the run directory on a filesystem shared by all ranks"
             )
-        if not found:
+        if not found or self.state_path is None:
             return False
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         self.load_state_dict(state)
@@ -283,6 +233,10 @@ class Trainer:
 
     # ---- training --------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
+        """Train until ``epochs`` or early stopping, then restore the best epoch's weights.
+
+        With ``resume``, first load the saved state if there is one and go on from it.
+        """
         if resume and self.load_state():
             self.log(f"{self.name}: resumed after epoch {self.epoch} (step {self.global_step})")
             for callback in self.callbacks:
@@ -293,12 +247,12 @@ class Trainer:
             if self.bad_epochs >= s.patience:
                 stopped_early = True
                 break
-            snapshot = self._snapshot()
+            start = EpochStart(self.model, self.optimizer, self.generator, self.global_step)
             started = time.perf_counter()
             try:
                 train_mae = self._train_epoch()
-            except _NonFinite as exc:
-                self._recover(snapshot, str(exc))
+            except NonFiniteError as exc:
+                self._recover(start, str(exc))
                 continue
             val_mae = self.evaluate_mae("val")
             seconds = time.perf_counter() - started
@@ -307,9 +261,7 @@ class Trainer:
             if improved:
                 self.best_val_mae = val_mae
                 self.best_epoch = self.epoch
-                self.best_state = {
-                    k: v.detach().clone() for k, v in self.model.state_dict().items()
-                }
+                self.best_state = detached_copy(self.model)
                 self.bad_epochs = 0
             else:
                 self.bad_epochs += 1
@@ -350,27 +302,16 @@ class Trainer:
         that outlives its group can abort the process at exit.
         """
         self.net = self.model
-        self.optimizer = None  # type: ignore[assignment]
+        self._optimizer = None
 
-    def _snapshot(self) -> dict[str, Any]:
-        return {
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "generator": self.generator.get_state(),
-            "global_step": self.global_step,
-        }
-
-    def _recover(self, snapshot: dict[str, Any], why: str) -> None:
+    def _recover(self, start: EpochStart, why: str) -> None:
         self.recoveries += 1
         if self.recoveries > self.settings.max_recoveries:
             raise TrainingError(
                 f"{self.name}: training diverged ({why}) {self.recoveries} times even after lowering "
                 f"the learning rate; try a lower train.base_lr or train.max_grad_norm"
             )
-        self.model.load_state_dict(snapshot["model"])
-        self.optimizer.load_state_dict(snapshot["optimizer"])
-        self.generator.set_state(snapshot["generator"])
-        self.global_step = snapshot["global_step"]
+        self.global_step = start.restore(self.model, self.optimizer, self.generator)
         self.recovery_factor *= 0.5
         self.log(
             f"{self.name} epoch {self.epoch + 1}: {why}; restored the state of the epoch's start, "
@@ -388,8 +329,6 @@ class Trainer:
         batches: Iterable[Batch] = self._batches("train", self.generator)
         bar = None
         if self.progress:
-            from tqdm import tqdm
-
             bar = tqdm(
                 batches,
                 total=self.source.num_batches("train"),
@@ -415,8 +354,8 @@ class Trainer:
             else:
                 loss, value = self._sharded_loss(pred, batch)
             if not math.isfinite(value):
-                raise _NonFinite(f"non-finite loss at step {self.global_step}")
-            loss.backward()
+                raise NonFiniteError(f"non-finite loss at step {self.global_step}")
+            torch.autograd.backward(loss)  # loss.backward(), whose stub is unannotated
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
             bad_norm = not torch.isfinite(norm)
             if self.dist is not None:
@@ -424,7 +363,7 @@ class Trainer:
                 # stepping while another recovers would split the model in two.
                 bad_norm = self.dist.any(bad_norm)
             if bad_norm:
-                raise _NonFinite(f"non-finite gradient at step {self.global_step}")
+                raise NonFiniteError(f"non-finite gradient at step {self.global_step}")
             self.optimizer.step()
             self.global_step += 1
             total += value
@@ -451,7 +390,8 @@ class Trainer:
 
         Shapes: ``pred (b, H, N, 1)`` scaled, this rank's ``b`` windows.
         """
-        assert self.dist is not None
+        if self.dist is None:
+            raise TrainingError(f"{self.name}: the sharded loss needs a distributed context")
         pred_raw = self.inverse_transform(pred[..., 0])
         mask = batch.y_mask.to(pred_raw.dtype)
         if batch.padding:
@@ -500,12 +440,3 @@ class Trainer:
             for name in ("abs_sum", "sq_sum", "pct_sum", "count"):
                 setattr(metrics, name, self.dist.all_reduce_sum(getattr(metrics, name)))
         return metrics
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through :func:`trafficcast.graph.io.atomic_write`, creating missing directories."""
-    from trafficcast.graph.io import atomic_write
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -6,11 +6,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
+from trafficcast.graph import FILTER_TYPES
 from trafficcast.models import ConfigError, RunConfig
+from trafficcast.models.config import FilterType
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -210,13 +213,17 @@ def test_invalid_yaml_is_one_line_error(tmp_path):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_import_models_pulls_in_no_web_stack():
+def test_import_models_pulls_in_no_web_stack_nor_data_or_app():
     code = textwrap.dedent(
         """
-        import sys
-        import models, trafficcast.models.trainer, trafficcast.models.checkpoint, trafficcast.models.config
-        web = ("fastapi", "starlette", "uvicorn", "pydantic_settings", "app")
-        print(",".join(sorted(m for m in web if m in sys.modules)))
+        import importlib, pkgutil, sys
+        import trafficcast.models
+        for module in pkgutil.iter_modules(trafficcast.models.__path__):
+            importlib.import_module(f"trafficcast.models.{module.name}")
+        # the web stack, and the layers above the models library (it may import graph only)
+        web = ("fastapi", "starlette", "uvicorn", "pydantic_settings")
+        above = ("trafficcast.app", "trafficcast.data")
+        print(",".join(sorted(m for m in web + above if m in sys.modules)))
         print("torch" in sys.modules)
         """
     )
@@ -227,3 +234,13 @@ def test_import_models_pulls_in_no_web_stack():
     loaded, torch_loaded = result.stdout.splitlines()
     assert loaded == ""
     assert torch_loaded == "True"  # the probe did import the package
+
+
+def test_filter_types_of_the_config_are_the_graphs():
+    # The config spells the Literal out (a type checker reads none from a tuple); the values and
+    # their order, which the "one of ..." message lists, must stay those the graph computes.
+    assert get_args(FilterType) == FILTER_TYPES
+    assert (
+        get_args(RunConfig.model_fields["model"].annotation.model_fields["filter_type"].annotation)
+        == FILTER_TYPES
+    )

@@ -24,7 +24,7 @@ from torch import nn
 
 from trafficcast.graph import FILTER_TYPES, compute_supports, load_adjacency
 from trafficcast.graph.tensors import to_torch_sparse_csr
-from trafficcast.models import layers
+from trafficcast.models import diffusion
 from trafficcast.models.dcrnn import DCRNN
 from trafficcast.models.layers import DCGRUCell, Supports, diffusion_conv, num_diffusion_terms
 
@@ -331,7 +331,7 @@ def test_no_per_sensor_vectors_is_the_paper_model():
 
 # ---- At the sizes real training uses: the METR-LA graph (207 sensors), 64 hidden units.
 #
-# The kernel (trafficcast.models.layers) picks its arithmetic by size: _conv_forward stacks the terms into one
+# The kernel (trafficcast.models.diffusion) picks its arithmetic by size: _conv_forward stacks the terms into one
 # matmul up to _STACK_LIMIT elements and goes term by term above it (training's batch 64), a
 # narrow input (2·M·F ≤ O, _narrow_input) is diffused and multiplied stacked, and the backward
 # walks the gradient when the output is narrower than 2·F and recomputes the terms otherwise. The
@@ -376,25 +376,27 @@ def branches(monkeypatch) -> Counter:
         return counted
 
     monkeypatch.setattr(
-        layers, "_conv_forward_stacked", spy("stacked", layers._conv_forward_stacked)
+        diffusion, "_conv_forward_stacked", spy("stacked", diffusion._conv_forward_stacked)
     )
     monkeypatch.setattr(
-        layers, "_conv_forward_per_term", spy("per_term", layers._conv_forward_per_term)
+        diffusion, "_conv_forward_per_term", spy("per_term", diffusion._conv_forward_per_term)
     )
-    monkeypatch.setattr(layers, "_stacked_matmul", spy("stacked_terms", layers._stacked_matmul))
-    walks = layers._walks
+    monkeypatch.setattr(
+        diffusion, "_stacked_matmul", spy("stacked_terms", diffusion._stacked_matmul)
+    )
+    walks = diffusion._walks
 
     def counted_walks(supports, x0, max_diffusion_step, adjoint=False):
         calls["adjoint_walks" if adjoint else "walks"] += 1
         return walks(supports, x0, max_diffusion_step, adjoint)
 
-    monkeypatch.setattr(layers, "_walks", counted_walks)
+    monkeypatch.setattr(diffusion, "_walks", counted_walks)
     return calls
 
 
 def force_forward(monkeypatch, branch: str) -> None:
     """_conv_forward's branch at any size: ``stacked`` or ``per_term``."""
-    monkeypatch.setattr(layers, "_STACK_LIMIT", sys.maxsize if branch == "stacked" else 0)
+    monkeypatch.setattr(diffusion, "_STACK_LIMIT", sys.maxsize if branch == "stacked" else 0)
 
 
 # The convolutions DCRNN makes, as (input features F, output O, base, gated).
@@ -415,7 +417,7 @@ def check_convolution(name: str, path: str, filter_type: str, branches: Counter,
     gate, the weight and the base equal the reference's; the branches asked for ran."""
     features, out_dim, base_kind, gated = CONVOLUTIONS[name]
     sparse, dense = metr_la_supports(filter_type)
-    monkeypatch.setattr(layers, "_narrow_input", lambda weight: path == "stacked_terms")
+    monkeypatch.setattr(diffusion, "_narrow_input", lambda weight: path == "stacked_terms")
     force_forward(monkeypatch, "stacked" if path == "stacked_terms" else path)
     g = torch.Generator().manual_seed(0)
     m = num_diffusion_terms(len(sparse), K)

@@ -203,6 +203,25 @@ def test_gated_diffusion_conv_equals_convolving_the_product(out_dim, gate_kind):
     assert all(g.abs().sum() > 0 for g in grads_gated)
 
 
+@pytest.mark.parametrize("out_dim", [3, 9])  # both backward branches
+def test_gated_diffusion_conv_with_only_the_weight_learning(out_dim):
+    # A gated convolution whose x and gate want no gradient (frozen inputs, only the weight
+    # trained): the backward has no input gradient to apply the product rule to, and gives the
+    # weight's gradient alone (it used to fail on the missing input gradient).
+    torch.manual_seed(2)
+    supports = [s.to(torch.float64) for s in _supports("dual_random_walk")]
+    x = torch.randn(3, 4, 2, dtype=torch.float64)
+    gate = torch.rand(3, 4, 2, dtype=torch.float64)
+    weight = torch.randn(5 * 2, out_dim, dtype=torch.float64, requires_grad=True)
+    gated = diffusion_conv(x, Supports(supports), 2, weight, gate=gate)
+    plain = diffuse(gate * x, supports, 2) @ weight
+    upstream = torch.randn_like(plain)
+    (got,) = torch.autograd.grad(gated, [weight], upstream)
+    (want,) = torch.autograd.grad(plain, [weight], upstream)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert got.abs().sum() > 0
+
+
 def test_gated_diffusion_conv_refuses_a_gate_of_another_shape():
     supports = Supports(_supports("random_walk"))
     with pytest.raises(ValueError, match="gate shape"):

@@ -362,3 +362,22 @@ def test_nan_every_time_stops_with_training_error():
     # NaN never reached the weights.
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_sharded_loss_without_a_distributed_context_is_a_training_error():
+    # The sharded loss all-reduces over ranks; a single-process trainer has none to reduce
+    # over, and says so (a typed error, which `python -O` keeps, unlike an assert).
+    source, supports = _small()
+    trainer, _ = _quiet_trainer(_dcrnn(source, supports), source, TrainConfig(epochs=1))
+    batch = source.batch(source.splits["train"][:2])
+    with pytest.raises(TrainingError, match="model: the sharded loss needs a distributed context"):
+        trainer._sharded_loss(batch.y, batch)
+
+
+def test_a_closed_trainer_has_no_optimizer():
+    source, supports = _small()
+    trainer, _ = _quiet_trainer(_dcrnn(source, supports), source, TrainConfig(epochs=1))
+    assert isinstance(trainer.optimizer, torch.optim.Adam)
+    trainer.close()
+    with pytest.raises(TrainingError, match="model: the trainer is closed"):
+        trainer.optimizer  # noqa: B018 (the attribute access is what is tested)
