@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trafficcast.app.fsutil import atomic_write_bytes
 from trafficcast.data import SpeedData
 
 REPORT_MINUTES = {"15min": 15, "30min": 30, "60min": 60}
-MODEL_ORDER = ("dcrnn", "persistence", "historical_average", "fc_lstm", "gru", "tcn")
 NO_METRICS: dict[str, float | None] = {"mae": None, "rmse": None, "mape_pct": None}
 
 
@@ -155,16 +156,14 @@ def write_plots(
 ) -> None:
     """``mae_by_horizon.png`` and ``forecast_vs_actual.png`` (DCRNN's ``traces``: per horizon
     step, its forecasts of ``sensors`` for the windows starting at ``trace_starts``)."""
+    # matplotlib is heavy and only the plots need it: loaded when they are drawn.
     import matplotlib
 
     matplotlib.use("Agg")
+    # pyplot after use("Agg"): the backend must be chosen before pyplot loads.
     import matplotlib.pyplot as plt
 
-    from trafficcast.app.fsutil import atomic_write_bytes
-
     def save(fig, name: str) -> None:
-        import io
-
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)

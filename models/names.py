@@ -1,0 +1,19 @@
+"""The names of the models a run holds and a report scores, written once.
+
+A name keys a model's checkpoint (``model_name``), its ``state_<name>.pt``, its switch under
+``baselines:`` in the config, and its rows in ``report.json``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DCRNN_NAME", "MODEL_ORDER", "REFERENCE_BASELINES", "TRAINED_BASELINES", "TRAINED_MODELS"]
+
+DCRNN_NAME = "dcrnn"
+# Trained beside DCRNN, in training order; each has a checkpoint and a ``baselines.<name>`` switch.
+TRAINED_BASELINES = ("fc_lstm", "gru", "tcn")
+# Fitted when a run is scored, from the data alone: nothing to train, no checkpoint.
+REFERENCE_BASELINES = ("persistence", "historical_average")
+# Every model with a checkpoint.
+TRAINED_MODELS = (DCRNN_NAME, *TRAINED_BASELINES)
+# The order of the models in a report: ours, the references, then the trained baselines.
+MODEL_ORDER = (DCRNN_NAME, *REFERENCE_BASELINES, *TRAINED_BASELINES)
