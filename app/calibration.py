@@ -39,7 +39,13 @@ from trafficcast.models.checkpoint import save_checkpoint
 from trafficcast.models.errors import CheckpointError
 from trafficcast.models.intervals import IntervalCalibrator
 from trafficcast.models.metrics import observed
-from trafficcast.models.names import DCRNN_NAME, MODEL_ORDER, REFERENCE_BASELINES
+from trafficcast.models.names import (
+    DCRNN_NAME,
+    HISTORICAL_AVERAGE_NAME,
+    MODEL_ORDER,
+    PERSISTENCE_NAME,
+    REFERENCE_BASELINES,
+)
 
 INTERVALS_KEY = "intervals"
 # Target times scored apart (minutes of the day, end excluded): the rush hours, where errors are
@@ -93,9 +99,9 @@ def split_residuals(run: LoadedRun, split: str, model: str = DCRNN_NAME) -> Resi
     values = np.where(p.speeds.mask, p.speeds.values, np.nan).astype(np.float32)  # (T, N)
     x_rows = starts[:, None] + np.arange(p.seq_len)  # (B, T)
     y_rows = starts[:, None] + p.seq_len + np.arange(p.horizon)  # (B, H)
-    if model == "persistence":
+    if model == PERSISTENCE_NAME:
         forecast = persistence(values[x_rows], p.horizon, run.scaler.state_dict()["mean"])
-    elif model == "historical_average":
+    elif model == HISTORICAL_AVERAGE_NAME:
         forecast = fit_historical_average(run).predict(p.slots[y_rows]).astype(np.float64)
     else:
         preds = []
@@ -141,7 +147,7 @@ def calibrate_run(
         f"calibrate: forecasting the {len(run.prepared.splits['val'])} validation windows with "
         + ", ".join(name for name in run.models if only is None or name in only)
     )
-    scale = split_residuals(run, "train", model="persistence")
+    scale = split_residuals(run, "train", model=PERSISTENCE_NAME)
     # The difficulty model is the traffic's, not a model's: fitted once, shared by every model.
     fitted = IntervalCalibrator(*scale.forecast.shape[1:]).fit_scale(*scale.fit_args())
     states, summary = {}, {}
@@ -211,7 +217,12 @@ def interval_report(
             out[name][f"{round(level * 100)}"] = interval_metrics(
                 test.y, test.y_mask, lower, upper, test.target_times, freq
             )
-            if plot_dir is not None and plot_sensors is not None and name == DCRNN_NAME and level == 0.8:
+            if (
+                plot_dir is not None
+                and plot_sensors is not None
+                and name == DCRNN_NAME
+                and level == 0.8
+            ):
                 plot_bands(
                     plot_dir / "intervals.png", test, lower, upper, plot_sensors,
                     run.speeds.sensor_ids, step=test.y.shape[1], level=level, freq_minutes=freq,

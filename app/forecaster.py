@@ -106,14 +106,17 @@ class Forecaster:
     def future_timestamps(self, last: pd.Timestamp) -> pd.DatetimeIndex:
         return pd.date_range(last + self.freq, periods=self.horizon, freq=self.freq)
 
-    def features(
-        self, timestamps: pd.DatetimeIndex | np.ndarray, speeds: np.ndarray
-    ) -> np.ndarray:
+    def features(self, timestamps: pd.DatetimeIndex | np.ndarray, speeds: np.ndarray) -> np.ndarray:
         """Model inputs for one or more windows (missing: NaN, and 0 under the ``"zero"`` rule):
         see :func:`model_inputs`."""
         speeds = np.asarray(speeds, dtype=np.float32)
         return model_inputs(
-            speeds, self.observed(speeds), timestamps, self.scaler, self.time_in_day, self.day_in_week
+            speeds,
+            self.observed(speeds),
+            timestamps,
+            self.scaler,
+            self.time_in_day,
+            self.day_in_week,
         )
 
     def observed(self, speeds: np.ndarray) -> np.ndarray:

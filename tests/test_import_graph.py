@@ -11,7 +11,9 @@ behind a type-checking guard cannot hide a cycle. The checks:
 (c) no import written as a bare ``app``/``data``/``models``/``graph``: always ``trafficcast.X``;
 (d) no import of the project's own modules inside a function, and any other import inside a
     function (an optional heavy dependency) carries a comment saying why, on its line or the line
-    before.
+    before;
+(e) the serving core and everything else of ``app`` outside the REST layer (``app.service``, its
+    schemas, the CLI) imports neither the REST layer nor the web stack.
 
 The checker is tested on small synthetic sources first, so a pass on the tree means something.
 """
@@ -27,6 +29,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "trafficcast"
 LIBRARIES = ("app", "data", "models", "graph")
+# The REST layer and the CLI in front of the rest of app, and the web stack only they may import.
+REST_LAYER = (
+    f"{PACKAGE}.app.service",
+    f"{PACKAGE}.app.schemas",
+    f"{PACKAGE}.app.commands",
+    f"{PACKAGE}.app.cli",
+)
+WEB_STACK = ("fastapi", "starlette", "uvicorn")
 # Which library may import which (besides itself).
 ALLOWED = {
     "graph": set(),
@@ -235,7 +245,9 @@ def bare_imports(imports: list[Import]) -> list[str]:
     ]
 
 
-def inner_imports(imports: list[Import], lines: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+def inner_imports(
+    imports: list[Import], lines: dict[str, list[str]]
+) -> tuple[list[str], list[str]]:
     """Imports inside functions: (of the project's own modules, of others without a comment)."""
     own, uncommented = [], []
     for imp in imports:
@@ -251,6 +263,21 @@ def inner_imports(imports: list[Import], lines: dict[str, list[str]]) -> tuple[l
         if "#" not in here and not before.strip().startswith("#"):
             uncommented.append(where)
     return own, uncommented
+
+
+def _within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def core_imports_of_rest(imports: list[Import]) -> list[str]:
+    """Imports of the REST layer or the web stack by a module of ``app`` outside that layer."""
+    return [
+        f"{imp.module}:{imp.line} imports {imp.target}"
+        for imp in imports
+        if library_of(imp.module) == "app"
+        and not _within(imp.module, REST_LAYER)
+        and (_within(imp.target, REST_LAYER) or imp.target.split(".")[0] in WEB_STACK)
+    ]
 
 
 @dataclass
@@ -328,7 +355,10 @@ def test_relative_imports_resolve_and_a_tree_without_cycles_passes():
     )
     assert tree.edges == {
         "trafficcast.app.serving": {"trafficcast.app.serving.core"},
-        "trafficcast.app.serving.core": {"trafficcast.app.serving.errors", "trafficcast.app.fsutil"},
+        "trafficcast.app.serving.core": {
+            "trafficcast.app.serving.errors",
+            "trafficcast.app.fsutil",
+        },
         "trafficcast.app.fsutil": set(),
     }
     assert find_cycles(tree.edges) == []
@@ -383,6 +413,21 @@ def test_imports_inside_functions_are_counted():
     assert uncommented == ["trafficcast.app.plot:6 imports yaml"]
 
 
+def test_the_core_importing_the_rest_layer_is_found():
+    tree = parse_tree(
+        {
+            "app/serving/swap.py": "from trafficcast.app.schemas import SwapError\n",
+            "app/batching.py": "def f():\n    from starlette.responses import Response  # why\n",
+            "app/schemas.py": "from pydantic import BaseModel\n",
+            "app/service/routes.py": "from fastapi import APIRouter\nfrom ..schemas import X\n",
+        }
+    )
+    assert core_imports_of_rest(tree.imports) == [
+        "trafficcast.app.serving.swap:1 imports trafficcast.app.schemas",
+        "trafficcast.app.batching:2 imports starlette.responses",
+    ]
+
+
 # --- the checkout ---------------------------------------------------------------------------------
 
 
@@ -408,3 +453,7 @@ def test_no_project_import_inside_a_function_and_others_say_why(checkout: Tree):
     own, uncommented = inner_imports(checkout.imports, checkout.lines)
     assert own == [], f"{len(own)} imports of the project inside functions:\n" + "\n".join(own)
     assert uncommented == [], "imports inside functions without a why:\n" + "\n".join(uncommented)
+
+
+def test_the_core_imports_no_rest_layer(checkout: Tree):
+    assert core_imports_of_rest(checkout.imports) == []

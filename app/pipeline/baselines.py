@@ -18,7 +18,13 @@ from trafficcast.models.config import RunConfig, TrainConfig
 from trafficcast.models.dcrnn import DCRNN
 from trafficcast.models.errors import ConfigError
 from trafficcast.models.fc_lstm import FCLSTM
-from trafficcast.models.names import DCRNN_NAME, TRAINED_BASELINES
+from trafficcast.models.names import (
+    DCRNN_NAME,
+    FC_LSTM_NAME,
+    GRU_NAME,
+    TCN_NAME,
+    TRAINED_BASELINES,
+)
 from trafficcast.models.tcn import TCN
 
 
@@ -103,12 +109,12 @@ def train_fc_lstm(training: Training, log: Callable[[str], None]) -> None:
     settings = config.train.model_copy(
         update={"epochs": b.fc_lstm_epochs or config.train.epochs, "base_lr": b.fc_lstm_lr}
     )
-    training.fit("fc_lstm", model, kwargs, settings, log)
+    training.fit(FC_LSTM_NAME, model, kwargs, settings, log)
 
 
 def train_gru(training: Training, log: Callable[[str], None]) -> None:
     model, kwargs = _seeded_model(training, build_gru)
-    _fit_and_log(training, "gru", model, kwargs, gru_settings(training.config), log)
+    _fit_and_log(training, GRU_NAME, model, kwargs, gru_settings(training.config), log)
 
 
 def train_tcn(training: Training, log: Callable[[str], None]) -> None:
@@ -118,7 +124,7 @@ def train_tcn(training: Training, log: Callable[[str], None]) -> None:
     settings = config.train.model_copy(
         update={"epochs": b.tcn_epochs or config.train.epochs, "base_lr": b.tcn_lr}
     )
-    _fit_and_log(training, "tcn", model, kwargs, settings, log)
+    _fit_and_log(training, TCN_NAME, model, kwargs, settings, log)
 
 
 def _fit_and_log(

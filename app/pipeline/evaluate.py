@@ -25,7 +25,13 @@ from trafficcast.app.pipeline.runs import LoadedRun, fit_historical_average, loa
 from trafficcast.data import SpeedData
 from trafficcast.models.baselines import persistence_forecast
 from trafficcast.models.metrics import MaskedMetrics
-from trafficcast.models.names import DCRNN_NAME, MODEL_ORDER, REFERENCE_BASELINES
+from trafficcast.models.names import (
+    DCRNN_NAME,
+    HISTORICAL_AVERAGE_NAME,
+    MODEL_ORDER,
+    PERSISTENCE_NAME,
+    REFERENCE_BASELINES,
+)
 
 
 @dataclass
@@ -65,11 +71,11 @@ def _score_test(run: LoadedRun) -> _TestScores:
             for name, model in run.models.items():
                 preds[name] = (model(batch.x)[..., 0] * std + mean).cpu()
             x_rows = starts[:, None] + np.arange(prepared.seq_len)
-            preds["persistence"] = torch.from_numpy(
+            preds[PERSISTENCE_NAME] = torch.from_numpy(
                 persistence_forecast(speeds.values[x_rows], speeds.mask[x_rows], horizon, fallback)
             )
             y_rows = starts[:, None] + prepared.seq_len + np.arange(horizon)
-            preds["historical_average"] = torch.from_numpy(ha.predict(prepared.slots[y_rows]))
+            preds[HISTORICAL_AVERAGE_NAME] = torch.from_numpy(ha.predict(prepared.slots[y_rows]))
             y_raw, y_mask = batch.y_raw.cpu(), batch.y_mask.cpu()
             for name, pred in preds.items():
                 scores.metrics[name].update(pred, y_raw, y_mask)

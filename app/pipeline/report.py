@@ -11,6 +11,7 @@ import numpy as np
 
 from trafficcast.app.fsutil import atomic_write_bytes
 from trafficcast.data import SpeedData
+from trafficcast.models.names import DCRNN_NAME, GRU_NAME
 
 REPORT_MINUTES = {"15min": 15, "30min": 30, "60min": 60}
 NO_METRICS: dict[str, float | None] = {"mae": None, "rmse": None, "mape_pct": None}
@@ -45,11 +46,11 @@ def graph_verdict(report: dict[str, Any]) -> str | None:
     GRU's at 15, 30 and 60 minutes (those the report has), as the GRU's MAE minus DCRNN's in
     percent of the GRU's. None without both models or without a horizon scored for both."""
     metrics = report.get("metrics", {})
-    if "dcrnn" not in metrics or "gru" not in metrics:
+    if DCRNN_NAME not in metrics or GRU_NAME not in metrics:
         return None
     gains: dict[str, float] = {}
     for key, minutes in REPORT_MINUTES.items():
-        ours, plain = metrics["dcrnn"][key]["mae"], metrics["gru"][key]["mae"]
+        ours, plain = metrics[DCRNN_NAME][key]["mae"], metrics[GRU_NAME][key]["mae"]
         if ours is not None and plain is not None and plain > 0:
             gains[f"{minutes}"] = 100 * (plain - ours) / plain
     if not gains:

@@ -162,7 +162,9 @@ def check_output(options: TrainOptions) -> None:
     run_dir = Path(options.output)
     if options.resume or options.overwrite or options.only is not None:
         return
-    finished = [name for name in (CHECKPOINT_FILES[DCRNN_NAME], "report.json") if (run_dir / name).exists()]
+    finished = [
+        name for name in (CHECKPOINT_FILES[DCRNN_NAME], "report.json") if (run_dir / name).exists()
+    ]
     if finished:
         raise ConfigError(
             f"--output {run_dir} already holds a finished run ({', '.join(finished)}): "
