@@ -38,12 +38,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from sqlalchemy import Connection, case, delete, func, or_, select
+from sqlalchemy import exc as sa_exc
 
 from trafficcast.app.db import Database
 from trafficcast.app.db import schema as t
 from trafficcast.app.observations import LATEST_TS, open_store_database
-from trafficcast.app.pipeline import horizon_steps
+from trafficcast.app.pipeline.report import horizon_steps
+from trafficcast.models.metrics import observed as counts
 
 # Windows of GET /v1/accuracy and the gauges, by name.
 WINDOWS: dict[str, pd.Timedelta] = {"1h": pd.Timedelta(hours=1), "24h": pd.Timedelta(hours=24)}
@@ -54,10 +57,6 @@ def observed(target: np.ndarray) -> np.ndarray:
     (:func:`trafficcast.models.metrics.observed`, as in training and ``trafficcast evaluate``) over the
     store's mask. The store keeps NULL (NaN here) for no reading, decided by the model's
     missing-value rule when the reading arrived, so a stored 0 is a real reading."""
-    import torch
-
-    from trafficcast.models.metrics import observed as counts
-
     values = torch.from_numpy(np.ascontiguousarray(target))
     return counts(values, torch.from_numpy(np.isfinite(target))).numpy()
 
@@ -92,8 +91,12 @@ def _blob(values: np.ndarray | None) -> bytes | None:
     return None if values is None else np.ascontiguousarray(values, dtype="<f4").tobytes()
 
 
+def _values(blob: bytes, shape: tuple[int, int]) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").reshape(shape)
+
+
 def _array(blob: bytes | None, shape: tuple[int, int]) -> np.ndarray | None:
-    return None if blob is None else np.frombuffer(blob, dtype="<f4").reshape(shape)
+    return None if blob is None else _values(blob, shape)
 
 
 def epoch_seconds(t: pd.Timestamp) -> int:
@@ -150,7 +153,7 @@ def summarize(
     for name in windows:
         start = None if end is None else end - WINDOWS[name]
         rows: dict[int, tuple] = {}
-        if end is not None and steps:
+        if start is not None and end is not None and steps:
             query = (
                 select(
                     sc.step,
@@ -266,14 +269,16 @@ class ForecastRecord:
         stmt = self.db.upsert(t.forecasts, ["model_version", "made_from"], update=[]).returning(
             t.forecasts.c.id
         )
+        point_blob = np.ascontiguousarray(point, dtype="<f4").tobytes()
+        lower_blob, upper_blob = _blob(lower), _blob(upper)
         row = {
             "model_version": meta.version,
             "made_from": made_from,
             "made_at": made_at,
             "level": None if bands is None else level,
-            "point": _blob(point),
-            "lower": _blob(lower),
-            "upper": _blob(upper),
+            "point": point_blob,
+            "lower": lower_blob,
+            "upper": upper_blob,
         }
         with self.db.engine.begin() as conn:
             fid = conn.execute(stmt.values(**row)).scalar()
@@ -284,9 +289,9 @@ class ForecastRecord:
             int(fid),
             meta,
             made_from,
-            _array(row["point"], shape),
-            _array(row["lower"], shape),
-            _array(row["upper"], shape),
+            _values(point_blob, shape),
+            _array(lower_blob, shape),
+            _array(upper_blob, shape),
         )
 
     def max_reach_s(self) -> int | None:
@@ -318,7 +323,7 @@ class ForecastRecord:
                     int(fid),
                     meta,
                     int(made_from),
-                    _array(point, shape),
+                    _values(point, shape),
                     _array(lower, shape),
                     _array(upper, shape),
                 )
@@ -391,8 +396,6 @@ def live_summary(location: str | Path, version: str) -> dict[str, Any] | None:
     and ``latest_observation`` added (windows end at the latest stored observation), or None when
     the database has no record of that version (or no such SQLite file).
     """
-    from sqlalchemy import exc as sa_exc
-
     try:
         db = Database.open(location, read_only=True)
     except FileNotFoundError:

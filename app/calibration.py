@@ -13,6 +13,7 @@ report, using :func:`interval_metrics` and :func:`plot_bands`.
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trafficcast.app.pipeline import MODEL_ORDER, LoadedRun, horizon_steps, load_run, log_stderr
-from trafficcast.app.pipeline.evaluate import CHECKPOINT_FILES, fit_historical_average
+from trafficcast.app.fsutil import atomic_write_bytes
+from trafficcast.app.pipeline.fitting import log_stderr
+from trafficcast.app.pipeline.report import horizon_steps
+from trafficcast.app.pipeline.runs import (
+    CHECKPOINT_FILES,
+    LoadedRun,
+    fit_historical_average,
+    load_run,
+)
 from trafficcast.app.registry import file_sha256
 from trafficcast.data import SpeedData
 from trafficcast.models.baselines import persistence_forecast
@@ -31,6 +39,13 @@ from trafficcast.models.checkpoint import save_checkpoint
 from trafficcast.models.errors import CheckpointError
 from trafficcast.models.intervals import IntervalCalibrator
 from trafficcast.models.metrics import observed
+from trafficcast.models.names import (
+    DCRNN_NAME,
+    HISTORICAL_AVERAGE_NAME,
+    MODEL_ORDER,
+    PERSISTENCE_NAME,
+    REFERENCE_BASELINES,
+)
 
 INTERVALS_KEY = "intervals"
 # Target times scored apart (minutes of the day, end excluded): the rush hours, where errors are
@@ -39,7 +54,7 @@ PERIODS = {"rush": ((420, 540), (960, 1140)), "night": ((0, 300),)}
 REPORT_LEVELS = (0.5, 0.8, 0.95)
 # The reference baselines: no checkpoint to store a calibration in, so the report calibrates
 # their bands itself.
-BASELINES = ("persistence", "historical_average")
+BASELINES = REFERENCE_BASELINES
 
 
 @dataclass
@@ -54,7 +69,7 @@ class Residuals:
     forecast: np.ndarray
     y: np.ndarray
     y_mask: np.ndarray
-    target_times: pd.DatetimeIndex | np.ndarray
+    target_times: np.ndarray
 
     def fit_args(self) -> tuple[np.ndarray, ...]:
         """The arguments of ``IntervalCalibrator.fit_scale`` and ``calibrate``."""
@@ -75,7 +90,7 @@ def persistence(history: np.ndarray, horizon: int, fallback: float) -> np.ndarra
     return persistence_forecast(x, observed, horizon, fallback).astype(np.float64)
 
 
-def split_residuals(run: LoadedRun, split: str, model: str = "dcrnn") -> Residuals:
+def split_residuals(run: LoadedRun, split: str, model: str = DCRNN_NAME) -> Residuals:
     """Forecasts of every window of ``split`` (``train``, ``val``, ``test``) with their inputs
     and targets: the run's model ``model`` (``dcrnn``, ``fc_lstm``) or a baseline of
     :data:`BASELINES` (the historical average fitted on the training rows)."""
@@ -84,9 +99,9 @@ def split_residuals(run: LoadedRun, split: str, model: str = "dcrnn") -> Residua
     values = np.where(p.speeds.mask, p.speeds.values, np.nan).astype(np.float32)  # (T, N)
     x_rows = starts[:, None] + np.arange(p.seq_len)  # (B, T)
     y_rows = starts[:, None] + p.seq_len + np.arange(p.horizon)  # (B, H)
-    if model == "persistence":
-        forecast = persistence(values[x_rows], p.horizon, run.scaler.mean)
-    elif model == "historical_average":
+    if model == PERSISTENCE_NAME:
+        forecast = persistence(values[x_rows], p.horizon, run.scaler.state_dict()["mean"])
+    elif model == HISTORICAL_AVERAGE_NAME:
         forecast = fit_historical_average(run).predict(p.slots[y_rows]).astype(np.float64)
     else:
         preds = []
@@ -115,7 +130,7 @@ def calibrate_run(
 ) -> dict[str, Any]:
     """Calibrate the intervals of every model of the run (or of the models named in ``only``,
     the others' checkpoints left untouched) and store each in the model's
-    checkpoint (:data:`~trafficcast.app.pipeline.evaluate.CHECKPOINT_FILES`: the DCRNN's in
+    checkpoint (:data:`~trafficcast.app.pipeline.runs.CHECKPOINT_FILES`: the DCRNN's in
     ``RUN_DIR/model.pt``, the FC-LSTM's in ``RUN_DIR/fc_lstm.pt``); ``data`` or ``speeds``: what
     they are calibrated on, by default what the run was trained on. No checkpoint is written
     when one of them changed while calibrating (``CheckpointError``).
@@ -132,7 +147,7 @@ def calibrate_run(
         f"calibrate: forecasting the {len(run.prepared.splits['val'])} validation windows with "
         + ", ".join(name for name in run.models if only is None or name in only)
     )
-    scale = split_residuals(run, "train", model="persistence")
+    scale = split_residuals(run, "train", model=PERSISTENCE_NAME)
     # The difficulty model is the traffic's, not a model's: fitted once, shared by every model.
     fitted = IntervalCalibrator(*scale.forecast.shape[1:]).fit_scale(*scale.fit_args())
     states, summary = {}, {}
@@ -173,7 +188,7 @@ def interval_report(
     run: LoadedRun, plot_dir: Path | None = None, plot_sensors: np.ndarray | None = None
 ) -> dict[str, Any] | None:
     """The bands scored on the test split, for ``report.json``: per model in
-    :data:`~trafficcast.app.pipeline.report.MODEL_ORDER`, per level in :data:`REPORT_LEVELS` (keys ``"50"``,
+    :data:`~trafficcast.models.names.MODEL_ORDER`, per level in :data:`REPORT_LEVELS` (keys ``"50"``,
     ``"80"``, ``"95"``), :func:`interval_metrics`. The run's models have bands where their
     checkpoint holds a calibration; the baselines (:data:`BASELINES`) get theirs here, by the
     same method: the DCRNN's difficulty model (shared by all) and quantiles of the baseline's
@@ -193,7 +208,6 @@ def interval_report(
             val = split_residuals(run, "val", name)
             cals[name] = IntervalCalibrator.from_state_dict(state).calibrate(*val.fit_args())
     freq = run.speeds.freq_minutes
-    plot = plot_dir is not None and plot_sensors is not None
     out: dict[str, Any] = {}
     for name, cal in cals.items():
         test = split_residuals(run, "test", name)
@@ -203,7 +217,12 @@ def interval_report(
             out[name][f"{round(level * 100)}"] = interval_metrics(
                 test.y, test.y_mask, lower, upper, test.target_times, freq
             )
-            if plot and name == "dcrnn" and level == 0.8:
+            if (
+                plot_dir is not None
+                and plot_sensors is not None
+                and name == DCRNN_NAME
+                and level == 0.8
+            ):
                 plot_bands(
                     plot_dir / "intervals.png", test, lower, upper, plot_sensors,
                     run.speeds.sensor_ids, step=test.y.shape[1], level=level, freq_minutes=freq,
@@ -267,14 +286,12 @@ def plot_bands(
 ) -> None:
     """PNG of the band at horizon ``step`` (1-based) over the windows of ``residuals``, with the
     forecast and what happened, for the sensors at positions ``sensors``."""
-    import io
-
+    # matplotlib is heavy and only the plot needs it: loaded when a band is drawn.
     import matplotlib
 
     matplotlib.use("Agg")
+    # pyplot after use("Agg"): the backend must be chosen before pyplot loads.
     import matplotlib.pyplot as plt
-
-    from trafficcast.app.fsutil import atomic_write_bytes
 
     h = step - 1
     times = pd.DatetimeIndex(np.asarray(residuals.target_times)[:, h])

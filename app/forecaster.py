@@ -15,6 +15,7 @@ import torch
 
 from trafficcast.data import StandardScaler, time_features
 from trafficcast.data.errors import DataInputError
+from trafficcast.data.io import observed_readings
 from trafficcast.models.checkpoint import build_model, load_checkpoint
 from trafficcast.models.intervals import IntervalCalibrator
 
@@ -105,16 +106,23 @@ class Forecaster:
     def future_timestamps(self, last: pd.Timestamp) -> pd.DatetimeIndex:
         return pd.date_range(last + self.freq, periods=self.horizon, freq=self.freq)
 
-    def features(self, timestamps: pd.DatetimeIndex, speeds: np.ndarray) -> np.ndarray:
+    def features(self, timestamps: pd.DatetimeIndex | np.ndarray, speeds: np.ndarray) -> np.ndarray:
         """Model inputs for one or more windows (missing: NaN, and 0 under the ``"zero"`` rule):
         see :func:`model_inputs`."""
         speeds = np.asarray(speeds, dtype=np.float32)
-        observed = np.isfinite(speeds)
-        if self.missing == "zero":
-            observed &= speeds != 0
         return model_inputs(
-            speeds, observed, timestamps, self.scaler, self.time_in_day, self.day_in_week
+            speeds,
+            self.observed(speeds),
+            timestamps,
+            self.scaler,
+            self.time_in_day,
+            self.day_in_week,
         )
+
+    def observed(self, speeds: np.ndarray) -> np.ndarray:
+        """Which raw readings are real under the model's missing-value rule (the data layer's
+        :func:`~trafficcast.data.io.observed_readings`). Shapes: any -> bool, the same."""
+        return observed_readings(speeds, self.missing)
 
     def check_window(self, timestamps: pd.DatetimeIndex, speeds: np.ndarray) -> None:
         if len(timestamps) != self.seq_len:

@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from trafficcast.app.db import Database, describe, reason
+from trafficcast.app.db import Database, describe, migrate, reason
 from trafficcast.app.db import schema as t
 from trafficcast.data.errors import DataInputError
 
@@ -39,8 +39,6 @@ def open_store_database(location: Database | str | Path) -> tuple[Database, bool
     the schema's head."""
     if isinstance(location, Database):
         return location, False
-    from trafficcast.app.db import migrate
-
     db = Database.open(location)
     migrate.upgrade(db)
     return db, True

@@ -60,7 +60,7 @@ def main() -> None:
     )
     cmd = [sys.executable, "-m", "trafficcast.app.cli", "train", "--data", str(paths[0]),
            "--distances", str(paths[1]), "--config", str(config), "--no-progress",
-           "--output", str(work / "run")]  # fmt: skip
+           "--output", str(work / "run"), "--overwrite"]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     run_s = time.perf_counter() - start

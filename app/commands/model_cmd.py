@@ -36,6 +36,11 @@ def register(subparsers) -> None:
     p.add_argument("--output", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train a new run over the finished one in --output (refused without it)",
+    )
+    p.add_argument(
         "--only",
         metavar="NAMES",
         help="add these baselines (comma-separated: fc_lstm, gru, tcn) to the run in --output, "
@@ -76,22 +81,25 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trafficcast.app.pipeline import load_config, train_run
+    from trafficcast.app.pipeline import CHECKPOINT_FILES, TrainOptions, load_config, train_run
     from trafficcast.models.distributed import is_main_process
 
     config = load_config(args.config, args.epochs)
     report = train_run(
-        data=args.data,
-        output=args.output,
-        distances=args.distances,
-        adjacency=args.adjacency,
-        config=config,
-        threshold=args.threshold,
-        resume=args.resume,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        sensor_ids=args.sensor_ids,
-        only=[n.strip() for n in args.only.split(",")] if args.only is not None else None,
-        **data_timing(args),
+        TrainOptions(
+            data=args.data,
+            output=args.output,
+            distances=args.distances,
+            adjacency=args.adjacency,
+            config=config,
+            threshold=args.threshold,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress and sys.stderr.isatty(),
+            sensor_ids=args.sensor_ids,
+            only=tuple(n.strip() for n in args.only.split(",")) if args.only is not None else None,
+            **data_timing(args),
+        )
     )
     if not is_main_process():
         return 0  # under torchrun, rank 0 speaks for the job
@@ -99,8 +107,6 @@ def _train(args: argparse.Namespace) -> int:
     if args.only is None:
         print(f"wrote {args.output}/model.pt and {args.output}/report.json")
     else:
-        from trafficcast.app.pipeline.evaluate import CHECKPOINT_FILES
-
         added = [f"{args.output}/{CHECKPOINT_FILES[n.strip()]}" for n in args.only.split(",")]
         print(f"wrote {', '.join(added)} and {args.output}/report.json")
     return 0

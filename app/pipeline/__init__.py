@@ -13,9 +13,12 @@ directory that holds what a run produced:
 ``RUN_DIR/train_log.jsonl`` a JSON record per epoch, resumption and recovery (:class:`TrainLog`)
 ``RUN_DIR/state_*.pt``    resumable training state
 
-The modules: :mod:`~trafficcast.app.pipeline.data` (inputs, windows, the graph), :mod:`~trafficcast.app.pipeline.train`
-with :mod:`~trafficcast.app.pipeline.baselines`, :mod:`~trafficcast.app.pipeline.evaluate` with
-:mod:`~trafficcast.app.pipeline.report`, :mod:`~trafficcast.app.pipeline.predict`.
+The modules: :mod:`~trafficcast.app.pipeline.data` (inputs, windows, the graph),
+:mod:`~trafficcast.app.pipeline.runs` (a finished run loaded), :mod:`~trafficcast.app.pipeline.fitting`
+(what every model's training shares), :mod:`~trafficcast.app.pipeline.train` with
+:mod:`~trafficcast.app.pipeline.baselines`, :mod:`~trafficcast.app.pipeline.evaluate` with
+:mod:`~trafficcast.app.pipeline.report`, :mod:`~trafficcast.app.pipeline.predict`. The model names
+are in :mod:`trafficcast.models.names`.
 """
 
 from trafficcast.app.pipeline.baselines import build_fc_lstm, build_gru, build_tcn
@@ -30,32 +33,36 @@ from trafficcast.app.pipeline.data import (
     read_graph,
     torch_supports,
 )
-from trafficcast.app.pipeline.evaluate import LoadedRun, evaluate_run, load_run
+from trafficcast.app.pipeline.evaluate import evaluate_run
+from trafficcast.app.pipeline.fitting import log_stderr
 from trafficcast.app.pipeline.predict import predict_run
 from trafficcast.app.pipeline.report import (
-    MODEL_ORDER,
     REPORT_MINUTES,
     horizon_steps,
     report_markdown,
     trace_steps,
 )
+from trafficcast.app.pipeline.runs import CHECKPOINT_FILES, LoadedRun, load_run
 from trafficcast.app.pipeline.train import (
     TrainLog,
+    TrainOptions,
     build_dcrnn,
     load_config,
-    log_stderr,
     resolve_device,
     set_threads,
     train_run,
     warm_start,
 )
+from trafficcast.models.names import MODEL_ORDER
 
 __all__ = [
+    "CHECKPOINT_FILES",
     "MODEL_ORDER",
     "REPORT_MINUTES",
     "LoadedRun",
     "PreparedData",
     "TrainLog",
+    "TrainOptions",
     "WindowSource",
     "build_dcrnn",
     "build_fc_lstm",

@@ -6,21 +6,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from trafficcast.app.pipeline.data import PreparedData, data_fingerprint
-from trafficcast.app.pipeline.evaluate import CHECKPOINT_FILES
+from trafficcast.app.pipeline.fitting import Training
+from trafficcast.app.pipeline.runs import CHECKPOINT_FILES
 from trafficcast.models.checkpoint import load_checkpoint
 from trafficcast.models.config import RunConfig, TrainConfig
 from trafficcast.models.dcrnn import DCRNN
 from trafficcast.models.errors import ConfigError
 from trafficcast.models.fc_lstm import FCLSTM
+from trafficcast.models.names import (
+    DCRNN_NAME,
+    FC_LSTM_NAME,
+    GRU_NAME,
+    TCN_NAME,
+    TRAINED_BASELINES,
+)
 from trafficcast.models.tcn import TCN
-
-if TYPE_CHECKING:
-    from trafficcast.app.pipeline.train import _Training
 
 
 def build_fc_lstm(config: RunConfig, num_nodes: int, input_dim: int) -> tuple[FCLSTM, dict]:
@@ -88,7 +93,7 @@ def gru_settings(config: RunConfig) -> TrainConfig:
     return train.model_copy(update={"epochs": epochs, "steps": steps})
 
 
-def _seeded_model(training: _Training, build: Callable) -> tuple[torch.nn.Module, dict]:
+def _seeded_model(training: Training, build: Callable) -> tuple[torch.nn.Module, dict]:
     """A baseline built by ``build`` from the run's seed, on the training device."""
     config, prepared = training.config, training.prepared
     torch.manual_seed(config.train.seed)
@@ -96,7 +101,7 @@ def _seeded_model(training: _Training, build: Callable) -> tuple[torch.nn.Module
     return model.to(training.device), kwargs
 
 
-def train_fc_lstm(training: _Training, log: Callable[[str], None]) -> None:
+def train_fc_lstm(training: Training, log: Callable[[str], None]) -> None:
     config = training.config
     model, kwargs = _seeded_model(training, build_fc_lstm)
     b = config.baselines
@@ -104,26 +109,26 @@ def train_fc_lstm(training: _Training, log: Callable[[str], None]) -> None:
     settings = config.train.model_copy(
         update={"epochs": b.fc_lstm_epochs or config.train.epochs, "base_lr": b.fc_lstm_lr}
     )
-    training.fit("fc_lstm", model, kwargs, settings, log)
+    training.fit(FC_LSTM_NAME, model, kwargs, settings, log)
 
 
-def train_gru(training: _Training, log: Callable[[str], None]) -> None:
+def train_gru(training: Training, log: Callable[[str], None]) -> None:
     model, kwargs = _seeded_model(training, build_gru)
-    _fit_and_log(training, "gru", model, kwargs, gru_settings(training.config), log)
+    _fit_and_log(training, GRU_NAME, model, kwargs, gru_settings(training.config), log)
 
 
-def train_tcn(training: _Training, log: Callable[[str], None]) -> None:
+def train_tcn(training: Training, log: Callable[[str], None]) -> None:
     config = training.config
     model, kwargs = _seeded_model(training, build_tcn)
     b = config.baselines
     settings = config.train.model_copy(
         update={"epochs": b.tcn_epochs or config.train.epochs, "base_lr": b.tcn_lr}
     )
-    _fit_and_log(training, "tcn", model, kwargs, settings, log)
+    _fit_and_log(training, TCN_NAME, model, kwargs, settings, log)
 
 
 def _fit_and_log(
-    training: _Training,
+    training: Training,
     name: str,
     model: torch.nn.Module,
     kwargs: dict[str, Any],
@@ -138,11 +143,9 @@ def _fit_and_log(
 
 
 # The baselines in training order; each is on where ``config.baselines.<name>`` is true.
-BASELINE_TRAINERS: dict[str, Callable[[_Training, Callable[[str], None]], None]] = {
-    "fc_lstm": train_fc_lstm,
-    "gru": train_gru,
-    "tcn": train_tcn,
-}
+BASELINE_TRAINERS: dict[str, Callable[[Training, Callable[[str], None]], None]] = dict(
+    zip(TRAINED_BASELINES, (train_fc_lstm, train_gru, train_tcn), strict=True)
+)
 
 
 def check_addition(
@@ -159,9 +162,9 @@ def check_addition(
     off = [name for name in only if not getattr(config.baselines, name)]
     if off:
         raise ConfigError(f"--only {off[0]} but the config sets baselines.{off[0]}: false")
-    if not (run_dir / CHECKPOINT_FILES["dcrnn"]).exists():
+    if not (run_dir / CHECKPOINT_FILES[DCRNN_NAME]).exists():
         raise ConfigError(f"--only: {run_dir} holds no model.pt to add baselines to")
-    payload = load_checkpoint(run_dir / CHECKPOINT_FILES["dcrnn"])
+    payload = load_checkpoint(run_dir / CHECKPOINT_FILES[DCRNN_NAME])
     trained = RunConfig.from_dict(payload["config"], source=f"{run_dir}/model.pt").to_dict()
     wanted = config.to_dict()
     for section in ("data", "model", "train"):

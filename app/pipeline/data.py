@@ -16,6 +16,14 @@ import torch
 from trafficcast.app.forecaster import missing_rule, model_inputs
 from trafficcast.data import SpeedData, StandardScaler, gather, read_speeds, split_windows
 from trafficcast.data.errors import DataInputError
+from trafficcast.graph import (
+    build_adjacency,
+    compute_supports,
+    load_adjacency,
+    read_dense_matrix,
+    read_distances,
+)
+from trafficcast.graph.tensors import to_torch_sparse_csr
 from trafficcast.models.baselines import time_slots
 from trafficcast.models.config import RunConfig
 from trafficcast.models.distributed import shard_bounds
@@ -83,7 +91,7 @@ def prepare_data(
         mask=mask,
         scaler=scaler,
         splits=splits,
-        slots=time_slots(minutes, speeds.freq_minutes),
+        slots=time_slots(np.asarray(minutes), speeds.freq_minutes),
         seq_len=m.seq_len,
         horizon=m.horizon,
     )
@@ -172,8 +180,6 @@ def read_graph(
 
     Shapes: ``adj (N, N)`` with ``N == len(sensor_ids)``.
     """
-    from trafficcast.graph import build_adjacency, load_adjacency, read_distances
-
     if distances is not None:
         adj = build_adjacency(read_distances(distances), list(sensor_ids), threshold=threshold)
         return list(sensor_ids), np.asarray(adj, dtype=np.float32), str(distances)
@@ -203,8 +209,6 @@ def _dense_adjacency(
 
     Shapes: returns ids (N) and ``(N, N)`` float32.
     """
-    from trafficcast.graph import read_dense_matrix
-
     header, adj = read_dense_matrix(path, what="weights")
     if header is not None:
         if order is not None and list(order) != header:
@@ -241,9 +245,6 @@ def load_graph_for(
 
 
 def torch_supports(adj: np.ndarray, filter_type: str) -> list[torch.Tensor]:
-    from trafficcast.graph import compute_supports
-    from trafficcast.graph.tensors import to_torch_sparse_csr
-
     return [to_torch_sparse_csr(s) for s in compute_supports(adj, filter_type)]
 
 

@@ -9,16 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from trafficcast.app.calibration import interval_report
 from trafficcast.app.fsutil import atomic_write_json, atomic_write_text
-from trafficcast.app.pipeline.data import (
-    PreparedData,
-    WindowSource,
-    checkpoint_speeds,
-    missing_rule,
-    prepare_data,
-)
+from trafficcast.app.pipeline.data import missing_rule
 from trafficcast.app.pipeline.report import (
-    MODEL_ORDER,
     NO_METRICS,
     clean,
     clean_list,
@@ -27,90 +21,17 @@ from trafficcast.app.pipeline.report import (
     trace_steps,
     write_plots,
 )
-from trafficcast.data import SpeedData, StandardScaler
-from trafficcast.models.baselines import HistoricalAverage, persistence_forecast
-from trafficcast.models.checkpoint import build_model, load_checkpoint
-from trafficcast.models.config import RunConfig
-from trafficcast.models.errors import CheckpointError
+from trafficcast.app.pipeline.runs import LoadedRun, fit_historical_average, load_run
+from trafficcast.data import SpeedData
+from trafficcast.models.baselines import persistence_forecast
 from trafficcast.models.metrics import MaskedMetrics
-
-
-def _config_from_payload(payload: dict[str, Any]) -> RunConfig:
-    return RunConfig.from_dict(payload["config"], source="checkpoint config")
-
-
-# The checkpoint file of each model a run trains, in its run directory.
-CHECKPOINT_FILES = {
-    "dcrnn": "model.pt",
-    "fc_lstm": "fc_lstm.pt",
-    "gru": "gru.pt",
-    "tcn": "tcn.pt",
-}
-
-
-@dataclass
-class LoadedRun:
-    """A trained run ready to score: its checkpoint, the data prepared with the run's scaler,
-    windows of every split, and its models (DCRNN and the baselines it trained) in eval mode.
-
-    ``payload`` is the DCRNN's checkpoint; ``checkpoints`` holds every model's, keyed as
-    ``models`` (so ``checkpoints["dcrnn"] is payload``).
-    """
-
-    payload: dict[str, Any]
-    config: RunConfig
-    speeds: SpeedData
-    scaler: StandardScaler
-    prepared: PreparedData
-    source: WindowSource
-    models: dict[str, torch.nn.Module]
-    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def load_run(
-    run_dir: str | Path,
-    data: str | Path | None = None,
-    speeds: SpeedData | None = None,
-    device: torch.device | None = None,
-    start: str | None = None,
-    freq_minutes: int | None = None,
-) -> LoadedRun:
-    """Load a run directory's checkpoints and the data they are scored on (see
-    :func:`trafficcast.app.pipeline.data.checkpoint_speeds`, which ``start``/``freq_minutes`` go to); one-line
-    :class:`CheckpointError` when the run is not there."""
-    run_dir = Path(run_dir)
-    model_path = run_dir / "model.pt"
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run directory")
-    if not model_path.exists():
-        raise CheckpointError(
-            f"{run_dir}: no model.pt in the run directory (was training finished?)"
-        )
-    payload = load_checkpoint(model_path)
-    config = _config_from_payload(payload)
-    device = device or torch.device("cpu")
-    speeds = checkpoint_speeds(payload, data, speeds, start, freq_minutes)
-    scaler = StandardScaler.from_state_dict(payload["scaler"])
-    prepared = prepare_data(speeds, config, scaler=scaler)
-    source = WindowSource(
-        prepared, {"train": 64, "val": 64, "test": config.data.test_batch_size}, device
-    )
-    checkpoints = {"dcrnn": payload}
-    for name, file in CHECKPOINT_FILES.items():
-        if name != "dcrnn" and (run_dir / file).exists():
-            checkpoints[name] = load_checkpoint(run_dir / file)
-    models = {name: build_model(p).to(device) for name, p in checkpoints.items()}
-    return LoadedRun(payload, config, speeds, scaler, prepared, source, models, checkpoints)
-
-
-def fit_historical_average(run: LoadedRun) -> HistoricalAverage:
-    """The historical-average baseline of the run, fitted on its training rows."""
-    speeds, prepared = run.speeds, run.prepared
-    train_rows = prepared.train_rows()
-    # Rounded up: with a step that does not divide the day the last slot is a short one.
-    return HistoricalAverage(num_slots=-(-24 * 60 // speeds.freq_minutes)).fit(
-        speeds.values[:train_rows], speeds.mask[:train_rows], prepared.slots[:train_rows]
-    )
+from trafficcast.models.names import (
+    DCRNN_NAME,
+    HISTORICAL_AVERAGE_NAME,
+    MODEL_ORDER,
+    PERSISTENCE_NAME,
+    REFERENCE_BASELINES,
+)
 
 
 @dataclass
@@ -133,7 +54,7 @@ def _score_test(run: LoadedRun) -> _TestScores:
     speeds, prepared, source = run.speeds, run.prepared, run.source
     mean, std = run.scaler.mean, run.scaler.std
     horizon = prepared.horizon
-    names = (*run.models, "persistence", "historical_average")
+    names = (*run.models, *REFERENCE_BASELINES)
     ha = fit_historical_average(run)
     fallback = np.float32(mean)
     scores = _TestScores(
@@ -150,11 +71,11 @@ def _score_test(run: LoadedRun) -> _TestScores:
             for name, model in run.models.items():
                 preds[name] = (model(batch.x)[..., 0] * std + mean).cpu()
             x_rows = starts[:, None] + np.arange(prepared.seq_len)
-            preds["persistence"] = torch.from_numpy(
+            preds[PERSISTENCE_NAME] = torch.from_numpy(
                 persistence_forecast(speeds.values[x_rows], speeds.mask[x_rows], horizon, fallback)
             )
             y_rows = starts[:, None] + prepared.seq_len + np.arange(horizon)
-            preds["historical_average"] = torch.from_numpy(ha.predict(prepared.slots[y_rows]))
+            preds[HISTORICAL_AVERAGE_NAME] = torch.from_numpy(ha.predict(prepared.slots[y_rows]))
             y_raw, y_mask = batch.y_raw.cpu(), batch.y_mask.cpu()
             for name, pred in preds.items():
                 scores.metrics[name].update(pred, y_raw, y_mask)
@@ -177,7 +98,7 @@ def _report(run: LoadedRun, metrics: dict[str, MaskedMetrics]) -> dict[str, Any]
         "split": counts,
         "metrics": {},
         "model": {
-            "name": "dcrnn",
+            "name": DCRNN_NAME,
             "trained_at": payload.get("trained_at"),
             "config": {
                 "rnn_units": config.model.rnn_units,
@@ -230,8 +151,6 @@ def evaluate_run(
     """Score the run's models and the baselines on the test split; write the report files.
     ``start``/``freq_minutes``: the times of a ``data`` file without timestamps."""
     run_dir = Path(run_dir)
-    from trafficcast.app.calibration import interval_report  # it scores runs that this module loads
-
     run = load_run(run_dir, data, speeds, device, start, freq_minutes)
     scores = _score_test(run)
     report = _report(run, scores.metrics)
@@ -249,7 +168,7 @@ def evaluate_run(
             run.speeds,
             p.seq_len,
             p.horizon,
-            scores.traces["dcrnn"],
+            scores.traces[DCRNN_NAME],
             scores.trace_starts,
             scores.plot_sensors,
         )

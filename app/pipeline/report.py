@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trafficcast.app.fsutil import atomic_write_bytes
 from trafficcast.data import SpeedData
+from trafficcast.models.names import DCRNN_NAME, GRU_NAME
 
 REPORT_MINUTES = {"15min": 15, "30min": 30, "60min": 60}
-MODEL_ORDER = ("dcrnn", "persistence", "historical_average", "fc_lstm", "gru", "tcn")
 NO_METRICS: dict[str, float | None] = {"mae": None, "rmse": None, "mape_pct": None}
 
 
@@ -44,11 +46,11 @@ def graph_verdict(report: dict[str, Any]) -> str | None:
     GRU's at 15, 30 and 60 minutes (those the report has), as the GRU's MAE minus DCRNN's in
     percent of the GRU's. None without both models or without a horizon scored for both."""
     metrics = report.get("metrics", {})
-    if "dcrnn" not in metrics or "gru" not in metrics:
+    if DCRNN_NAME not in metrics or GRU_NAME not in metrics:
         return None
     gains: dict[str, float] = {}
     for key, minutes in REPORT_MINUTES.items():
-        ours, plain = metrics["dcrnn"][key]["mae"], metrics["gru"][key]["mae"]
+        ours, plain = metrics[DCRNN_NAME][key]["mae"], metrics[GRU_NAME][key]["mae"]
         if ours is not None and plain is not None and plain > 0:
             gains[f"{minutes}"] = 100 * (plain - ours) / plain
     if not gains:
@@ -155,16 +157,14 @@ def write_plots(
 ) -> None:
     """``mae_by_horizon.png`` and ``forecast_vs_actual.png`` (DCRNN's ``traces``: per horizon
     step, its forecasts of ``sensors`` for the windows starting at ``trace_starts``)."""
+    # matplotlib is heavy and only the plots need it: loaded when they are drawn.
     import matplotlib
 
     matplotlib.use("Agg")
+    # pyplot after use("Agg"): the backend must be chosen before pyplot loads.
     import matplotlib.pyplot as plt
 
-    from trafficcast.app.fsutil import atomic_write_bytes
-
     def save(fig, name: str) -> None:
-        import io
-
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)

@@ -1,38 +1,39 @@
-"""``trafficcast train``: DCRNN and the baselines (:mod:`trafficcast.app.pipeline.baselines`) trained on a
-data file, written to a run directory (its files: :mod:`trafficcast.app.pipeline`) and scored."""
+"""``trafficcast train``: DCRNN and the baselines (:mod:`trafficcast.app.pipeline.baselines`)
+trained on a data file, written to a run directory (its files: :mod:`trafficcast.app.pipeline`),
+calibrated (:mod:`trafficcast.app.calibration`) and scored."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
+import yaml
 
+from trafficcast.app.calibration import calibrate_run
 from trafficcast.app.fsutil import atomic_write_text
 from trafficcast.app.pipeline.baselines import BASELINE_TRAINERS, check_addition
 from trafficcast.app.pipeline.data import (
-    PreparedData,
     WindowSource,
     check_data_fits,
-    data_fingerprint,
     load_graph_for,
     prepare_data,
     torch_supports,
 )
-from trafficcast.app.pipeline.evaluate import CHECKPOINT_FILES, evaluate_run
+from trafficcast.app.pipeline.evaluate import evaluate_run
+from trafficcast.app.pipeline.fitting import Training, log_stderr
+from trafficcast.app.pipeline.runs import CHECKPOINT_FILES
 from trafficcast.data import read_speeds
 from trafficcast.graph.io import read_sensor_ids
-from trafficcast.models.checkpoint import load_checkpoint, save_checkpoint
-from trafficcast.models.config import RunConfig, TrainConfig
+from trafficcast.models.checkpoint import load_checkpoint
+from trafficcast.models.config import RunConfig
 from trafficcast.models.dcrnn import DCRNN
 from trafficcast.models.distributed import (
     DistContext,
@@ -41,17 +42,8 @@ from trafficcast.models.distributed import (
     shard_bounds,
 )
 from trafficcast.models.errors import ConfigError
-from trafficcast.models.trainer import (
-    EpochRecord,
-    Trainer,
-    TrainerCallback,
-    TrainResult,
-    no_log,
-)
-
-
-def log_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+from trafficcast.models.names import DCRNN_NAME
+from trafficcast.models.trainer import EpochRecord, TrainerCallback, no_log
 
 
 def set_threads(threads: int | None) -> None:
@@ -67,74 +59,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r} but CUDA is not available on this machine")
     return device
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        own = version("trafficcast")
-    except PackageNotFoundError:
-        own = "unknown"
-    return {
-        "trafficcast": own,
-        "torch": str(torch.__version__),
-        "numpy": str(np.__version__),
-        "pandas": str(pd.__version__),
-    }
-
-
-def _payload(
-    name: str,
-    model: torch.nn.Module,
-    kwargs: dict[str, Any],
-    config: RunConfig,
-    prepared: PreparedData,
-    data_path: str,
-    graph_source: str | None,
-    result: Any,
-    timestamps: bool = True,
-) -> dict[str, Any]:
-    speeds = prepared.speeds
-    return {
-        "model_name": name,
-        "model_kwargs": kwargs,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": config.to_dict(),
-        "scaler": prepared.scaler.state_dict(),
-        "sensor_ids": list(speeds.sensor_ids),
-        "features": {
-            "time_in_day": config.data.add_time_in_day,
-            "day_in_week": config.data.add_day_in_week,
-        },
-        "freq_minutes": int(speeds.freq_minutes),
-        # What is forecast, in which unit, and what counted as missing (config.data).
-        "quantity": config.data.quantity,
-        "unit": config.data.unit,
-        "missing": config.data.missing_rule,
-        "seq_len": prepared.seq_len,
-        "horizon": prepared.horizon,
-        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "data": {
-            "path": str(Path(data_path).resolve()),
-            "start": str(speeds.index[0]),
-            "end": str(speeds.index[-1]),
-            # False: the file had none, its times came from --start and --freq.
-            "timestamps": timestamps,
-            "steps": int(speeds.num_steps),
-            "fingerprint": data_fingerprint(speeds),
-            "graph": graph_source,
-        },
-        "training": {
-            "best_epoch": result.best_epoch,
-            "best_val_mae": result.best_val_mae,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-            "recoveries": result.recoveries,
-            "wall_time_s": round(result.wall_time_s, 2),
-        },
-        "versions": _versions(),
-    }
 
 
 def build_dcrnn(
@@ -165,165 +89,101 @@ def load_config(path: str | Path | None, epochs: int | None = None) -> RunConfig
     return config
 
 
-def train_run(
-    data: str | Path,
-    output: str | Path,
-    distances: str | Path | None = None,
-    adjacency: str | Path | None = None,
-    config: RunConfig | None = None,
-    threshold: float = 0.1,
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = log_stderr,
-    init_from: str | Path | None = None,
-    callbacks: Sequence[TrainerCallback] = (),
-    start: str | None = None,
-    freq_minutes: int | None = None,
-    sensor_ids: str | Path | None = None,
-    only: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Train DCRNN and the baselines the config switches on (:data:`BASELINE_TRAINERS`) on
-    ``data``, write the run directory, return the report.
+@dataclass(frozen=True)
+class TrainOptions:
+    """One training job of :func:`train_run`.
 
+    ``data``: the speeds file; ``output``: the run directory to write. The graph: ``distances``
+    (thresholded at ``threshold``) or ``adjacency``; ``sensor_ids``: a sensor-id file giving the
+    order of a dense ``.csv`` adjacency without a header (:func:`trafficcast.app.pipeline.read_graph`).
     ``start``, ``freq_minutes``: the times of a data file without timestamps (see
-    :func:`data.read_speeds`); the data is read with ``config.data``'s missing-value rule.
-    ``sensor_ids``: a sensor-id file giving the order of a dense ``.csv`` adjacency without a
-    header (:func:`trafficcast.app.pipeline.read_graph`). ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a resumed
-    run's own state takes precedence over it. ``callbacks``: progress hooks of both trainers
-    (after the one that writes ``train_log.jsonl``). ``only``: baselines to add to the existing
-    run in ``output`` (same data and config sections ``data``, ``model``, ``train``, else
-    ConfigError); its other checkpoints are left as they are, and only the new ones are
+    :func:`trafficcast.data.read_speeds`); the data is read with ``config.data``'s missing-value
+    rule. ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a
+    resumed run's own state takes precedence over it. ``callbacks``: progress hooks of every
+    trainer (after the one that writes ``train_log.jsonl``). ``only``: baselines to add to the
+    existing run in ``output`` (same data and config sections ``data``, ``model``, ``train``,
+    else ConfigError); its other checkpoints are left as they are, and only the new ones are
     calibrated before the run is scored again.
 
+    ``output`` holding a finished run (``model.pt`` or ``report.json``) is refused unless
+    ``resume`` (continue it), ``overwrite`` (train a new run over it) or ``only`` is given.
+    ``progress``: tqdm bars per epoch; ``log``: where the lines go (one per epoch, among others).
+    """
+
+    data: str | Path
+    output: str | Path
+    distances: str | Path | None = None
+    adjacency: str | Path | None = None
+    config: RunConfig = field(default_factory=RunConfig)
+    threshold: float = 0.1
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    log: Callable[[str], None] = log_stderr
+    init_from: str | Path | None = None
+    callbacks: tuple[TrainerCallback, ...] = ()
+    start: str | None = None
+    freq_minutes: int | None = None
+    sensor_ids: str | Path | None = None
+    only: tuple[str, ...] | None = None
+
+
+def train_run(options: TrainOptions) -> dict[str, Any]:
+    """Train DCRNN and the baselines the config switches on (:data:`BASELINE_TRAINERS`) as
+    ``options`` say (:class:`TrainOptions`), write the run directory, return the report.
+
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this: the ranks train one model
-    together (see :mod:`trafficcast.models.distributed`), rank 0 alone logs, calls the hooks and writes
-    RUN_DIR, and every rank returns the same report (rank 0's, sent to the others). A caller
-    that acts on the report, such as promoting the model, must do so on rank 0 only
+    together (see :mod:`trafficcast.models.distributed`), rank 0 alone logs, calls the hooks and
+    writes RUN_DIR, and every rank returns the same report (rank 0's, sent to the others). A
+    caller that acts on the report, such as promoting the model, must do so on rank 0 only
     (:func:`trafficcast.models.distributed.is_main_process`).
     """
-    config = config or RunConfig()
+    config = options.config
+    check_output(options)
     set_threads(config.train.threads)
     device = resolve_device(config.train.device)
-    job = {"data": data, "output": output, "distances": distances, "adjacency": adjacency,
-           "config": config, "threshold": threshold, "resume": resume,
-           "init_from": init_from, "callbacks": callbacks, "start": start,
-           "freq_minutes": freq_minutes, "sensor_ids": sensor_ids,
-           "only": tuple(only) if only is not None else None}  # fmt: skip
     with distributed_session(process_device(device)) as dist:
         if dist is None:
-            return _train(**job, progress=progress, log=log, device=device, dist=None)
+            return _train(options, device, None)
         if config.train.threads is None and "OMP_NUM_THREADS" not in os.environ:
             # Several ranks share the machine's cores: torch's default (all cores per process)
             # would oversubscribe them. torchrun normally sets OMP_NUM_THREADS=1 already.
             torch.set_num_threads(1)
-        report = _train(
-            **job,
-            progress=progress and dist.is_main,
-            log=log if dist.is_main else no_log,
-            device=process_device(device),
-            dist=dist,
-        )
+        if not dist.is_main:
+            options = replace(options, progress=False, log=no_log)
+        report = _train(options, process_device(device), dist)
         # Rank 0 wrote and scored the run; the others wait here for its report.
         return dist.broadcast_json(report)  # type: ignore[return-value]
 
 
-@dataclass
-class _Training:
-    """What every model's training shares: the prepared data and its windows, where the run is
-    written, and how progress is reported."""
-
-    config: RunConfig
-    prepared: PreparedData
-    source: WindowSource
-    run_dir: Path
-    data_path: str
-    graph_source: str
-    timestamps: bool
-    device: torch.device
-    dist: DistContext | None
-    resume: bool
-    progress: bool
-    callbacks: tuple[TrainerCallback, ...]
-
-    @property
-    def main(self) -> bool:
-        return self.dist is None or self.dist.is_main
-
-    def inverse(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled predictions to data units."""
-        return x * self.prepared.scaler.std + self.prepared.scaler.mean
-
-    def fit(
-        self,
-        name: str,
-        model: torch.nn.Module,
-        kwargs: dict[str, Any],
-        settings: TrainConfig,
-        log: Callable[[str], None],
-    ) -> TrainResult:
-        """Train ``model`` (resuming from ``state_<name>.pt`` if asked) and, on rank 0, save
-        its checkpoint. The trainer (and its DDP wrapper) is closed before this returns."""
-        m = self.config.model
-        trainer = Trainer(
-            model,
-            self.source,
-            settings,
-            self.inverse,
-            state_path=self.run_dir / f"state_{name}.pt",
-            log=log,
-            progress=self.progress,
-            name=name,
-            dist=self.dist,
-            callbacks=self.callbacks,
-            teacher_forcing_decay_steps=m.cl_decay_steps if m.use_curriculum_learning else None,
+def check_output(options: TrainOptions) -> None:
+    """ConfigError when ``options.output`` holds a finished run that the job would train over
+    without being asked to (``resume``, ``overwrite`` or ``only``)."""
+    run_dir = Path(options.output)
+    if options.resume or options.overwrite or options.only is not None:
+        return
+    finished = [
+        name for name in (CHECKPOINT_FILES[DCRNN_NAME], "report.json") if (run_dir / name).exists()
+    ]
+    if finished:
+        raise ConfigError(
+            f"--output {run_dir} already holds a finished run ({', '.join(finished)}): "
+            "pass --resume to continue it or --overwrite to train a new one over it"
         )
-        result = trainer.fit(resume=self.resume)
-        trainer.close()
-        if self.main:
-            payload = _payload(
-                name,
-                model,
-                kwargs,
-                self.config,
-                self.prepared,
-                self.data_path,
-                self.graph_source,
-                result,
-                self.timestamps,
-            )
-            save_checkpoint(self.run_dir / CHECKPOINT_FILES[name], payload)
-        return result
 
 
-def _train(
-    data: str | Path,
-    output: str | Path,
-    distances: str | Path | None,
-    adjacency: str | Path | None,
-    config: RunConfig,
-    threshold: float,
-    resume: bool,
-    init_from: str | Path | None,
-    callbacks: Sequence[TrainerCallback],
-    start: str | None,
-    freq_minutes: int | None,
-    sensor_ids: str | Path | None,
-    only: tuple[str, ...] | None,
-    progress: bool,
-    log: Callable[[str], None],
-    device: torch.device,
-    dist: DistContext | None,
-) -> dict[str, Any]:
+def _train(options: TrainOptions, device: torch.device, dist: DistContext | None) -> dict[str, Any]:
     """The body of :func:`train_run`. Distributed, it returns rank 0's report on rank 0 and an
     empty dict elsewhere; its trainers (and their DDP wrappers) are closed before it returns,
     so that the process group can be torn down cleanly after."""
+    o, config, log = options, options.config, options.log
     torch.manual_seed(config.train.seed)
     speeds = read_speeds(
-        data, start=start, freq_minutes=freq_minutes, missing=config.data.missing_rule
+        o.data, start=o.start, freq_minutes=o.freq_minutes, missing=config.data.missing_rule
     )
-    order = read_sensor_ids(sensor_ids) if sensor_ids is not None else None
-    speeds, adj, graph_source = load_graph_for(speeds, distances, adjacency, threshold, order)
-    check_data_fits(speeds, config, str(data))
+    order = read_sensor_ids(o.sensor_ids) if o.sensor_ids is not None else None
+    speeds, adj, graph_source = load_graph_for(speeds, o.distances, o.adjacency, o.threshold, order)
+    check_data_fits(speeds, config, str(o.data))
     prepared = prepare_data(speeds, config)
     if config.model.input_dim is not None and config.model.input_dim != prepared.input_dim:
         raise ConfigError(
@@ -331,11 +191,11 @@ def _train(
             f"features (speed{' + time of day' if config.data.add_time_in_day else ''}"
             f"{' + 7 day-of-week' if config.data.add_day_in_week else ''})"
         )
-    run_dir = Path(output)
-    if only is not None:
-        check_addition(run_dir, config, only, prepared)
+    run_dir = Path(o.output)
+    if o.only is not None:
+        check_addition(run_dir, config, o.only, prepared)
     d = config.data
-    training = _Training(
+    training = Training(
         config=config,
         prepared=prepared,
         source=WindowSource(
@@ -344,23 +204,23 @@ def _train(
             device,
         ),
         run_dir=run_dir,
-        data_path=str(data),
+        data_path=str(o.data),
         graph_source=graph_source,
-        timestamps=start is None,
+        timestamps=o.start is None,
         device=device,
         dist=dist,
-        resume=resume,
-        progress=progress,
-        callbacks=(TrainLog(run_dir / "train_log.jsonl"), *callbacks),
+        resume=o.resume,
+        progress=o.progress,
+        callbacks=(TrainLog(run_dir / "train_log.jsonl"), *o.callbacks),
     )
     if training.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", _yaml(config.to_dict()))
     _log_setup(training, adj, log)
-    if only is None:
-        _train_dcrnn(training, adj, init_from, log)
+    if o.only is None:
+        _train_dcrnn(training, adj, o.init_from, log)
     for name, train in BASELINE_TRAINERS.items():
-        if only is not None and name not in only:
+        if o.only is not None and name not in o.only:
             continue  # another run's model: left as it is
         if getattr(config.baselines, name):
             train(training, log)
@@ -369,15 +229,12 @@ def _train(
             (run_dir / CHECKPOINT_FILES[name]).unlink()
     if not training.main:
         return {}
-    # Every trained model ships with its prediction intervals, fitted on the validation split
-    # (trafficcast.app.calibration builds on this package, hence imported here).
-    from trafficcast.app.calibration import calibrate_run
-
-    calibrate_run(run_dir, log=log, speeds=speeds, device=device, only=only)
+    # Every trained model ships with its prediction intervals, fitted on the validation split.
+    calibrate_run(run_dir, log=log, speeds=speeds, device=device, only=o.only)
     return evaluate_run(run_dir, speeds=speeds, device=device)
 
 
-def _log_setup(training: _Training, adj: np.ndarray, log: Callable[[str], None]) -> None:
+def _log_setup(training: Training, adj: np.ndarray, log: Callable[[str], None]) -> None:
     speeds, dist = training.prepared.speeds, training.dist
     counts = {k: len(v) for k, v in training.prepared.splits.items()}
     log(
@@ -401,7 +258,7 @@ def _log_setup(training: _Training, adj: np.ndarray, log: Callable[[str], None])
 
 
 def _train_dcrnn(
-    training: _Training, adj: np.ndarray, init_from: str | Path | None, log: Callable[[str], None]
+    training: Training, adj: np.ndarray, init_from: str | Path | None, log: Callable[[str], None]
 ) -> None:
     config, prepared = training.config, training.prepared
     supports = (
@@ -412,9 +269,9 @@ def _train_dcrnn(
         warm_start(model, init_from)
     model.to(training.device)
     started = time.perf_counter()
-    result = training.fit("dcrnn", model, kwargs, config.train, log)
+    result = training.fit(DCRNN_NAME, model, kwargs, config.train, log)
     log(
-        f"dcrnn: best val MAE {result.best_val_mae:.4f} at epoch {result.best_epoch} of "
+        f"{DCRNN_NAME}: best val MAE {result.best_val_mae:.4f} at epoch {result.best_epoch} of "
         f"{result.epochs_run} ({time.perf_counter() - started:.0f} s)"
     )
 
@@ -466,6 +323,4 @@ class TrainLog(TrainerCallback):
 
 
 def _yaml(obj: dict[str, Any]) -> str:
-    import yaml
-
     return yaml.safe_dump(obj, sort_keys=False)

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as tdist
 
 from trafficcast.app.db import describe, is_url
 from trafficcast.app.fsutil import atomic_write_json, atomic_write_text
+from trafficcast.app.pipeline import TrainOptions, load_config, read_graph, train_run
 from trafficcast.app.registry import Registry, RegistryError, now_iso
 from trafficcast.app.retrain.live import champion_live, live_gate
 from trafficcast.app.retrain.options import EXIT_CODES, RetrainOptions
@@ -32,10 +35,11 @@ from trafficcast.app.retrain.stages import (
     snapshot_data,
     train_challenger,
 )
-from trafficcast.data import SpeedData, read_speeds
+from trafficcast.data import SpeedData, read_speeds, sample_adjacency_pkl_path
+from trafficcast.graph import load_adjacency
 from trafficcast.models.config import RunConfig
 from trafficcast.models.distributed import DistContext, distributed_session, env_world_size
-from trafficcast.models.errors import ConfigError
+from trafficcast.models.errors import ConfigError, TrainingError
 from trafficcast.models.trainer import no_log
 
 
@@ -55,22 +59,22 @@ def run_retrain(opts: RetrainOptions, log: Callable[[str], None]) -> dict[str, A
             summary = _run_retrain(opts, log, ctx)
             ctx.broadcast_json({"summary": summary})
             return summary
-        from trafficcast.app.pipeline import train_run
-
         while True:
             message = ctx.broadcast_json(None)
             if not isinstance(message, dict) or "summary" in message:
                 return message["summary"] if isinstance(message, dict) else {}
             job = message["train"]
             train_run(
-                data=job["data"],
-                output=job["output"],
-                adjacency=job["adjacency"],
-                config=RunConfig.from_dict(job["config"]),
-                resume=True,
-                progress=False,
-                log=no_log,
-                init_from=job["init_from"],
+                TrainOptions(
+                    data=job["data"],
+                    output=job["output"],
+                    adjacency=job["adjacency"],
+                    config=RunConfig.from_dict(job["config"]),
+                    resume=True,
+                    progress=False,
+                    log=no_log,
+                    init_from=job["init_from"],
+                )
             )
 
 
@@ -81,9 +85,6 @@ def _job_group() -> Iterator[DistContext]:
     gloo carries the job's own messages (CPU tensors); with CUDA present, nccl carries the
     training's (``cpu:gloo,cuda:nccl``). :func:`train_run` finds the group and leaves it open.
     """
-    import torch
-    import torch.distributed as tdist
-
     owns = not tdist.is_initialized()
     if owns:
         tdist.init_process_group(
@@ -91,7 +92,8 @@ def _job_group() -> Iterator[DistContext]:
         )
     try:
         with distributed_session(torch.device("cpu")) as ctx:
-            assert ctx is not None
+            if ctx is None:  # the group was initialised above, so the session is distributed
+                raise TrainingError("the retrain's process group is not initialised")
             yield ctx
     except BaseException:
         if owns:
@@ -245,8 +247,6 @@ def _champion(registry: Registry, job_file: JobFile | None) -> str | None:
 
 def _job_config(opts: RetrainOptions, champion_dir: Path | None) -> RunConfig:
     """``--config``, else the champion's config, else the defaults; ``--epochs`` over each."""
-    from trafficcast.app.pipeline import load_config
-
     if opts.config is not None:
         return load_config(opts.config, opts.epochs)
     if champion_dir is not None:
@@ -262,17 +262,12 @@ def _resolve_graph(
 ) -> tuple[list[str], np.ndarray, str]:
     """The adjacency: --distances / --adjacency, else the champion's, else the bundled METR-LA
     graph when the data has exactly its sensors."""
-    from trafficcast.app.pipeline import read_graph
-    from trafficcast.graph import load_adjacency
-
     given = read_graph(speeds.sensor_ids, opts.distances, opts.adjacency, opts.threshold)
     if given is not None:
         return given
     if champion_dir is not None and (champion_dir / "graph.npz").is_file():
         ids, adj = load_adjacency(champion_dir / "graph.npz")
         return ids, adj, f"{champion_dir.name}/graph.npz"
-    from trafficcast.data import sample_adjacency_pkl_path
-
     ids, adj = load_adjacency(sample_adjacency_pkl_path())
     if set(ids) == set(speeds.sensor_ids):
         return ids, adj, "bundled METR-LA graph"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trafficcast.app.accuracy import live_summary, pooled_mae
 from trafficcast.app.db import describe
 from trafficcast.app.registry import Registry
 from trafficcast.app.retrain.options import RetrainOptions
@@ -23,8 +24,6 @@ def champion_live(opts: RetrainOptions, registry: Registry) -> dict[str, Any] | 
     """The current version's live figures from ``opts.observations``: ``version``, ``window``,
     the pooled ``mae``, ``latest_observation`` and MAE/RMSE/coverage per horizon; None when
     there is no store, no current version, or no record of it."""
-    from trafficcast.app.accuracy import live_summary, pooled_mae
-
     pointer = registry.current()
     if opts.observations is None or pointer is None:
         return None
@@ -51,7 +50,7 @@ def live_gate(opts: RetrainOptions, live: dict[str, Any] | None) -> str | None:
         return None
     if live is None or live["mae"] is None:
         return (
-            f"no live MAE of the current version in {describe(opts.observations)} to compare with "
+            f"no live MAE of the current version in {_where(opts)} to compare with "
             f"--when-live-mae-above {limit:g}; not training"
         )
     if live["mae"] > limit:
@@ -60,3 +59,8 @@ def live_gate(opts: RetrainOptions, live: dict[str, Any] | None) -> str | None:
         f"the current version's live MAE over the last day, {live['mae']:.4f}, is not above "
         f"{limit:g}; not training"
     )
+
+
+def _where(opts: RetrainOptions) -> str:
+    """The observation store named in a message (a URL without its password)."""
+    return "no observation store" if opts.observations is None else describe(opts.observations)

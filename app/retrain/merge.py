@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from trafficcast.app.db import describe
+from trafficcast.app.observations import read_readings
 from trafficcast.data import SpeedData
 from trafficcast.data.errors import DataInputError
 
@@ -26,8 +27,6 @@ def merge_observations(speeds: SpeedData, db: str | Path) -> tuple[SpeedData, di
 
     Shapes: ``speeds`` ``(T, N)`` -> ``(T', N)`` with ``T' >= T``.
     """
-    from trafficcast.app.observations import read_readings
-
     readings = read_readings(db)
     info: dict[str, Any] = {"path": describe(db), "readings": 0, "overridden": 0, "new_steps": 0}
     if readings.empty:

@@ -8,17 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from trafficcast.app.fsutil import atomic_write_text
+from trafficcast.app.pipeline import CHECKPOINT_FILES, read_graph
 from trafficcast.app.registry import Registry
+from trafficcast.graph import save_adjacency
+from trafficcast.models.checkpoint import load_checkpoint
 from trafficcast.models.errors import ConfigError
+from trafficcast.models.names import DCRNN_NAME
 
 # The files of a run directory a version keeps, where the run has them (model.pt always).
 RUN_FILES = (
-    "model.pt",
-    "fc_lstm.pt",
-    "gru.pt",
-    "tcn.pt",
+    *CHECKPOINT_FILES.values(),
     "config.yaml",
     "report.json",
     "train_log.jsonl",
@@ -34,7 +36,7 @@ def published_files(run_dir: Path, graph: Path) -> dict[str, Path]:
 
 def mean_mae(report: dict[str, Any]) -> float | None:
     """DCRNN's MAE averaged over the horizon steps of a ``report.json``; None without one."""
-    maes = [v for v in (report.get("mae_by_step") or {}).get("dcrnn") or [] if v is not None]
+    maes = [v for v in (report.get("mae_by_step") or {}).get(DCRNN_NAME) or [] if v is not None]
     return round(float(np.mean(maes)), 6) if maes else None
 
 
@@ -51,12 +53,8 @@ def import_run(
     The graph is stored with it so that later retrains need none. Returns the version and
     whether it was promoted.
     """
-    from trafficcast.app.pipeline import read_graph
-    from trafficcast.graph import save_adjacency
-    from trafficcast.models.checkpoint import load_checkpoint
-
     run_dir = Path(run_dir)
-    model = run_dir / "model.pt"
+    model = run_dir / CHECKPOINT_FILES[DCRNN_NAME]
     if not model.is_file():
         raise FileNotFoundError(2, "no model.pt in the run directory", str(model))
     payload = load_checkpoint(model)
@@ -74,8 +72,6 @@ def import_run(
         try:
             files = published_files(run_dir, tmp_graph)
             if "config.yaml" not in files:
-                import yaml
-
                 atomic_write_text(
                     tmp_graph.with_suffix(".yaml"),
                     yaml.safe_dump(payload["config"], sort_keys=False),
@@ -92,7 +88,7 @@ def import_run(
                 {
                     "data": data,
                     "holdout_mae": mean_mae(report),
-                    "metrics": (report.get("metrics") or {}).get("dcrnn"),
+                    "metrics": (report.get("metrics") or {}).get(DCRNN_NAME),
                     "parent": None,
                     "imported_from": str(run_dir.resolve()),
                     "training": payload.get("training"),

@@ -29,13 +29,23 @@ import numpy as np
 
 from trafficcast.app.db import describe
 from trafficcast.app.fsutil import atomic_write_json
+from trafficcast.app.pipeline import (
+    CHECKPOINT_FILES,
+    TrainOptions,
+    data_fingerprint,
+    evaluate_run,
+    train_run,
+)
 from trafficcast.app.registry import Registry, RegistryError, fault_point, now_iso
 from trafficcast.app.retrain.merge import merge_observations
 from trafficcast.app.retrain.options import RetrainOptions
 from trafficcast.app.retrain.publish import mean_mae, published_files
 from trafficcast.data import SpeedData, read_speeds, write_speeds
+from trafficcast.graph import save_adjacency
+from trafficcast.models.checkpoint import load_checkpoint
 from trafficcast.models.config import RunConfig
 from trafficcast.models.distributed import DistContext
+from trafficcast.models.names import DCRNN_NAME
 from trafficcast.models.trainer import EpochRecord, TrainerCallback
 
 # The stages job.json records, in order: "training" once the data is snapshot, "trained" once
@@ -113,9 +123,6 @@ def snapshot_data(
     """Start the job in a fresh staging directory: ``speeds`` (the ``--data`` file) merged with
     the observations, and the graph ``(ids, adj, source)``, written there. Returns the job's
     fields: its options ``key``, creation time, champion and the snapshot's description."""
-    from trafficcast.app.pipeline import data_fingerprint
-    from trafficcast.graph import save_adjacency
-
     opts = job.opts
     if job.staging.exists():
         shutil.rmtree(job.staging)
@@ -165,11 +172,11 @@ class ChallengerProgress(TrainerCallback):
         self.resumed_epoch: int | None = None
 
     def on_resumed(self, model: str, epoch: int, step: int) -> None:
-        if model == "dcrnn":
+        if model == DCRNN_NAME:
             self.resumed_epoch = epoch
 
     def on_epoch_end(self, model: str, record: EpochRecord) -> None:
-        if model == "dcrnn" and record["epoch"] == 2:
+        if model == DCRNN_NAME and record["epoch"] == 2:
             # Epoch 2's state is not saved yet: a kill here loses epoch 2.
             fault_point("training")
 
@@ -182,11 +189,9 @@ def train_challenger(job: JobContext) -> tuple[dict[str, Any], int | None]:
     Returns the job's new field (the version the challenger will be published as) and the
     epoch a resumed training went on after (None when it started afresh).
     """
-    from trafficcast.app.pipeline import train_run
-
     init_from = None
     if job.opts.warm_start and job.champion_dir is not None:
-        init_from = job.champion_dir / "model.pt"
+        init_from = job.champion_dir / CHECKPOINT_FILES[DCRNN_NAME]
         job.log(f"warm start from {job.champion}")
     if job.dist is not None:  # the other ranks train with this rank
         job.dist.broadcast_json(
@@ -202,15 +207,17 @@ def train_challenger(job: JobContext) -> tuple[dict[str, Any], int | None]:
         )
     progress = ChallengerProgress()
     train_run(
-        data=job.data_path,
-        output=job.run_dir,
-        adjacency=job.graph_path,
-        config=job.config,
-        resume=True,
-        progress=job.opts.progress,
-        log=job.log,
-        init_from=init_from,
-        callbacks=[progress],
+        TrainOptions(
+            data=job.data_path,
+            output=job.run_dir,
+            adjacency=job.graph_path,
+            config=job.config,
+            resume=True,
+            progress=job.opts.progress,
+            log=job.log,
+            init_from=init_from,
+            callbacks=(progress,),
+        )
     )
     return {"version": job.registry.next_version()}, progress.resumed_epoch
 
@@ -236,7 +243,7 @@ def publish_challenger(job: JobContext, state: dict[str, Any], report: dict[str,
         {
             "data": state["data"],
             "holdout_mae": mean_mae(report),
-            "metrics": report["metrics"].get("dcrnn"),
+            "metrics": report["metrics"].get(DCRNN_NAME),
             "parent": job.champion,
             "warm_start": bool(job.opts.warm_start and job.champion),
             "training": (report.get("model") or {}).get("training"),
@@ -267,24 +274,23 @@ def score(job: JobContext, version: str, report: dict[str, Any]) -> Decision:
         "challenger": {
             "version": version,
             "holdout_mae": challenger_mae,
-            "metrics": report["metrics"].get("dcrnn"),
+            "metrics": report["metrics"].get(DCRNN_NAME),
         }
     }
     current = job.registry.current()
     if current is not None and current.version == version:
         return Decision(True, "already promoted by the interrupted run of this job", scores)
-    if job.champion is None:
+    champion_dir = job.champion_dir
+    if champion_dir is None:
         return Decision(True, "the registry had no version yet", scores)
-    why_not, scores["champion"] = _score_champion(job)
+    why_not, scores["champion"] = _score_champion(job, champion_dir)
     champion_mae = scores["champion"]["holdout_mae"]
-    if why_not is None and (challenger_mae is None or champion_mae is None):
-        why_not = "no finite holdout MAE to compare"
     force = job.opts.force
-    if why_not is not None:
+    if why_not is not None or challenger_mae is None or champion_mae is None:
+        why_not = why_not or "no finite holdout MAE to compare"
         return Decision(
             force, f"{why_not}; " + ("promoted by --force" if force else "use --force"), scores
         )
-    assert challenger_mae is not None and champion_mae is not None
     margin = job.opts.margin
     better = challenger_mae <= champion_mae * (1.0 - margin)
     change = 100.0 * (champion_mae - challenger_mae) / champion_mae
@@ -299,20 +305,18 @@ def score(job: JobContext, version: str, report: dict[str, Any]) -> Decision:
     )
 
 
-def _score_champion(job: JobContext) -> tuple[str | None, dict[str, Any]]:
-    """Why the champion cannot be scored on the challenger's holdout (None if it can), and its
-    entry in the summary: its version and mean holdout MAE (None when not scored)."""
-    from trafficcast.app.pipeline import evaluate_run
-    from trafficcast.models.checkpoint import load_checkpoint
-
-    assert job.champion_dir is not None
+def _score_champion(job: JobContext, champion_dir: Path) -> tuple[str | None, dict[str, Any]]:
+    """Why the champion (in ``champion_dir``) cannot be scored on the challenger's holdout (None
+    if it can), and its entry in the summary: its version and mean holdout MAE (None when not
+    scored)."""
+    model_file = CHECKPOINT_FILES[DCRNN_NAME]
     why_not = _comparable(
-        load_checkpoint(job.champion_dir / "model.pt"), load_checkpoint(job.run_dir / "model.pt")
+        load_checkpoint(champion_dir / model_file), load_checkpoint(job.run_dir / model_file)
     )
     if why_not is not None:
         return why_not, {"version": job.champion, "holdout_mae": None}
     champion_report = evaluate_run(
-        job.champion_dir,
+        champion_dir,
         speeds=read_speeds(job.data_path, missing=job.config.data.missing_rule),
         output=job.staging / "champion-report.json",
         plots=False,
@@ -320,7 +324,7 @@ def _score_champion(job: JobContext) -> tuple[str | None, dict[str, Any]]:
     return None, {
         "version": job.champion,
         "holdout_mae": mean_mae(champion_report),
-        "metrics": champion_report["metrics"].get("dcrnn"),
+        "metrics": champion_report["metrics"].get(DCRNN_NAME),
     }
 
 

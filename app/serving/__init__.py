@@ -5,7 +5,8 @@ Nothing here imports FastAPI or Starlette, so the core can be used and tested on
 ``trafficcast.app.service`` puts the REST API in front of it.
 """
 
-from trafficcast.app.serving.core import CachedForecast, Service
+from trafficcast.app.serving.cache import CachedForecast
+from trafficcast.app.serving.core import Service
 from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData, ServingError
 from trafficcast.app.serving.loading import LoadedModel
 

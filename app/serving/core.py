@@ -17,20 +17,22 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from trafficcast.app.accuracy import WINDOWS, ForecastRecord, ModelMeta
 from trafficcast.app.batching import MicroBatcher
 from trafficcast.app.db import UNAVAILABLE, Database
 from trafficcast.app.forecaster import Forecaster
 from trafficcast.app.observations import ObservationStore
+from trafficcast.app.pipeline import TrainOptions, load_config, train_run
 from trafficcast.app.registry import file_sha256, now_iso
-from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData
+from trafficcast.app.serving.cache import Bands, CachedForecast, window_bands
+from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData, ServiceNotStarted
 from trafficcast.app.serving.health import DatabaseHealth
 from trafficcast.app.serving.loading import (
     LoadedModel,
@@ -44,24 +46,9 @@ from trafficcast.app.serving.recorder import Recorder
 from trafficcast.app.serving.swap import RegistryWatcher
 from trafficcast.app.settings import BUNDLED_CONFIG, Settings
 from trafficcast.app.telemetry import Metrics
+from trafficcast.data import sample_adjacency_pkl_path, sample_speeds_path
 
 log = logging.getLogger("trafficcast.service")
-
-
-@dataclass
-class CachedForecast:
-    model: LoadedModel
-    generation: int
-    last_observation: pd.Timestamp
-    future: pd.DatetimeIndex
-    forecast: np.ndarray  # (H, N) in the model's sensor order
-    coverage: float
-    stamps: pd.DatetimeIndex  # (seq_len,) the window the forecast is from
-    window: np.ndarray  # (seq_len, N), NaN = missing
-    # Cache hits for the same (sensors, horizon, interval) answer with the same bytes: serialising
-    # 207 x 12 numbers is most of the cost of a cached read, so it is done once per query.
-    rendered: dict[tuple[tuple[str, ...], int, float | None], bytes] = field(default_factory=dict)
-    bands: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 class Service:
@@ -76,13 +63,15 @@ class Service:
         self.store: ObservationStore | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.cache: CachedForecast | None = None
-        self.cache_lock: asyncio.Lock | None = None
+        self.cache_lock = asyncio.Lock()
         self.status = "starting"
         self.load_error: str | None = None
         self._trainer: threading.Thread | None = None
         # Hot swap from the registry, when one is configured.
         self.swap: RegistryWatcher | None = (
-            RegistryWatcher(self) if settings.registry is not None else None
+            RegistryWatcher(settings.registry, settings.registry_poll_s, self)
+            if settings.registry is not None
+            else None
         )
         self._retired: set[asyncio.Task] = set()
         self.health: DatabaseHealth | None = None
@@ -108,8 +97,8 @@ class Service:
         self._open()
         model_path = self._run_dir_checkpoint()
         s = self.settings
-        if s.registry is not None:
-            await self._start_from_registry(model_path)
+        if self.swap is not None:
+            await self._start_from_registry(self.swap, model_path)
         elif model_path.exists():
             self.load()
         elif s.serves_bundled_run and s.train_if_missing:
@@ -125,8 +114,6 @@ class Service:
     def _open(self) -> None:
         s = self.settings
         if s.torch_threads is not None:
-            import torch
-
             torch.set_num_threads(s.torch_threads)
         self.db = open_database(s)
         self.store = ObservationStore(self.db)
@@ -135,18 +122,24 @@ class Service:
         self.cache_lock = asyncio.Lock()
         if s.accuracy_enabled:
             self.accuracy = ForecastRecord(self.db)
-            self.recorder = Recorder(self, self.accuracy)
+            self.recorder = Recorder(
+                self,
+                self.accuracy,
+                self.store,
+                level=s.accuracy_interval_level,
+                retention_hours=s.accuracy_retention_hours,
+                on_summary=self.metrics.set_live,
+            )
 
     def _run_dir_checkpoint(self) -> Path:
         run_dir = self.settings.run_dir
         return run_dir / "model.pt" if run_dir.is_dir() else run_dir
 
-    async def _start_from_registry(self, model_path: Path) -> None:
+    async def _start_from_registry(self, swap: RegistryWatcher, model_path: Path) -> None:
         """Serve the registry's current version and start the watcher that swaps in new ones."""
         s = self.settings
-        assert self.swap is not None
         try:
-            await self.swap.check()
+            await swap.check()
         except Exception as exc:  # not ready yet; the watcher keeps trying
             self.status = f"cannot read the registry {s.registry}: {exc}"
             log.warning(self.status)
@@ -160,7 +153,7 @@ class Service:
                 model_path,
             )
             await loop.run_in_executor(None, self.load)
-        self.swap.start()
+        swap.start()
 
     async def stop(self) -> None:
         """Let the accuracy recorder finish (for a while), stop the registry watcher and the
@@ -173,14 +166,15 @@ class Service:
             task.cancel()
         if self.model is not None and self.model.batcher is not None:
             await self.model.batcher.stop()
-        assert self.executor is not None and self.store is not None
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
         if self.db is not None:
             self.db.dispose()
 
     async def database_problem(self) -> str | None:
         """None when the database answers, else why not (see :class:`DatabaseHealth`)."""
-        assert self.health is not None
+        if self.health is None:
+            raise ServiceNotStarted("the service is not started: no database to check")
         return await self.health.problem()
 
     # ---- loading -----------------------------------------------------------------------
@@ -233,11 +227,22 @@ class Service:
         self.seed(model.forecaster)
         self.install(model)
 
+    async def swap_in(self, model: LoadedModel) -> LoadedModel | None:
+        """Serve ``model`` (from a registry) from now on: the store seeded first if nothing
+        served yet, the old model's batcher retired; returns the old model."""
+        if self.model is None:
+            await asyncio.to_thread(self.seed, model.forecaster)
+        old = self.install(model)
+        self.retire(old)
+        return old
+
+    def set_status(self, status: str) -> None:
+        """Why nothing is served yet (readiness and 503s say it)."""
+        self.status = status
+
     def _seed_path(self) -> Path | None:
         seed = self.settings.seed_observations
         if seed == "auto":
-            from trafficcast.data import sample_speeds_path
-
             return sample_speeds_path() if self.settings.serves_bundled_run else None
         return seed
 
@@ -252,18 +257,17 @@ class Service:
     def train_then_load(self) -> None:
         """First start without the bundled checkpoint: train it (with a progress bar; training
         also calibrates its intervals, so it ships calibrated), then load."""
-        from trafficcast.app.pipeline import load_config, train_run
-        from trafficcast.data import sample_adjacency_pkl_path, sample_speeds_path
-
         try:
             self.status = "training the bundled model (first start); see the server's log"
             config = load_config(BUNDLED_CONFIG if BUNDLED_CONFIG.exists() else None)
             train_run(
-                data=sample_speeds_path(),
-                output=self.settings.run_dir,
-                adjacency=sample_adjacency_pkl_path(),
-                config=config,
-                progress=True,
+                TrainOptions(
+                    data=sample_speeds_path(),
+                    output=self.settings.run_dir,
+                    adjacency=sample_adjacency_pkl_path(),
+                    config=config,
+                    progress=True,
+                )
             )
             self.load()
         except Exception as exc:  # readiness reports it; the process keeps answering /healthz
@@ -333,8 +337,7 @@ class Service:
         Raises :class:`NotEnoughData` when nothing is stored, or when the window holds under
         ``min_window_coverage`` of its readings or none at its last step.
         """
-        assert self.store is not None and self.cache_lock is not None
-        f, store = model.forecaster, self.store
+        f, store = model.forecaster, self._store()
         cached = self.cache
         try:
             # Read before the data: a write after this read leaves a forecast that its next
@@ -381,10 +384,9 @@ class Service:
         Raises :class:`NotEnoughData` when the window holds under ``min_window_coverage`` of its
         readings or none at its last step.
         """
-        assert self.store is not None
         f = model.forecaster
         stamps, window = await asyncio.to_thread(
-            self.store.window, f.sensor_ids, end, f.seq_len, f.freq_minutes
+            self._store().window, f.sensor_ids, end, f.seq_len, f.freq_minutes
         )
         coverage = float(np.isfinite(window).mean())
         need = self.settings.min_window_coverage
@@ -396,42 +398,51 @@ class Service:
             )
         return stamps, window, await self.infer(model, window, stamps), coverage
 
-    @staticmethod
-    def bands(
-        model: LoadedModel,
-        window: np.ndarray,
-        stamps: pd.DatetimeIndex,
-        forecast: np.ndarray,
-        level: float,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The calibrated band around ``model``'s forecast of one window (the model must have
-        ``forecaster.intervals``). Shapes: ``window (seq_len, N)``, ``forecast (H, N)`` ->
-        ``lower``, ``upper`` ``(H, N)``."""
-        times = np.asarray(stamps, dtype="datetime64[ns]")
-        lower, upper = model.forecaster.bands(window[None], times[None], forecast[None], level)
-        return lower[0], upper[0]
+    # The calibrated band around a forecast of one window.
+    bands = staticmethod(window_bands)
 
-    def stored_bands(self, entry: CachedForecast, level: float) -> tuple[np.ndarray, np.ndarray]:
-        """The band of a cached forecast at ``level``, computed once per level while cached."""
-        bands = entry.bands.get(level)
-        if bands is None:
-            bands = self.bands(entry.model, entry.window, entry.stamps, entry.forecast, level)
-            if len(entry.bands) < 64:  # bounded: clients may ask for any level
-                entry.bands[level] = bands
-        return bands
+    @staticmethod
+    def stored_bands(entry: CachedForecast, level: float) -> Bands:
+        """The band of a cached forecast at ``level``: see :meth:`CachedForecast.band`."""
+        return entry.band(level)
+
+    async def forecast_at(
+        self, model: LoadedModel, end: pd.Timestamp, level: float
+    ) -> tuple[np.ndarray, Bands | None]:
+        """``model``'s forecast ``(H, N)`` from the stored window ending at ``end`` and its band
+        at ``level`` (None for a model without calibration): the latest step through the
+        forecast cache, an older one directly."""
+        calibrated = model.forecaster.intervals
+        latest = await asyncio.to_thread(self._store().latest_timestamp)
+        if end == latest and model is self.model:  # the cache holds the serving model's only
+            entry, _ = await self.stored_forecast(model)
+            if entry.last_observation == end:  # else newer readings came in meanwhile
+                bands = self.stored_bands(entry, level) if calibrated else None
+                return entry.forecast, bands
+        stamps, window, forecast, _ = await self.window_forecast(model, end)
+        bands = self.bands(model, window, stamps, forecast, level) if calibrated else None
+        return forecast, bands
 
     # ---- observations ------------------------------------------------------------------
+    def _store(self) -> ObservationStore:
+        if self.store is None:
+            raise ServiceNotStarted("the service is not started: no observation store")
+        return self.store
+
     async def record(
-        self, sensors: list[str], stamps: pd.DatetimeIndex, values: np.ndarray
+        self, model: LoadedModel, sensors: list[str], stamps: pd.DatetimeIndex, values: np.ndarray
     ) -> tuple[int, pd.Timestamp | None]:
-        """Store readings (NaN: missing) off the event loop; returns the readings written and
-        the latest stored timestamp. Shapes: ``values`` ``(len(stamps), len(sensors))``."""
-        assert self.store is not None
-        written = await asyncio.to_thread(self.store.add, sensors, stamps, values)
+        """Store raw readings off the event loop; returns the readings written and the latest
+        stored timestamp. ``model``'s missing-value rule decides, once, which readings are none
+        (kept as NULL): NaN always, 0 too under ``"zero"``. Shapes: ``values``
+        ``(len(stamps), len(sensors))``."""
+        store = self._store()
+        values = np.where(model.forecaster.observed(values), values, np.nan)
+        written = await asyncio.to_thread(store.add, sensors, stamps, values)
         self.metrics.observations.inc(written)
         if self.recorder is not None:
             self.recorder.notify(stamps)
-        return written, await asyncio.to_thread(self.store.latest_timestamp)
+        return written, await asyncio.to_thread(store.latest_timestamp)
 
     async def history(
         self, model: LoadedModel, sensor: str, steps: int
@@ -441,12 +452,12 @@ class Service:
 
         Raises :class:`NotEnoughData` when nothing is stored.
         """
-        assert self.store is not None
-        latest = await asyncio.to_thread(self.store.latest_timestamp)
+        store = self._store()
+        latest = await asyncio.to_thread(store.latest_timestamp)
         if latest is None:
             raise NotEnoughData("no observations stored yet: POST readings to /v1/observations")
         return await asyncio.to_thread(
-            self.store.window, [sensor], latest, steps, model.forecaster.freq_minutes
+            store.window, [sensor], latest, steps, model.forecaster.freq_minutes
         )
 
     # ---- live accuracy -----------------------------------------------------------------
@@ -463,20 +474,19 @@ class Service:
         the serving one) over ``windows`` (names in ``trafficcast.app.accuracy.WINDOWS``) ending at the latest
         stored observation; that time; and whether the version is the serving one. None when the
         record knows no such version. See ``trafficcast.app.accuracy.summarize``."""
-        assert self.accuracy is not None and self.store is not None
-        record, model = self.accuracy, self.model
+        if self.accuracy is None:
+            raise ServiceNotStarted("live accuracy is off (accuracy_enabled) or not started")
+        record, model, store = self.accuracy, self.model, self._store()
         serving = model is not None and version in (None, model.version, model.registry_version)
-        if serving:
-            assert model is not None
+        meta: ModelMeta | None = None
+        if model is not None and serving:
             f = model.forecaster
             meta = ModelMeta(model.version, list(f.sensor_ids), f.horizon, f.freq_minutes)
-        elif version is None:
-            return None
-        else:
+        elif version is not None:
             meta = await asyncio.to_thread(record.meta, version)
-            if meta is None:
-                return None
-        latest = await asyncio.to_thread(self.store.latest_timestamp)
+        if meta is None:
+            return None
+        latest = await asyncio.to_thread(store.latest_timestamp)
         names = [w for w in WINDOWS if w in windows]
         summary = await asyncio.to_thread(record.summary, meta, latest, names)
         return {"model_version": meta.version, **summary}, latest, serving

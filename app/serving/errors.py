@@ -22,3 +22,8 @@ class NotEnoughData(ServingError):
 
 class NonFiniteForecast(ServingError):
     """The model's forecast for the given window holds NaN or infinity."""
+
+
+class ServiceNotStarted(RuntimeError):
+    """A part of the service used before ``Service.start()`` opened it (or one switched off):
+    a caller's mistake, not the client's, so no ``ServingError`` and no 4xx."""

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from trafficcast.app.batching import MicroBatcher
-from trafficcast.app.db import UNAVAILABLE, Database, describe
+from trafficcast.app.db import UNAVAILABLE, Database, describe, migrate
 from trafficcast.app.forecaster import Forecaster
 from trafficcast.app.observations import ObservationStore
 from trafficcast.app.settings import Settings
+from trafficcast.data import read_sensor_locations, read_speeds, sample_locations_path
 
 log = logging.getLogger("trafficcast.service")
 
@@ -38,8 +39,6 @@ def open_database(settings: Settings) -> Database:
     An unreachable database is retried for :data:`DB_START_WAIT_S` seconds; raises the last
     error after that, and ``trafficcast.app.db.migrate.SchemaOutOfDate`` for a schema nobody upgraded.
     """
-    from trafficcast.app.db import migrate
-
     s = settings
     db = Database.open(
         s.database,
@@ -89,7 +88,7 @@ def smoke_test(f: Forecaster, store: ObservationStore | None) -> None:
     stamps = None
     window = None
     latest = store.latest_timestamp() if store is not None else None
-    if latest is not None:
+    if store is not None and latest is not None:
         stamps, window = store.window(f.sensor_ids, latest, f.seq_len, f.freq_minutes)
     if window is None or not np.isfinite(window).any():
         end = pd.Timestamp.now().floor(f"{f.freq_minutes}min")
@@ -118,8 +117,6 @@ def read_report(path: Path) -> dict[str, Any] | None:
 def read_locations(sensor_ids: list[str], path: Path | None) -> dict[str, tuple[float, float]]:
     """Latitude and longitude of the model's sensors found in the locations CSV at ``path``
     (default: the bundled METR-LA locations)."""
-    from trafficcast.data import read_sensor_locations, sample_locations_path
-
     table = read_sensor_locations(path or sample_locations_path())
     known = set(sensor_ids)
     return {
@@ -136,8 +133,6 @@ def seed_store(
 ) -> int:
     """Write the last ``seed_days`` of the speed file at ``path`` (at least one window) for the
     model's sensors; returns the readings written, 0 when the file does not fit the model."""
-    from trafficcast.data import read_speeds
-
     speeds = read_speeds(path)
     ids = [s for s in forecaster.sensor_ids if s in set(speeds.sensor_ids)]
     if not ids or speeds.freq_minutes != forecaster.freq_minutes:

@@ -13,9 +13,10 @@ task, so the POST returns before any of this runs. Each round of the task:
    store's window ending there, then records and scores it. With readings arriving in time order
    that is every time step that became the latest one, whether they came one step per POST or many
    per POST, and however far the task lags. A step that arrives after a later one was forecast from
-   is scored, not forecast from. The latest step goes through ``Service.stored_forecast``, so a
-   ``GET /v1/forecast`` afterwards is a cache hit; a step whose window is not enough data for that
-   GET (``NotEnoughData``) is not forecast from either;
+   is scored, not forecast from. The forecasts come from the service
+   (:meth:`ForecastSource.forecast_at`: the latest step through its forecast cache, so a
+   ``GET /v1/forecast`` afterwards is a cache hit); a step whose window is not enough data for
+   that GET (``NotEnoughData``) is not forecast from either;
 3. drops forecasts made more than ``accuracy_retention_hours`` before the newest one, and sets the
    live gauges.
 
@@ -26,6 +27,9 @@ got to is done then: its readings are in the store. With an empty record the hig
 at the latest step stored at start, so seeded data is not forecast from (with nothing stored then
 either, the first round forecasts from the latest step only). ``stop()`` first lets the task finish
 its work, for a while.
+
+The recorder knows the service only through :class:`ForecastSource`, the two things it needs of it;
+:class:`~trafficcast.app.serving.core.Service` is one, and this module does not import it.
 """
 
 from __future__ import annotations
@@ -33,18 +37,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from trafficcast.app.accuracy import ForecastRecord, ModelMeta, Recorded, epoch_seconds, score_rows
+from trafficcast.app.observations import ObservationStore
 from trafficcast.app.registry import now_iso
+from trafficcast.app.serving.cache import Bands
 from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData
 from trafficcast.app.serving.loading import LoadedModel
-
-if TYPE_CHECKING:
-    from trafficcast.app.serving.core import Service
 
 log = logging.getLogger("trafficcast.accuracy")
 
@@ -55,12 +59,46 @@ MAX_PENDING_STEPS = 4096
 STOP_DRAIN_S = 10.0
 
 
-class Recorder:
-    """The background task of the live record; see the module docstring."""
+class ForecastSource(Protocol):
+    """What the recorder needs of the service whose forecasts it records."""
 
-    def __init__(self, service: Service, record: ForecastRecord) -> None:
-        self.service = service
+    @property
+    def model(self) -> LoadedModel | None:
+        """The serving model, None before the first."""
+
+    async def forecast_at(
+        self, model: LoadedModel, end: pd.Timestamp, level: float
+    ) -> tuple[np.ndarray, Bands | None]:
+        """``model``'s forecast ``(H, N)`` from the stored window ending at ``end`` and its band
+        at ``level`` (None for a model without calibration). Raises ``NotEnoughData``,
+        ``NonFiniteForecast``."""
+
+
+class Recorder:
+    """The background task of the live record; see the module docstring.
+
+    ``source``: the serving model and its forecasts; ``record``: where forecasts and scores are
+    kept; ``store``: the readings; ``level``: the band recorded with each forecast;
+    ``retention_hours``: how long forecasts are kept; ``on_summary``: called with each round's
+    live figures per window (the gauges).
+    """
+
+    def __init__(
+        self,
+        source: ForecastSource,
+        record: ForecastRecord,
+        store: ObservationStore,
+        *,
+        level: float,
+        retention_hours: float,
+        on_summary: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.source = source
         self.record = record
+        self.store = store
+        self.level = level
+        self.retention_hours = retention_hours
+        self.on_summary = on_summary
         self._written: set[int] = set()
         self._full = True  # the first round catches up with the store
         self._running = 0
@@ -80,8 +118,7 @@ class Recorder:
         """Start the task (blocking briefly: reads the high-water mark)."""
         self._high_water = self.record.high_water()
         if self._high_water is None:
-            assert self.service.store is not None
-            latest = self.service.store.latest_timestamp()
+            latest = self.store.latest_timestamp()
             self._high_water = None if latest is None else epoch_seconds(latest)
         self._task = self._loop.create_task(self._run(), name="accuracy-recorder")
         self._wake.set()
@@ -107,7 +144,7 @@ class Recorder:
         """Let the task finish its work (up to ``STOP_DRAIN_S``), then end it."""
         if self._task is None:
             return
-        if self.service.model is not None:
+        if self.source.model is not None:
             try:
                 await asyncio.wait_for(self._idle.wait(), STOP_DRAIN_S)
             except TimeoutError:
@@ -121,7 +158,7 @@ class Recorder:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.service.model is None:  # nothing to forecast with: install() wakes us
+            if self.source.model is None:  # nothing to forecast with: install() wakes us
                 continue
             written, full = self._written, self._full
             self._written, self._full = set(), False
@@ -140,25 +177,27 @@ class Recorder:
 
     # ---- one round ---------------------------------------------------------------------
     async def _round(self, written: set[int], full: bool) -> None:
-        service, record = self.service, self.record
-        assert service.store is not None
+        record = self.record
         if full:
             await asyncio.to_thread(self._rescore, None)
         elif written:
             await asyncio.to_thread(self._rescore, written)
-        latest = await asyncio.to_thread(service.store.latest_timestamp)
+        latest = await asyncio.to_thread(self.store.latest_timestamp)
         if latest is None:
             return
         for end in await asyncio.to_thread(self._new_steps, latest):
-            await self._forecast_from(end)
+            model = self.source.model
+            if model is None:  # not while a model serves: nothing to forecast with
+                break
+            await self._forecast_from(model, end)
         if self._high_water is not None:
-            retention_s = round(service.settings.accuracy_retention_hours * 3600)
+            retention_s = round(self.retention_hours * 3600)
             await asyncio.to_thread(record.prune, self._high_water - retention_s)
-        model = service.model
+        model = self.source.model
         if model is not None:
             meta = await asyncio.to_thread(self._meta, model)
             summary = await asyncio.to_thread(record.summary, meta, latest)
-            service.metrics.set_live(summary["windows"])
+            self.on_summary(summary["windows"])
 
     def _new_steps(self, latest: pd.Timestamp) -> list[pd.Timestamp]:
         """The steps to forecast from, oldest first (blocking)."""
@@ -169,51 +208,26 @@ class Recorder:
         if shared is not None and shared > self._high_water:
             self._high_water = shared
         # Steps the retention would drop at once are not forecast from (after a long lag).
-        oldest = latest - pd.Timedelta(hours=self.service.settings.accuracy_retention_hours)
-        assert self.service.store is not None
+        oldest = latest - pd.Timedelta(hours=self.retention_hours)
         after = max(pd.Timestamp(self._high_water, unit="s"), oldest - pd.Timedelta(seconds=1))
-        return list(self.service.store.steps_after(after))
+        return list(self.store.steps_after(after))
 
-    async def _forecast_from(self, end: pd.Timestamp) -> None:
-        """Forecast from the stored window ending at ``end`` with the serving model, record the
-        forecast and score it against the readings already stored for its times."""
-        service = self.service
-        model = service.model
-        assert model is not None
+    async def _forecast_from(self, model: LoadedModel, end: pd.Timestamp) -> None:
+        """Forecast from the stored window ending at ``end`` with ``model`` (the serving one),
+        record the forecast and score it against the readings already stored for its times."""
         self._high_water = epoch_seconds(end)
         try:
-            forecast, bands = await self._forecast(model, end)
+            forecast, bands = await self.source.forecast_at(model, end, self.level)
         except (NotEnoughData, NonFiniteForecast) as exc:
             log.info("live accuracy: no forecast from %s: %s", end.isoformat(), exc.detail)
             return
-        level = service.settings.accuracy_interval_level
         meta = await asyncio.to_thread(self._meta, model)
         recorded = await asyncio.to_thread(
-            self.record.add, meta, epoch_seconds(end), now_iso(), forecast, bands, level
+            self.record.add, meta, epoch_seconds(end), now_iso(), forecast, bands, self.level
         )
         if recorded is not None:
             rows = await asyncio.to_thread(self._score, [recorded], None)
             await asyncio.to_thread(self.record.put_scores, rows)
-
-    async def _forecast(
-        self, model: LoadedModel, end: pd.Timestamp
-    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-        """The forecast ``(H, N)`` from the stored window ending at ``end`` and its band at the
-        record's level (None for a model without calibration): the latest step through the
-        forecast cache, an older one directly."""
-        service = self.service
-        assert service.store is not None
-        level = service.settings.accuracy_interval_level
-        calibrated = model.forecaster.intervals
-        latest = await asyncio.to_thread(service.store.latest_timestamp)
-        if end == latest and model is service.model:  # the cache holds the serving model's only
-            entry, _ = await service.stored_forecast(model)
-            if entry.last_observation == end:  # else newer readings came in meanwhile
-                bands = service.stored_bands(entry, level) if calibrated else None
-                return entry.forecast, bands
-        stamps, window, forecast, _ = await service.window_forecast(model, end)
-        bands = service.bands(model, window, stamps, forecast, level) if calibrated else None
-        return forecast, bands
 
     def _meta(self, model: LoadedModel) -> ModelMeta:
         f = model.forecaster
@@ -240,8 +254,7 @@ class Recorder:
     def _score(self, forecasts: list[Recorded], written: set[int] | None) -> list[tuple]:
         """Score rows of ``forecasts``' steps whose target time is in ``written`` (None: all
         steps), against the store's readings. One store read per model version."""
-        store = self.service.store
-        assert store is not None
+        store = self.store
         rows: list[tuple] = []
         by_version: dict[str, list[Recorded]] = {}
         for f in forecasts:

@@ -22,7 +22,7 @@ from trafficcast import data
 def train_tiny_run(root: Path, model: dict, baselines: dict) -> Path:
     """Train a tiny run on the first day of the bundled week into ``root/run``: one epoch, the
     model and baselines settings as given."""
-    from trafficcast.app.pipeline import train_run
+    from trafficcast.app.pipeline import TrainOptions, train_run
     from trafficcast.models.config import RunConfig
 
     week = data.read_speeds(data.sample_speeds_path())
@@ -31,12 +31,14 @@ def train_tiny_run(root: Path, model: dict, baselines: dict) -> Path:
     run_dir = root / "run"
     config = RunConfig.from_dict({"model": model, "train": {"epochs": 1}, "baselines": baselines})
     train_run(
-        data=one_day,
-        output=run_dir,
-        adjacency=data.sample_adjacency_pkl_path(),
-        config=config,
-        progress=False,
-        log=lambda message: None,
+        TrainOptions(
+            data=one_day,
+            output=run_dir,
+            adjacency=data.sample_adjacency_pkl_path(),
+            config=config,
+            progress=False,
+            log=lambda message: None,
+        )
     )
     return run_dir
 

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from trafficcast.app.forecaster import Forecaster
-from trafficcast.app.pipeline import WindowSource, prepare_data, read_graph, train_run
+from trafficcast.app.pipeline import (
+    TrainOptions,
+    WindowSource,
+    prepare_data,
+    read_graph,
+    train_run,
+)
 from trafficcast.data import (
     DataInputError,
     SpeedData,
@@ -114,12 +120,14 @@ def test_real_week_evaluation_is_plausible(week, tmp_path):
     )
     lines: list[str] = []
     report = train_run(
-        sample_speeds_path(),
-        tmp_path / "run",
-        adjacency=sample_adjacency_pkl_path(),
-        config=config,
-        progress=False,
-        log=lines.append,
+        TrainOptions(
+            sample_speeds_path(),
+            tmp_path / "run",
+            adjacency=sample_adjacency_pkl_path(),
+            config=config,
+            progress=False,
+            log=lines.append,
+        )
     )
     assert report["dataset"] == {"sensors": 207, "steps": 2016, "freq_minutes": 5}
     assert report["split"] == {"train": 1395, "val": 199, "test": 399}
@@ -176,12 +184,14 @@ def test_report_horizon_keys_follow_the_data_frequency(tmp_path):
         }
     )
     report = train_run(
-        tmp_path / "speeds.h5",
-        tmp_path / "run",
-        distances=tmp_path / "distances.csv",
-        config=config,
-        progress=False,
-        log=lambda message: None,
+        TrainOptions(
+            tmp_path / "speeds.h5",
+            tmp_path / "run",
+            distances=tmp_path / "distances.csv",
+            config=config,
+            progress=False,
+            log=lambda message: None,
+        )
     )
     assert report["dataset"]["freq_minutes"] == 15
     by_step = report["mae_by_step"]["persistence"]  # step 1 = 15 minutes ahead

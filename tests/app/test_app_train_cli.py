@@ -338,7 +338,8 @@ def test_baselines_switched_off_leave_no_checkpoint_and_no_row(tiny_run, tmp_pat
         "baselines:\n  fc_lstm: false\n  gru: false\n  tcn: false\n"
     )
     argv = ["train", "--data", str(tiny_run["data"]), "--distances", str(tiny_run["distances"]),
-            "--config", str(config), "--epochs", "1", "--no-progress", "--output", str(run)]  # fmt: skip
+            "--config", str(config), "--epochs", "1", "--no-progress", "--output", str(run),
+            "--overwrite"]  # fmt: skip
     assert main(argv) == 0
     for name in ("fc_lstm.pt", "gru.pt", "tcn.pt"):
         assert not (run / name).exists(), name
@@ -346,6 +347,49 @@ def test_baselines_switched_off_leave_no_checkpoint_and_no_row(tiny_run, tmp_pat
     assert list(report["metrics"]) == ["dcrnn", "persistence", "historical_average"]
     assert list(report["training_s"]) == ["dcrnn"]
     assert (run / "report.md").read_text().splitlines()[2].startswith("Test split:")
+
+
+def test_train_refuses_to_overwrite_a_finished_run(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    before = {name: (run / name).read_bytes() for name in ("model.pt", "report.json")}
+    argv = ["train", "--data", str(tiny_run["data"]), "--distances", str(tiny_run["distances"]),
+            "--config", str(tiny_run["config"]), "--epochs", "1", "--no-progress",
+            "--output", str(run)]  # fmt: skip
+    line = _user_error(argv, capsys)
+    assert line == (
+        f"error: --output {run} already holds a finished run (model.pt, report.json): pass "
+        "--resume to continue it or --overwrite to train a new one over it"
+    )
+    for name, raw in before.items():  # nothing was trained over it
+        assert (run / name).read_bytes() == raw, name
+    # A report alone (the checkpoint deleted) is a finished run's too.
+    (run / "model.pt").unlink()
+    assert "(report.json)" in _user_error(argv, capsys)
+
+
+def test_train_without_a_terminal_logs_a_line_per_epoch(tiny_run, tmp_path):
+    """stdout and stderr are pipes (no progress bars there): each epoch still says where
+    training is; --overwrite trains a new run over a finished one."""
+    run = _copy_run(tiny_run, tmp_path)
+    config = tmp_path / "dcrnn-only.yaml"
+    config.write_text(
+        "model:\n  rnn_units: 8\n  num_rnn_layers: 1\ntrain:\n  threads: 1\n"
+        "baselines:\n  fc_lstm: false\n  gru: false\n  tcn: false\n"
+    )
+    result = _cli("train", "--data", str(tiny_run["data"]), "--distances",
+                  str(tiny_run["distances"]), "--config", str(config), "--epochs", "2",
+                  "--output", str(run), "--overwrite")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    epochs = [line for line in result.stderr.splitlines() if line.startswith("dcrnn epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["dcrnn epoch 1/2", "dcrnn epoch 2/2"]
+    for line in epochs:
+        fields = line.split(": ", 1)[1].split(", ")
+        assert fields[0].startswith("train MAE ") and float(fields[0].split()[-1]) > 0
+        assert fields[1].startswith("val MAE ") and float(fields[1].split()[2]) > 0
+        assert fields[-1].endswith(" s") and float(fields[-1].split()[0]) >= 0
+    assert "\r" not in result.stderr  # no progress bar drawn into the pipe
+    assert load_checkpoint(run / "model.pt")["training"]["epochs_run"] == 2
+    assert not (run / "gru.pt").exists()  # the old run's baselines went with it
 
 
 def _only_argv(tiny_run, run: Path, only: str, config: Path | None = None) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 
 from tests.app.conftest import registry_server
 from trafficcast.app.cli import main
-from trafficcast.app.pipeline import train_run
+from trafficcast.app.pipeline import TrainOptions, train_run
 from trafficcast.app.registry import Registry
 from trafficcast.data import read_speeds
 from trafficcast.models.checkpoint import load_checkpoint, save_checkpoint
@@ -59,12 +59,14 @@ def test_hot_swap_under_concurrent_requests(tiny_run, tmp_path) -> None:
         }
     )
     train_run(
-        tiny_run["data"],
-        run2,
-        distances=tiny_run["distances"],
-        config=config,
-        progress=False,
-        log=lambda m: None,
+        TrainOptions(
+            tiny_run["data"],
+            run2,
+            distances=tiny_run["distances"],
+            config=config,
+            progress=False,
+            log=lambda m: None,
+        )
     )
     assert main([*imp, str(run2)]) == 0
     # v0003: a model whose weights are NaN: complete and intact on disk, but its smoke forecast

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from trafficcast.app.schemas import ModelInfo, RegistryInfo, SensorInfo, SensorList
+from trafficcast.app.schemas import ModelInfo, RegistryInfo, SensorInfo, SensorList, SwapError
 from trafficcast.app.service.deps import ReadyService
 from trafficcast.app.service.errors import responses
+from trafficcast.app.serving.swap import RegistryWatcher
 
 router = APIRouter(tags=["model"], responses=responses(503))
 
@@ -40,12 +41,19 @@ async def model_info(service: ReadyService) -> ModelInfo:
         training=f.payload.get("training"),
         loaded_at=m.loaded_at,
         registry=registry,
-        last_swap_error=None if service.swap is None else service.swap.swap_error,
+        last_swap_error=_swap_error(service.swap),
         quantity=f.quantity,
         unit=f.unit,
         missing=f.missing,
         intervals=f.intervals,
     )
+
+
+def _swap_error(swap: RegistryWatcher | None) -> SwapError | None:
+    failure = None if swap is None else swap.swap_error
+    if failure is None:
+        return None
+    return SwapError(version=failure.version, error=failure.error, at=failure.at)
 
 
 @router.get("/v1/sensors", response_model=SensorList)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Query
 
@@ -13,7 +12,6 @@ from trafficcast.app.schemas import HistoryResponse, ObservationBatch, Observati
 from trafficcast.app.service.checks import check_grid, check_matrix, check_sensors
 from trafficcast.app.service.deps import ReadyService, WriterService
 from trafficcast.app.service.errors import ApiError, responses
-from trafficcast.data.io import observed_readings
 
 router = APIRouter(tags=["observations"])
 
@@ -33,10 +31,8 @@ async def post_observations(body: ObservationBatch, service: WriterService) -> O
     # pandas 3 keeps datetime's microseconds unit; the checks below work in nanoseconds.
     stamps = pd.DatetimeIndex(body.timestamps).as_unit("ns")
     check_grid(stamps, f.freq_minutes, service.settings.max_future_minutes)
-    # The model's missing-value rule decides once, here, what the store keeps as no reading
-    # (NULL): under "zero" (METR-LA's) a 0 is none; under "nan" a 0 is a real flow.
-    values = np.where(observed_readings(values, f.missing), values, np.nan)
-    written, latest = await service.record(list(body.sensors), stamps, values)
+    # The core applies the model's missing-value rule (what the store keeps as no reading).
+    written, latest = await service.record(m, list(body.sensors), stamps, values)
     return ObservationResult(
         written=written,
         timestamps=len(stamps),
