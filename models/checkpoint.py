@@ -25,18 +25,19 @@ from torch import nn
 from trafficcast.models.dcrnn import DCRNN
 from trafficcast.models.errors import CheckpointError
 from trafficcast.models.fc_lstm import FCLSTM
+from trafficcast.models.names import DCRNN_NAME, FC_LSTM_NAME, GRU_NAME, TCN_NAME
 from trafficcast.models.tcn import TCN
 from trafficcast.models.train_state import atomic_torch_save
 
 FORMAT = "trafficcast-checkpoint"
 FORMAT_VERSION = 1
 
-# "gru" is DCRNN without the graph (max_diffusion_step 0, no supports).
+# The GRU is DCRNN without the graph (max_diffusion_step 0, no supports).
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    "dcrnn": DCRNN,
-    "gru": DCRNN,
-    "fc_lstm": FCLSTM,
-    "tcn": TCN,
+    DCRNN_NAME: DCRNN,
+    GRU_NAME: DCRNN,
+    FC_LSTM_NAME: FCLSTM,
+    TCN_NAME: TCN,
 }
 
 
