@@ -121,7 +121,7 @@ say "ready: /readyz answered 200 after $ready s"
 # needs no pandas): the hour before the week's last hour as history, that last hour as truth.
 podman exec "$name" python3 -c '
 import json, math
-import data
+from trafficcast import data
 week = data.read_speeds(data.sample_speeds_path())
 n = week.num_steps
 def rows(a, b):
