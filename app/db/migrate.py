@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -36,6 +37,10 @@ class SchemaOutOfDate(RuntimeError):
     """The database's schema is not the one this version of trafficcast reads."""
 
 
+class MigrationsMissing(RuntimeError):
+    """The installed package holds no schema migration (a broken install)."""
+
+
 def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -46,7 +51,8 @@ def _config() -> Config:
 def head() -> str:
     """The newest schema revision this version of trafficcast knows."""
     revision = ScriptDirectory.from_config(_config()).get_current_head()
-    assert revision is not None
+    if revision is None:
+        raise MigrationsMissing(f"{MIGRATIONS}: no schema migrations found (reinstall trafficcast)")
     return revision
 
 
@@ -73,8 +79,6 @@ def _exclusive(db: Database) -> Iterator[Connection]:
 
 
 def _run(conn: Connection, action: str, revision: str) -> None:
-    from alembic import command
-
     config = _config()
     config.attributes["connection"] = conn
     getattr(command, action)(config, revision)

@@ -23,9 +23,9 @@ from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData, Ser
 
 log = logging.getLogger("trafficcast.service")
 
-# Seconds a client is asked to wait when the database can't be reached (the pool reconnects on
-# the first request after it returns).
-DB_RETRY_AFTER_S = 5
+# Seconds a client is asked to wait by every 503: while the model loads, and when the database
+# can't be reached (the pool reconnects on the first request after it returns).
+RETRY_AFTER_S = 5
 
 # The serving core's refusals as HTTP: not enough stored data is a conflict with the store's
 # state (409); a forecast that is not finite is about the input the client sent (422).
@@ -60,6 +60,11 @@ class ApiError(Exception):
         self.field = field
         self.value = value
         self.headers = headers
+
+
+def retry_after() -> dict[str, str]:
+    """The headers of a 503: ``Retry-After`` in seconds."""
+    return {"Retry-After": str(RETRY_AFTER_S)}
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -196,7 +201,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     return error_response(
         503,
         "the database is unavailable; nothing was written, retry later",
-        headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        headers=retry_after(),
     )
 
 

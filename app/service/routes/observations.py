@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 
 from trafficcast.app.schemas import HistoryResponse, ObservationBatch, ObservationResult, iso
 from trafficcast.app.service.checks import check_grid, check_matrix, check_sensors
-from trafficcast.app.service.deps import ReadyService, WriterService
+from trafficcast.app.service.deps import ReadyService, ServingModel, WriterService
 from trafficcast.app.service.errors import ApiError, responses
 from trafficcast.data.io import observed_readings
 
@@ -23,10 +23,10 @@ router = APIRouter(tags=["observations"])
     response_model=ObservationResult,
     responses=responses(401, 403, 413, 422, 503),
 )
-async def post_observations(body: ObservationBatch, service: WriterService) -> ObservationResult:
+async def post_observations(
+    body: ObservationBatch, service: WriterService, m: ServingModel
+) -> ObservationResult:
     """Store readings (needs X-API-Key). A re-sent reading replaces itself: retries are safe."""
-    m = service.model
-    assert m is not None
     f = m.forecaster
     check_sensors(service, m, body.sensors)
     values = check_matrix(service, body)
@@ -48,12 +48,11 @@ async def post_observations(body: ObservationBatch, service: WriterService) -> O
 @router.get("/v1/history", response_model=HistoryResponse, responses=responses(409, 422, 503))
 async def history(
     service: ReadyService,
+    m: ServingModel,
     sensor: Annotated[str, Query(min_length=1, max_length=64, description="a sensor id")],
     steps: Annotated[int, Query(ge=1, description="steps back from the latest data")] = 36,
 ) -> HistoryResponse:
     """The stored readings of one sensor: the ``steps`` steps ending at the latest data."""
-    m = service.model
-    assert m is not None
     check_sensors(service, m, [sensor])
     cap = service.settings.max_history_steps
     if steps > cap:
