@@ -12,6 +12,17 @@ import argparse
 import sys
 
 from trafficcast.app.commands.common import optional_path
+from trafficcast.data.errors import DataInputError
+from trafficcast.data.importers import (
+    find_atomic_files,
+    import_largest,
+    import_libcity,
+    import_npz,
+    import_pems,
+    parse_freq_minutes,
+    parse_start,
+    write_import,
+)
 
 
 def register(subparsers) -> None:
@@ -104,8 +115,6 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _run_pems(args: argparse.Namespace) -> int:
-    from trafficcast.data.importers import import_pems
-
     result = import_pems(
         args.station_files,
         args.meta,
@@ -118,9 +127,6 @@ def _run_pems(args: argparse.Namespace) -> int:
 
 
 def _run_npz(args: argparse.Namespace) -> int:
-    from trafficcast.data.errors import DataInputError
-    from trafficcast.data.importers import import_npz, parse_freq_minutes, parse_start
-
     if args.start is None or args.freq is None:
         raise DataInputError(
             f"{args.npz} has no timestamps: give --start TIMESTAMP and --freq STEP "
@@ -138,8 +144,6 @@ def _run_npz(args: argparse.Namespace) -> int:
 
 
 def _run_largest(args: argparse.Namespace) -> int:
-    from trafficcast.data.importers import import_largest
-
     districts = None
     if args.district:
         districts = [d.strip() for item in args.district for d in item.split(",") if d.strip()]
@@ -150,9 +154,6 @@ def _run_largest(args: argparse.Namespace) -> int:
 
 
 def _run_libcity(args: argparse.Namespace) -> int:
-    from trafficcast.data.errors import DataInputError
-    from trafficcast.data.importers import find_atomic_files, import_libcity
-
     named = {"geo": args.geo, "rel": args.rel, "dyna": args.dyna}
     if args.dir is not None:
         if any(named.values()):
@@ -177,8 +178,6 @@ def _run_libcity(args: argparse.Namespace) -> int:
 
 
 def _finish(result, output_dir: str) -> int:
-    from trafficcast.data.importers import write_import
-
     paths = write_import(result, output_dir)
     facts = result.summary()
     print(

@@ -6,6 +6,9 @@ import argparse
 import sys
 
 from trafficcast.app.commands.common import data_arguments, data_timing
+from trafficcast.app.pipeline import evaluate_run, load_config, predict_run, train_run
+from trafficcast.app.pipeline.evaluate import CHECKPOINT_FILES
+from trafficcast.models.distributed import is_main_process
 
 
 def register(subparsers) -> None:
@@ -76,9 +79,6 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trafficcast.app.pipeline import load_config, train_run
-    from trafficcast.models.distributed import is_main_process
-
     config = load_config(args.config, args.epochs)
     report = train_run(
         data=args.data,
@@ -99,16 +99,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.only is None:
         print(f"wrote {args.output}/model.pt and {args.output}/report.json")
     else:
-        from trafficcast.app.pipeline.evaluate import CHECKPOINT_FILES
-
         added = [f"{args.output}/{CHECKPOINT_FILES[n.strip()]}" for n in args.only.split(",")]
         print(f"wrote {', '.join(added)} and {args.output}/report.json")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from trafficcast.app.pipeline import evaluate_run
-
     report = evaluate_run(args.run, data=args.data, output=args.output, **data_timing(args))
     _print_table(report)
     print(f"wrote {args.output or args.run + '/report.json'}")
@@ -116,8 +112,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from trafficcast.app.pipeline import predict_run
-
     frame = predict_run(
         args.run, args.data, args.at, args.output, interval=args.interval, **data_timing(args)
     )

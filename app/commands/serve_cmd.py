@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
+
+import uvicorn
+
+from trafficcast.app.service import create_app
+from trafficcast.app.settings import Settings, load_settings
+from trafficcast.models.errors import CheckpointError, ConfigError
 
 # The settings this command also takes as flags; the others come from the environment only.
 _FLAGS = {
@@ -45,11 +52,8 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run_serve)
 
 
-def build_settings(args: argparse.Namespace):
+def build_settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the command line; one-line errors."""
-    from trafficcast.app.settings import load_settings
-    from trafficcast.models.errors import CheckpointError, ConfigError
-
     overrides = {
         "run_dir": args.run,
         "registry": args.registry,
@@ -77,12 +81,6 @@ def build_settings(args: argparse.Namespace):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import logging
-
-    import uvicorn
-
-    from trafficcast.app.service import create_app
-
     settings = build_settings(args)
     model = settings.run_dir / "model.pt"
     if settings.registry is not None:
