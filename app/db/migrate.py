@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from trafficcast.app.db import Database
+
+# Alembic's INFO lines (each plugin set up, the dialect's context, each revision run) would repeat
+# at every start of every replica; the service logs the one line that matters, the revision.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock's key: any constant the application alone uses ("trafficcast" in hex-ish).
