@@ -168,7 +168,30 @@ async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
     return error_response(status, exc.detail, exc.field)
 
 
+def _is_json(content_type: str) -> bool:
+    """``application/json`` or a ``+json`` type, parameters (``; charset=...``) aside."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    sent = request.headers.get("content-type")
+    if (
+        sent is not None
+        and not _is_json(sent)
+        and any(tuple(err.get("loc", ()))[:1] == ("body",) for err in exc.errors())
+    ):
+        # FastAPI reads only a JSON content type's body as JSON: a JSON object sent as a form
+        # would otherwise be told it is not an object. The header is what is wrong: say so.
+        return error_response(
+            422,
+            f"Content-Type: {sent} sent, but the body must be JSON (Content-Type: "
+            "application/json)",
+            field="Content-Type",
+            value=sent,
+        )
     return _describe_validation(exc)
 
 

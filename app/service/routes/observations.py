@@ -53,7 +53,7 @@ async def history(
     steps: Annotated[int, Query(ge=1, description="steps back from the latest data")] = 36,
 ) -> HistoryResponse:
     """The stored readings of one sensor: the ``steps`` steps ending at the latest data."""
-    check_sensors(service, m, [sensor])
+    check_sensors(service, m, [sensor], field="sensor")
     cap = service.settings.max_history_steps
     if steps > cap:
         raise ApiError(422, f"steps: {steps} asked, at most {cap}", field="steps", value=steps)
