@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="metrics of a trained run on the test split",
-        description="Score DCRNN and the baselines on the test split (the last 20%% in time).",
+        description="Score DCRNN and the baselines on the test split (the last 20% in time).",
     )
     p.add_argument("--run", required=True, help="run directory written by `trafficcast train`")
     data_arguments(
