@@ -360,3 +360,13 @@ def test_history_names_the_parameter_as_sent(client: TestClient) -> None:
     body = assert_error(client.get("/v1/history?sensor=999"), 422, "sensor: unknown", "999")
     assert body["field"] == "sensor"
     assert not body["detail"].startswith("sensors")
+
+
+def test_favicon_is_served(client: TestClient) -> None:
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/vnd.microsoft.icon"
+    # An ICO file: reserved 0, type 1 (icon), then its image count (16 and 32 pixels).
+    assert icon.content[:6] == b"\x00\x00\x01\x00\x02\x00"
+    assert '<link rel="icon" href="/favicon.ico">' in client.get("/").text
+    assert "/favicon.ico" not in client.get("/openapi.json").json()["paths"]
