@@ -160,16 +160,17 @@ def _run_libcity(args: argparse.Namespace) -> int:
             raise DataInputError("give either --dir or --geo/--rel/--dyna, not both")
         files = find_atomic_files(args.dir)
     else:
-        absent = [f"--{kind}" for kind, path in named.items() if path is None]
-        if absent:
-            raise DataInputError(
-                f"give --dir, or all of --geo, --rel and --dyna ({absent[0]} is missing)"
-            )
-        files = {**named, "config": None}
+        files = {**{kind: optional_path(path) for kind, path in named.items()}, "config": None}
+    geo, rel, dyna = files["geo"], files["rel"], files["dyna"]
+    if geo is None or rel is None or dyna is None:
+        absent = [f"--{kind}" for kind in named if files[kind] is None]
+        raise DataInputError(
+            f"give --dir, or all of --geo, --rel and --dyna ({absent[0]} is missing)"
+        )
     result = import_libcity(
-        files["geo"],
-        files["rel"],
-        files["dyna"],
+        geo,
+        rel,
+        dyna,
         config=optional_path(args.config) or files["config"],
         column=args.column,
         progress=_progress(args),

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +22,7 @@ from trafficcast.app.schemas import ErrorBody, FieldError
 from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData, ServingError
 
 log = logging.getLogger("trafficcast.service")
+E = TypeVar("E", bound=Exception)
 
 # Seconds a client is asked to wait by every 503: while the model loads, and when the database
 # can't be reached (the pool reconnects on the first request after it returns).
@@ -154,8 +155,9 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     methods: set[str] = set()
     for route in _leaf_routes(app.routes):
         regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(path) and getattr(route, "methods", None):
-            methods |= set(route.methods)
+        route_methods = getattr(route, "methods", None)
+        if regex is not None and regex.match(path) and route_methods:
+            methods |= set(route_methods)
     return sorted(methods)
 
 
@@ -233,13 +235,21 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
+def _handle(
+    app: FastAPI, kind: type[E], handler: Callable[[Request, E], Awaitable[JSONResponse]]
+) -> None:
+    # Starlette calls a handler only with exceptions of the kind it was added for, but types
+    # every handler as taking any Exception: this is where the two meet.
+    app.add_exception_handler(kind, cast(Callable[[Request, Exception], Any], handler))
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Answer every error of ``app`` with the JSON error body."""
-    app.add_exception_handler(ApiError, _api_error)
-    for kind in SERVING_STATUS:
-        app.add_exception_handler(kind, _serving_error)
-    for kind in UNAVAILABLE:
-        app.add_exception_handler(kind, _database_unavailable)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    _handle(app, ApiError, _api_error)
+    for refusal in SERVING_STATUS:
+        _handle(app, refusal, _serving_error)
+    for outage in UNAVAILABLE:
+        _handle(app, outage, _database_unavailable)
+    _handle(app, RequestValidationError, _validation_error)
+    _handle(app, StarletteHTTPException, _http_error)
+    _handle(app, Exception, _unexpected)

@@ -43,7 +43,7 @@ async def accuracy(
     background, so the figures may lag the newest readings by ``pending`` steps."""
     if service.recorder is None:
         raise ApiError(409, "live accuracy is off: set TRAFFICCAST_ACCURACY_ENABLED=true")
-    windows = list(WINDOWS) if window is None else [window]
+    windows: list[str] = list(WINDOWS) if window is None else [window]
     found = await service.live_accuracy(version, windows)
     if found is None:
         raise ApiError(
