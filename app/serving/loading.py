@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from trafficcast.app.batching import MicroBatcher
-from trafficcast.app.db import UNAVAILABLE, Database, reason
+from trafficcast.app.db import UNAVAILABLE, Database, migrate, reason
 from trafficcast.app.forecaster import Forecaster
 from trafficcast.app.observations import ObservationStore
 from trafficcast.app.settings import Settings
@@ -65,8 +65,6 @@ def open_database(settings: Settings) -> Database:
     An unreachable database is waited for (:func:`wait_for_database`), then raises; a schema
     nobody upgraded raises ``trafficcast.app.db.migrate.SchemaOutOfDate``.
     """
-    from trafficcast.app.db import migrate
-
     s = settings
     db = Database.open(
         s.database,
