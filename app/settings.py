@@ -7,11 +7,16 @@ the CLI each make an app with their own values. Every field can come from the en
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from trafficcast.app.db import describe, is_url, to_url
+from trafficcast.data.errors import DataInputError
+from trafficcast.models.errors import ConfigError
 
 # The bundled run: a checkpoint trained by `trafficcast train` on the bundled METR-LA week, with
 # its report. When it is absent, the service trains it on first start from the bundled config.
@@ -52,7 +57,12 @@ class Settings(BaseSettings):
         None,
         description="the database of the observations and the forecast record, e.g. "
         "postgresql://user:password@host:5432/trafficcast, shared by every replica; unset: "
-        "SQLite at observations_db",
+        "database_url_file's, else SQLite at observations_db",
+    )
+    database_url_file: Path | None = Field(
+        None,
+        description="a file holding database_url (a Docker or Kubernetes secret), so that the "
+        "URL and its password are in neither a command line nor the environment",
     )
     db_pool_size: int = Field(5, ge=1, description="connections kept open per process")
     db_max_overflow: int = Field(5, ge=0, description="connections opened beyond the pool")
@@ -129,8 +139,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-                import json
-
                 return json.loads(text)
             return [k.strip() for k in text.split(",") if k.strip()]
         return value
@@ -147,10 +155,23 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        from trafficcast.app.db import to_url
-
         to_url(value)  # raises naming the scheme for anything but postgresql:// and sqlite://
         return value.strip()
+
+    @model_validator(mode="after")
+    def _url_from_file(self) -> Settings:
+        if self.database_url_file is None:
+            return self
+        if self.database_url is not None:
+            raise ValueError(
+                "database_url (TRAFFICCAST_DATABASE_URL) and database_url_file "
+                "(TRAFFICCAST_DATABASE_URL_FILE) are both set: give one"
+            )
+        try:
+            self.database_url = read_database_url(self.database_url_file)
+        except ConfigError as exc:
+            raise ValueError(f"database_url_file (TRAFFICCAST_DATABASE_URL_FILE): {exc}") from None
+        return self
 
     @property
     def database(self) -> str | Path:
@@ -162,20 +183,37 @@ class Settings(BaseSettings):
         return self.registry is None and self.run_dir.resolve() == BUNDLED_RUN_DIR.resolve()
 
 
-def load_settings(flags: dict[str, str] | None = None, **overrides: object) -> Settings:
+def read_database_url(path: Path) -> str:
+    """The database URL held in the file ``path`` (a Docker or Kubernetes secret), without the
+    whitespace around it. Raises :class:`ConfigError` naming the file, never its content, when
+    it can't be read or holds no postgresql:// or sqlite:// URL."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"cannot read {path}: {why}") from None
+    if not is_url(text):
+        raise ConfigError(f"{path} holds no database URL (postgresql://... or sqlite:///...)")
+    try:
+        to_url(text)
+    except DataInputError:
+        raise ConfigError(
+            f"{path}: {describe(text)}: only postgresql:// and sqlite:/// are supported"
+        ) from None
+    return text
+
+
+def load_settings(flags: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Settings from the environment and ``overrides``; an invalid one raises
     ``trafficcast.models.errors.ConfigError`` with one line naming the setting, its environment variable
     (and its command-line flag, from ``flags``) and the value, a database URL without its
     password."""
-    from pydantic import ValidationError
-
-    from trafficcast.app.db import describe
-    from trafficcast.models.errors import ConfigError
-
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a rule across settings: its message names them
+            raise ConfigError(f"settings: {first['msg'].removeprefix('Value error, ')}") from None
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         env = f"TRAFFICCAST_{where.upper()}"
         names = f"{flags[where]} or {env}" if flags and where in flags else env

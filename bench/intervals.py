@@ -28,8 +28,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trafficcast.app.calibration import Residuals, interval_metrics, persistence, split_residuals  # noqa: E402
 from trafficcast.app.pipeline import load_run  # noqa: E402
+from trafficcast.app.pipeline.calibrate import (  # noqa: E402
+    Residuals,
+    interval_metrics,
+    persistence,
+    split_residuals,
+)
 from trafficcast.models.checkpoint import load_checkpoint  # noqa: E402
 from trafficcast.models.intervals import DEFAULT_FACTORS, FACTORS, IntervalCalibrator  # noqa: E402
 

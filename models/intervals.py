@@ -38,7 +38,7 @@ with few residuals.
 The residuals the scale is fitted to need not be the model's: only its shape matters, the
 calibration sets its level. A model's residuals on its own training windows are a poor guide,
 smaller than on new data and unevenly so (a network fits the training days' rush hours closely),
-so :mod:`trafficcast.app.calibration` fits the scale to the residuals of the persistence forecast on the
+so :mod:`trafficcast.app.pipeline.calibrate` fits the scale to the residuals of the persistence forecast on the
 training windows, which no fitting has shrunk. The quantiles must come from held-out windows.
 The finite-sample correction of split conformal (the :math:`\lceil (n+1)\alpha \rceil`-th score)
 is left out: with tens of thousands of scores per step it moves a quantile by less than the

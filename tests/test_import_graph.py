@@ -117,7 +117,9 @@ def collect(source: str, module: str, is_package: bool = False) -> list[Import]:
 def project_edges(imports: list[Import], modules: set[str]) -> dict[str, set[str]]:
     """Module -> the project's modules it imports.
 
-    ``from P import x`` is an arrow to ``P.x`` where that is a module, else to ``P``.
+    ``from P import x`` is an arrow to ``P.x`` where that is a module, else to ``P``. Importing
+    ``P.x`` runs the ``__init__`` of every package above it first, so it is an arrow to those
+    packages too, except the ones the importer lies in (they are already being imported).
     """
     edges: dict[str, set[str]] = {}
     for imp in imports:
@@ -135,7 +137,17 @@ def project_edges(imports: list[Import], modules: set[str]) -> dict[str, set[str
                 target = target.rsplit(".", 1)[0]
             if target in modules and target != imp.module:
                 edges[imp.module].add(target)
+            for parent in _packages_above(target):
+                inside = imp.module == parent or imp.module.startswith(parent + ".")
+                if parent in modules and not inside:
+                    edges[imp.module].add(parent)
     return edges
+
+
+def _packages_above(module: str) -> list[str]:
+    """``trafficcast.app.pipeline.fitting`` -> ``trafficcast.app.pipeline``, ``trafficcast.app``."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 1, -1)]
 
 
 def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -344,6 +356,23 @@ def test_a_cycle_through_a_function_and_type_checking_is_found():
     ]
 
 
+def test_a_cycle_through_a_package_init_is_found():
+    # c imports a submodule of p; p's __init__ (run first) imports q, which imports c.
+    tree = parse_tree(
+        {
+            "app/c.py": "from trafficcast.app.p.leaf import x\n",
+            "app/p/__init__.py": "from trafficcast.app.p.q import y\n",
+            "app/p/leaf.py": "x = 1\n",
+            "app/p/q.py": "from trafficcast.app.c import z\n",
+        }
+    )
+    assert find_cycles(tree.edges) == [
+        ["trafficcast.app.c", "trafficcast.app.p", "trafficcast.app.p.q", "trafficcast.app.c"]
+    ]
+    # Inside the package, a sibling's import does not count its own package's __init__.
+    assert "trafficcast.app.p" not in tree.edges["trafficcast.app.p.q"]
+
+
 def test_relative_imports_resolve_and_a_tree_without_cycles_passes():
     tree = parse_tree(
         {
@@ -383,7 +412,11 @@ def test_an_upward_arrow_and_a_bare_import_are_found():
             "app/x.py": "from trafficcast.models import m\nimport data.io\n",
         }
     )
-    assert upward_arrows(tree.edges) == ["trafficcast.models.m -> trafficcast.data.io"]
+    # data.io, and the package data whose __init__ runs first.
+    assert upward_arrows(tree.edges) == [
+        "trafficcast.models.m -> trafficcast.data",
+        "trafficcast.models.m -> trafficcast.data.io",
+    ]
     assert bare_imports(tree.imports) == ["trafficcast.app.x:2 imports data.io"]
 
 

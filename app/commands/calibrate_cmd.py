@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from trafficcast.app.pipeline.calibrate import calibrate_run
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -25,8 +27,6 @@ def register(subparsers) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from trafficcast.app.calibration import calibrate_run
-
     result = calibrate_run(args.run, data=args.data)
     for name, levels in result["val_coverage"].items():
         for level, by_horizon in levels.items():

@@ -7,23 +7,24 @@ Subcommand modules and :mod:`trafficcast.app.cli` import from here; nothing here
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+from typing import TypedDict
+
+from trafficcast.app.allocator import AllocatorError
+from trafficcast.app.db import UNAVAILABLE, location, reason
+from trafficcast.app.db.migrate import SchemaOutOfDate
+from trafficcast.app.registry import RegistryError
+from trafficcast.app.settings import load_settings
+from trafficcast.data.errors import DataInputError
+from trafficcast.data.io import parse_freq_minutes
+from trafficcast.graph.errors import GraphInputError
+from trafficcast.models.errors import CheckpointError, ConfigError, TrainingError
 
 EXIT_USER_ERROR = 2
-REGISTRY_ENV = "TRAFFICCAST_REGISTRY"
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean the user gave us something wrong, not that we have a bug."""
-    from trafficcast.app.allocator import AllocatorError
-    from trafficcast.app.db import UNAVAILABLE
-    from trafficcast.app.db.migrate import SchemaOutOfDate
-    from trafficcast.app.registry import RegistryError
-    from trafficcast.data.errors import DataInputError
-    from trafficcast.graph.errors import GraphInputError
-    from trafficcast.models.errors import CheckpointError, ConfigError, TrainingError
-
     return (
         AllocatorError,
         DataInputError,
@@ -43,26 +44,32 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 def describe(exc: BaseException) -> str:
     """``exc`` as the one line that follows ``error:`` (a file error names the file)."""
     if isinstance(exc, OSError) and exc.filename is not None:
-        reason = exc.strerror or str(exc)
-        return f"cannot open {exc.filename}: {reason}"
+        why = exc.strerror or str(exc)
+        return f"cannot open {exc.filename}: {why}"
     if getattr(exc, "orig", None) is not None:  # a database error: the driver's message
-        from trafficcast.app.db import reason
-
         return f"database: {reason(exc)}"
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.split())  # always one line
 
 
 def registry_argument(p: argparse.ArgumentParser) -> None:
-    """Add ``--registry DIR``, required unless ``$TRAFFICCAST_REGISTRY`` names one."""
-    default = os.environ.get(REGISTRY_ENV) or None
+    """Add ``--registry DIR``; :func:`registry_dir` falls back on ``$TRAFFICCAST_REGISTRY``."""
     p.add_argument(
         "--registry",
         metavar="DIR",
-        default=default,
-        required=default is None,
-        help=f"the model registry directory (default: ${REGISTRY_ENV})",
+        help="the model registry directory (default: $TRAFFICCAST_REGISTRY)",
     )
+
+
+def registry_dir(args: argparse.Namespace) -> Path:
+    """The registry of a command: ``--registry``, else the settings' ``registry``
+    (``$TRAFFICCAST_REGISTRY``); neither is a user error naming both."""
+    if args.registry is not None:
+        return Path(args.registry)
+    registry = load_settings({"registry": "--registry"}).registry
+    if registry is None:
+        raise ConfigError("no registry: give --registry DIR or set TRAFFICCAST_REGISTRY")
+    return registry
 
 
 def data_arguments(p: argparse.ArgumentParser, help: str, required: bool = True) -> None:
@@ -80,25 +87,28 @@ def data_arguments(p: argparse.ArgumentParser, help: str, required: bool = True)
     )
 
 
-def data_timing(args: argparse.Namespace) -> dict[str, object]:
+class DataTiming(TypedDict):
+    """The times of a data file without timestamps, as the readers and pipeline jobs take them."""
+
+    start: str | None
+    freq_minutes: int | None
+
+
+def data_timing(args: argparse.Namespace) -> DataTiming:
     """``--start`` and ``--freq`` as the keyword arguments of the readers and pipeline jobs
     (``start``, ``freq_minutes``); a ``--freq`` that is not a whole number of minutes is a user
     error naming it."""
-    return {"start": args.start, "freq_minutes": parse_freq(args.freq)}
+    return DataTiming(start=args.start, freq_minutes=parse_freq(args.freq))
 
 
 def parse_freq(text: str | None) -> int | None:
     """``--freq`` as whole minutes (:func:`trafficcast.data.io.parse_freq_minutes`); None stays None."""
-    from trafficcast.data.io import parse_freq_minutes
-
     return None if text is None else parse_freq_minutes(text)
 
 
 def optional_location(value: str | None) -> str | Path | None:
     """An optional database argument: a URL (``postgresql://...``) as given, else a SQLite
     path; an option not given stays None."""
-    from trafficcast.app.db import location
-
     return None if value is None else location(value)
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 
 from trafficcast.app.commands.common import data_arguments, data_timing
+from trafficcast.data.errors import DataInputError
+from trafficcast.data.io import read_speeds
+from trafficcast.data.synthetic import make_synthetic, write_synthetic
+from trafficcast.data.windows import num_windows, split_counts
 
 _SEQ_LEN = 12
 _HORIZON = 12
@@ -43,10 +47,6 @@ def register(subparsers) -> None:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from trafficcast.data.errors import DataInputError
-    from trafficcast.data.io import read_speeds
-    from trafficcast.data.windows import num_windows, split_counts
-
     speeds = read_speeds(args.data, missing=args.missing, **data_timing(args))
     facts = speeds.summary()
     dead = facts["always_missing"]
@@ -73,8 +73,6 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from trafficcast.data.synthetic import make_synthetic, write_synthetic
-
     dataset = make_synthetic(
         num_sensors=args.sensors,
         num_days=args.days,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from trafficcast.app.db import Database, migrate
+from trafficcast.app.settings import load_settings
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -36,17 +39,12 @@ def _database_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _database(args: argparse.Namespace):
-    from trafficcast.app.db import Database
-    from trafficcast.app.settings import load_settings
-
+def _database(args: argparse.Namespace) -> Database:
     given = {} if args.database_url is None else {"database_url": args.database_url}
     return Database.open(load_settings({"database_url": "--database-url"}, **given).database)
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from trafficcast.app.db import migrate
-
     db = _database(args)
     try:
         before, after = migrate.upgrade(db)
@@ -60,8 +58,6 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _current(args: argparse.Namespace) -> int:
-    from trafficcast.app.db import migrate
-
     db = _database(args)
     try:
         found = migrate.current(db)

@@ -1,12 +1,30 @@
-"""CLI subcommands for the sensor graph: ``graph``, ``graph-info`` and ``distances``.
-
-Library code is imported inside the handlers so that ``trafficcast --help`` stays fast.
-"""
+"""CLI subcommands for the sensor graph: ``graph``, ``graph-info`` and ``distances``."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import warnings
+
+import numpy as np
+
+from trafficcast.graph.adjacency import adjacency_from_distance_matrix, build_adjacency_with_sigma
+from trafficcast.graph.distances import (
+    read_road_nodes,
+    read_roads,
+    read_sensor_points,
+    road_distances,
+    straight_line_distances,
+)
+from trafficcast.graph.errors import GraphInputError, GraphWarning
+from trafficcast.graph.io import (
+    load_adjacency,
+    read_dense_matrix,
+    read_distances,
+    read_sensor_ids,
+    save_adjacency,
+    write_distances,
+)
 
 DEFAULT_THRESHOLD = 0.1
 DEFAULT_MAX_SNAP_M = 500.0
@@ -96,18 +114,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_graph(args: argparse.Namespace) -> int:
-    from trafficcast.graph.adjacency import (
-        adjacency_from_distance_matrix,
-        build_adjacency_with_sigma,
-    )
-    from trafficcast.graph.errors import GraphInputError
-    from trafficcast.graph.io import (
-        read_dense_matrix,
-        read_distances,
-        read_sensor_ids,
-        save_adjacency,
-    )
-
     given_ids = read_sensor_ids(args.sensor_ids) if args.sensor_ids else None
     if args.distances is not None:
         if given_ids is None:
@@ -134,8 +140,6 @@ def _matrix_ids(
 ) -> list[str]:
     """A dense matrix's sensor order: its header's, which ``--sensor-ids`` must then equal,
     or ``--sensor-ids``'."""
-    from trafficcast.graph.errors import GraphInputError
-
     if header_ids is not None:
         if given_ids is not None and given_ids != header_ids:
             raise GraphInputError(
@@ -152,10 +156,6 @@ def _matrix_ids(
 
 
 def run_graph_info(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from trafficcast.graph.io import load_adjacency
-
     sensor_ids, adj = load_adjacency(args.adjacency)
     num_nodes = len(sensor_ids)
     nonzero = adj != 0
@@ -183,18 +183,6 @@ def run_graph_info(args: argparse.Namespace) -> int:
 
 
 def run_distances(args: argparse.Namespace) -> int:
-    import warnings
-
-    from trafficcast.graph.distances import (
-        read_road_nodes,
-        read_roads,
-        read_sensor_points,
-        road_distances,
-        straight_line_distances,
-    )
-    from trafficcast.graph.errors import GraphInputError, GraphWarning
-    from trafficcast.graph.io import write_distances
-
     if args.straight_line and args.roads:
         raise GraphInputError("give either --roads ROADS.csv or --straight-line, not both")
     if not args.straight_line and not args.roads:

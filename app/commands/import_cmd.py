@@ -12,6 +12,17 @@ import argparse
 import sys
 
 from trafficcast.app.commands.common import optional_path
+from trafficcast.data.errors import DataInputError
+from trafficcast.data.importers import (
+    find_atomic_files,
+    import_largest,
+    import_libcity,
+    import_npz,
+    import_pems,
+    parse_freq_minutes,
+    parse_start,
+    write_import,
+)
 
 
 def register(subparsers) -> None:
@@ -104,8 +115,6 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _run_pems(args: argparse.Namespace) -> int:
-    from trafficcast.data.importers import import_pems
-
     result = import_pems(
         args.station_files,
         args.meta,
@@ -118,9 +127,6 @@ def _run_pems(args: argparse.Namespace) -> int:
 
 
 def _run_npz(args: argparse.Namespace) -> int:
-    from trafficcast.data.errors import DataInputError
-    from trafficcast.data.importers import import_npz, parse_freq_minutes, parse_start
-
     if args.start is None or args.freq is None:
         raise DataInputError(
             f"{args.npz} has no timestamps: give --start TIMESTAMP and --freq STEP "
@@ -138,8 +144,6 @@ def _run_npz(args: argparse.Namespace) -> int:
 
 
 def _run_largest(args: argparse.Namespace) -> int:
-    from trafficcast.data.importers import import_largest
-
     districts = None
     if args.district:
         districts = [d.strip() for item in args.district for d in item.split(",") if d.strip()]
@@ -150,25 +154,23 @@ def _run_largest(args: argparse.Namespace) -> int:
 
 
 def _run_libcity(args: argparse.Namespace) -> int:
-    from trafficcast.data.errors import DataInputError
-    from trafficcast.data.importers import find_atomic_files, import_libcity
-
     named = {"geo": args.geo, "rel": args.rel, "dyna": args.dyna}
     if args.dir is not None:
         if any(named.values()):
             raise DataInputError("give either --dir or --geo/--rel/--dyna, not both")
         files = find_atomic_files(args.dir)
     else:
-        absent = [f"--{kind}" for kind, path in named.items() if path is None]
-        if absent:
-            raise DataInputError(
-                f"give --dir, or all of --geo, --rel and --dyna ({absent[0]} is missing)"
-            )
-        files = {**named, "config": None}
+        files = {**{kind: optional_path(path) for kind, path in named.items()}, "config": None}
+    geo, rel, dyna = files["geo"], files["rel"], files["dyna"]
+    if geo is None or rel is None or dyna is None:
+        absent = [f"--{kind}" for kind in named if files[kind] is None]
+        raise DataInputError(
+            f"give --dir, or all of --geo, --rel and --dyna ({absent[0]} is missing)"
+        )
     result = import_libcity(
-        files["geo"],
-        files["rel"],
-        files["dyna"],
+        geo,
+        rel,
+        dyna,
         config=optional_path(args.config) or files["config"],
         column=args.column,
         progress=_progress(args),
@@ -177,8 +179,6 @@ def _run_libcity(args: argparse.Namespace) -> int:
 
 
 def _finish(result, output_dir: str) -> int:
-    from trafficcast.data.importers import write_import
-
     paths = write_import(result, output_dir)
     facts = result.summary()
     print(

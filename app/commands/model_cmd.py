@@ -6,6 +6,15 @@ import argparse
 import sys
 
 from trafficcast.app.commands.common import data_arguments, data_timing
+from trafficcast.app.pipeline import (
+    CHECKPOINT_FILES,
+    TrainOptions,
+    evaluate_run,
+    load_config,
+    predict_run,
+    train_run,
+)
+from trafficcast.models.distributed import is_main_process
 
 
 def register(subparsers) -> None:
@@ -52,7 +61,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="metrics of a trained run on the test split",
-        description="Score DCRNN and the baselines on the test split (the last 20%% in time).",
+        description="Score DCRNN and the baselines on the test split (the last 20% in time).",
     )
     p.add_argument("--run", required=True, help="run directory written by `trafficcast train`")
     data_arguments(
@@ -81,9 +90,6 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trafficcast.app.pipeline import CHECKPOINT_FILES, TrainOptions, load_config, train_run
-    from trafficcast.models.distributed import is_main_process
-
     config = load_config(args.config, args.epochs)
     report = train_run(
         TrainOptions(
@@ -113,8 +119,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from trafficcast.app.pipeline import evaluate_run
-
     report = evaluate_run(args.run, data=args.data, output=args.output, **data_timing(args))
     _print_table(report)
     print(f"wrote {args.output or args.run + '/report.json'}")
@@ -122,8 +126,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from trafficcast.app.pipeline import predict_run
-
     frame = predict_run(
         args.run, args.data, args.at, args.output, interval=args.interval, **data_timing(args)
     )

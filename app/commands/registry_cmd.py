@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from trafficcast.app.commands.common import optional_path, registry_argument
+from trafficcast.app.commands.common import optional_path, registry_argument, registry_dir
+from trafficcast.app.registry import Registry, RegistryError, version_summary
+from trafficcast.app.retrain import import_run
 
 
 def register(subparsers) -> None:
@@ -58,15 +60,11 @@ def register(subparsers) -> None:
     q.set_defaults(handler=_import)
 
 
-def _registry(args: argparse.Namespace):
-    from trafficcast.app.registry import Registry
-
-    return Registry(args.registry).require()
+def _registry(args: argparse.Namespace) -> Registry:
+    return Registry(registry_dir(args)).require()
 
 
 def _list(args: argparse.Namespace) -> int:
-    from trafficcast.app.registry import version_summary
-
     registry = _registry(args)
     pointer = registry.current()
     versions = registry.versions()
@@ -87,8 +85,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from trafficcast.app.registry import RegistryError
-
     registry = _registry(args)
     pointer = registry.current()
     version = args.version or (pointer.version if pointer is not None else None)
@@ -135,10 +131,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from trafficcast.app.retrain import import_run
-
     version, promoted = import_run(
-        Path(args.registry),
+        registry_dir(args),
         Path(args.run),
         optional_path(args.distances),
         optional_path(args.adjacency),

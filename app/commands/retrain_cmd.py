@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from trafficcast.app.commands.common import (
@@ -14,8 +15,21 @@ from trafficcast.app.commands.common import (
     optional_location,
     optional_path,
     registry_argument,
+    registry_dir,
     user_error_types,
 )
+from trafficcast.app.pipeline import log_stderr
+from trafficcast.app.registry import Registry, RegistryBusy, now_iso
+from trafficcast.app.retrain import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_FAILED,
+    RetrainOptions,
+    run_retrain,
+    write_summary,
+)
+from trafficcast.app.settings import load_settings, read_database_url
+from trafficcast.models.distributed import is_main_process
 
 
 def register(subparsers) -> None:
@@ -32,11 +46,26 @@ def register(subparsers) -> None:
     )
     registry_argument(p)
     data_arguments(p, "speeds: .h5 (key df), .csv or .parquet")
-    p.add_argument(
+    # The service's database, whose readings win over --data's. Its URL carries a password: the
+    # last two forms keep it off the command line, which every user of the machine can read.
+    observations = p.add_mutually_exclusive_group()
+    observations.add_argument(
         "--observations",
         metavar="DB",
-        help="the service's database: its SQLite file or its URL (postgresql://...); its "
-        "readings win over --data's",
+        help="the service's database: its SQLite file or its URL (postgresql://...; a URL "
+        "with a password is better given by one of the next two options)",
+    )
+    observations.add_argument(
+        "--observations-from-env",
+        action="store_true",
+        help="the service's database as the service finds it: $TRAFFICCAST_DATABASE_URL, "
+        "else the URL in the file $TRAFFICCAST_DATABASE_URL_FILE, else the SQLite file "
+        "$TRAFFICCAST_OBSERVATIONS_DB",
+    )
+    observations.add_argument(
+        "--observations-url-file",
+        metavar="FILE",
+        help="a file holding the database's URL (a Docker or Kubernetes secret)",
     )
     graph = p.add_mutually_exclusive_group()
     graph.add_argument("--distances", help="road distances CSV (default: the champion's graph)")
@@ -69,26 +98,26 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from trafficcast.app.pipeline import log_stderr
-    from trafficcast.app.registry import Registry, RegistryBusy, now_iso
-    from trafficcast.app.retrain import (
-        EXIT_BAD_INPUT,
-        EXIT_BUSY,
-        EXIT_FAILED,
-        RetrainOptions,
-        run_retrain,
-        write_summary,
-    )
+def observations_location(args: argparse.Namespace) -> str | Path | None:
+    """The database of ``--observations``, ``--observations-from-env`` (the service's settings)
+    or ``--observations-url-file``; None when none of them is given."""
+    if args.observations_from_env:
+        return load_settings().database
+    if args.observations_url_file is not None:
+        return read_database_url(Path(args.observations_url_file))
+    return optional_location(args.observations)
 
-    registry = Path(args.registry)
+
+def run(args: argparse.Namespace) -> int:
+    """Run the job; print its JSON summary and return its exit status."""
+    registry = registry_dir(args)
     summary_path = optional_path(args.summary)
     try:
         opts = RetrainOptions(
             registry=registry,
             data=Path(args.data),
             **data_timing(args),
-            observations=optional_location(args.observations),
+            observations=observations_location(args),
             config=optional_path(args.config),
             epochs=args.epochs,
             distances=optional_path(args.distances),
@@ -119,13 +148,9 @@ def run(args: argparse.Namespace) -> int:
             write_summary(Registry(registry).summary_path, summary)
         print(json.dumps(summary, indent=2))
         if not bad_input:
-            import traceback
-
             traceback.print_exc()
         print(f"error: {describe(exc)}", file=sys.stderr)
         return code
-    from trafficcast.models.distributed import is_main_process
-
     if not is_main_process():  # under torchrun: rank 0 reports for the job
         return int(summary.get("exit_code", 0))
     write_summary(summary_path, summary)

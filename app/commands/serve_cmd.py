@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+
+import uvicorn
+
+from trafficcast.app.db import UNAVAILABLE, Database, reason
+from trafficcast.app.service import create_app
+from trafficcast.app.serving.loading import DB_START_WAIT_S, wait_for_database
+from trafficcast.app.settings import Settings, load_settings
+from trafficcast.models.errors import CheckpointError, ConfigError
+
+# uvicorn's exit status for an app that failed to start.
+STARTUP_FAILURE = 3
 
 # The settings this command also takes as flags; the others come from the environment only.
 _FLAGS = {
@@ -45,11 +58,8 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run_serve)
 
 
-def build_settings(args: argparse.Namespace):
+def build_settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the command line; one-line errors."""
-    from trafficcast.app.settings import load_settings
-    from trafficcast.models.errors import CheckpointError, ConfigError
-
     overrides = {
         "run_dir": args.run,
         "registry": args.registry,
@@ -77,13 +87,24 @@ def build_settings(args: argparse.Namespace):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import logging
-
-    import uvicorn
-
-    from trafficcast.app.service import create_app
-
+    """Serve until stopped; 3 when the database stays unreachable (uvicorn's start-up failure)."""
     settings = build_settings(args)
+    # The service's own messages (seeding, training failures) beside uvicorn's, in its format.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    # Wait for the database before uvicorn starts: giving up is then one line, where a failed
+    # start-up of the app ends in uvicorn's traceback. The app then finds it at once.
+    db = Database.open(settings.database, connect_timeout_s=settings.db_connect_timeout_s)
+    try:
+        wait_for_database(db)
+    except UNAVAILABLE as exc:
+        print(
+            f"error: database {db.description} unreachable for {DB_START_WAIT_S:g} s: "
+            f"{reason(exc)}",
+            file=sys.stderr,
+        )
+        return STARTUP_FAILURE
+    finally:
+        db.dispose()
     model = settings.run_dir / "model.pt"
     if settings.registry is not None:
         print(f"serving the current version of the registry {settings.registry}")
@@ -92,8 +113,6 @@ def run_serve(args: argparse.Namespace) -> int:
             "no bundled model yet: training it on the bundled METR-LA week first (a few minutes); "
             "/readyz answers 503 until it is ready"
         )
-    # The service's own messages (seeding, training failures) beside uvicorn's, in its format.
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     print(f"serving on http://{settings.host}:{settings.port}/ (dashboard), API docs at /docs")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

@@ -12,16 +12,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from trafficcast.app.db import Database
+
+# Alembic's INFO lines (each plugin set up, the dialect's context, each revision run) would repeat
+# at every start of every replica; the service logs the one line that matters, the revision.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock's key: any constant the application alone uses ("trafficcast" in hex-ish).
@@ -36,6 +42,10 @@ class SchemaOutOfDate(RuntimeError):
     """The database's schema is not the one this version of trafficcast reads."""
 
 
+class MigrationsMissing(RuntimeError):
+    """The installed package holds no schema migration (a broken install)."""
+
+
 def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -46,7 +56,8 @@ def _config() -> Config:
 def head() -> str:
     """The newest schema revision this version of trafficcast knows."""
     revision = ScriptDirectory.from_config(_config()).get_current_head()
-    assert revision is not None
+    if revision is None:
+        raise MigrationsMissing(f"{MIGRATIONS}: no schema migrations found (reinstall trafficcast)")
     return revision
 
 
@@ -73,8 +84,6 @@ def _exclusive(db: Database) -> Iterator[Connection]:
 
 
 def _run(conn: Connection, action: str, revision: str) -> None:
-    from alembic import command
-
     config = _config()
     config.attributes["connection"] = conn
     getattr(command, action)(config, revision)

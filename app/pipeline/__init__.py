@@ -1,4 +1,4 @@
-"""Train, evaluate and predict: the jobs behind ``trafficcast train|evaluate|predict``.
+"""Train, evaluate, predict and calibrate: the jobs behind ``trafficcast train|evaluate|predict|calibrate``.
 
 This is where the packages meet: ``data`` reads and windows the speeds, ``graph`` turns
 distances into supports, ``models`` trains and scores. Everything here works from a run
@@ -17,7 +17,8 @@ The modules: :mod:`~trafficcast.app.pipeline.data` (inputs, windows, the graph),
 :mod:`~trafficcast.app.pipeline.runs` (a finished run loaded), :mod:`~trafficcast.app.pipeline.fitting`
 (what every model's training shares), :mod:`~trafficcast.app.pipeline.train` with
 :mod:`~trafficcast.app.pipeline.baselines`, :mod:`~trafficcast.app.pipeline.evaluate` with
-:mod:`~trafficcast.app.pipeline.report`, :mod:`~trafficcast.app.pipeline.predict`. The model names
+:mod:`~trafficcast.app.pipeline.report`, :mod:`~trafficcast.app.pipeline.predict`,
+:mod:`~trafficcast.app.pipeline.calibrate` (the prediction intervals). The model names
 are in :mod:`trafficcast.models.names`.
 """
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trafficcast.app.calibration import interval_report
 from trafficcast.app.fsutil import atomic_write_json, atomic_write_text
+from trafficcast.app.pipeline.calibrate import interval_report
 from trafficcast.app.pipeline.data import missing_rule
 from trafficcast.app.pipeline.report import (
     NO_METRICS,

@@ -1,7 +1,7 @@
 """A finished run directory loaded for scoring or calibrating: its checkpoints, the data they
 were trained on, prepared with the run's scaler, and the windows of every split.
 
-Below both :mod:`~trafficcast.app.pipeline.evaluate` and :mod:`trafficcast.app.calibration`,
+Below both :mod:`~trafficcast.app.pipeline.evaluate` and :mod:`trafficcast.app.pipeline.calibrate`,
 which score what this loads.
 """
 

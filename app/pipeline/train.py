@@ -1,6 +1,6 @@
 """``trafficcast train``: DCRNN and the baselines (:mod:`trafficcast.app.pipeline.baselines`)
 trained on a data file, written to a run directory (its files: :mod:`trafficcast.app.pipeline`),
-calibrated (:mod:`trafficcast.app.calibration`) and scored."""
+calibrated (:mod:`trafficcast.app.pipeline.calibrate`) and scored."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import yaml
 
-from trafficcast.app.calibration import calibrate_run
 from trafficcast.app.fsutil import atomic_write_text
 from trafficcast.app.pipeline.baselines import BASELINE_TRAINERS, check_addition
+from trafficcast.app.pipeline.calibrate import calibrate_run
 from trafficcast.app.pipeline.data import (
     WindowSource,
     check_data_fits,

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from trafficcast.app.service.docs import add_docs
 from trafficcast.app.service.errors import add_error_handlers
 from trafficcast.app.service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from trafficcast.app.service.openapi import openapi_builder
@@ -56,6 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Traffic speed forecasts with DCRNN (Li et al., ICLR 2018)",
         version=_package_version(),
         lifespan=lifespan,
+        # FastAPI's pages load from a CDN; add_docs serves the same pages from local files.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.settings = settings
@@ -63,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # In this order the OpenAPI document lists the paths as it always has.
     for routes in (probes, model, dashboard, forecasts, observations, accuracy):
         app.include_router(routes.router)
+    add_docs(app, app.title)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     # Order matters: the metrics see every response, the 413 included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -72,8 +78,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("trafficcast")
     except PackageNotFoundError:

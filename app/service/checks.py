@@ -21,12 +21,15 @@ def _minutes(delta: pd.Timedelta) -> str:
     return f"{minutes:g} minutes"
 
 
-def check_sensors(service: Service, model: LoadedModel, sensors: list[str]) -> list[int]:
-    """Positions of ``sensors`` in the model's order, refusing too many, duplicates and unknowns."""
+def check_sensors(
+    service: Service, model: LoadedModel, sensors: list[str], field: str = "sensors"
+) -> list[int]:
+    """Positions of ``sensors`` in the model's order, refusing too many, duplicates and unknowns;
+    the errors name ``field``, the parameter as the client sent it."""
     cap = service.settings.max_sensors_per_request
     if len(sensors) > cap:
         raise ApiError(
-            422, f"sensors: {len(sensors)} given, at most {cap} per request", field="sensors"
+            422, f"{field}: {len(sensors)} given, at most {cap} per request", field=field
         )
     seen: set[str] = set()
     dups: list[str] = []
@@ -36,16 +39,16 @@ def check_sensors(service: Service, model: LoadedModel, sensors: list[str]) -> l
         seen.add(sid)
     if dups:
         raise ApiError(
-            422, f"sensors: listed more than once: {_listing(dups)}", field="sensors", value=dups
+            422, f"{field}: listed more than once: {_listing(dups)}", field=field, value=dups
         )
     index = model.sensor_index
     unknown = [s for s in sensors if s not in index]
     if unknown:
         raise ApiError(
             422,
-            f"sensors: unknown to the model: {_listing(unknown)} "
+            f"{field}: unknown to the model: {_listing(unknown)} "
             f"(GET /v1/sensors lists the {len(index)} it knows)",
-            field="sensors",
+            field=field,
             value=unknown,
         )
     return [index[s] for s in sensors]

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from trafficcast.app.service.errors import ApiError
-from trafficcast.app.serving import Service
+from trafficcast.app.service.errors import ApiError, retry_after
+from trafficcast.app.serving import LoadedModel, Service
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -21,12 +21,23 @@ def _service(request: Request) -> Service:
 def _ready_service(request: Request) -> Service:
     service: Service = request.app.state.service
     if not service.ready:
-        raise ApiError(503, f"model not loaded yet: {service.status}", headers={"Retry-After": "5"})
+        raise ApiError(503, f"model not loaded yet: {service.status}", headers=retry_after())
     return service
 
 
 ServiceDep = Annotated[Service, Depends(_service)]
 ReadyService = Annotated[Service, Depends(_ready_service)]
+
+
+def _serving_model(service: ReadyService) -> LoadedModel:
+    # Read once per request: a hot swap during the request leaves it on the model it began with.
+    model = service.model
+    if model is None:  # unloaded since the readiness check (the service is stopping)
+        raise ApiError(503, f"model not loaded: {service.status}", headers=retry_after())
+    return model
+
+
+ServingModel = Annotated[LoadedModel, Depends(_serving_model)]
 _api_key_scheme = APIKeyHeader(
     name=API_KEY_HEADER, auto_error=False, description="one of the keys in TRAFFICCAST_API_KEYS"
 )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,10 +22,11 @@ from trafficcast.app.schemas import ErrorBody, FieldError
 from trafficcast.app.serving.errors import NonFiniteForecast, NotEnoughData, ServingError
 
 log = logging.getLogger("trafficcast.service")
+E = TypeVar("E", bound=Exception)
 
-# Seconds a client is asked to wait when the database can't be reached (the pool reconnects on
-# the first request after it returns).
-DB_RETRY_AFTER_S = 5
+# Seconds a client is asked to wait by every 503: while the model loads, and when the database
+# can't be reached (the pool reconnects on the first request after it returns).
+RETRY_AFTER_S = 5
 
 # The serving core's refusals as HTTP: not enough stored data is a conflict with the store's
 # state (409); a forecast that is not finite is about the input the client sent (422).
@@ -60,6 +61,11 @@ class ApiError(Exception):
         self.field = field
         self.value = value
         self.headers = headers
+
+
+def retry_after() -> dict[str, str]:
+    """The headers of a 503: ``Retry-After`` in seconds."""
+    return {"Retry-After": str(RETRY_AFTER_S)}
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -149,8 +155,9 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     methods: set[str] = set()
     for route in _leaf_routes(app.routes):
         regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(path) and getattr(route, "methods", None):
-            methods |= set(route.methods)
+        route_methods = getattr(route, "methods", None)
+        if regex is not None and regex.match(path) and route_methods:
+            methods |= set(route_methods)
     return sorted(methods)
 
 
@@ -163,7 +170,30 @@ async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
     return error_response(status, exc.detail, exc.field)
 
 
+def _is_json(content_type: str) -> bool:
+    """``application/json`` or a ``+json`` type, parameters (``; charset=...``) aside."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    sent = request.headers.get("content-type")
+    if (
+        sent is not None
+        and not _is_json(sent)
+        and any(tuple(err.get("loc", ()))[:1] == ("body",) for err in exc.errors())
+    ):
+        # FastAPI reads only a JSON content type's body as JSON: a JSON object sent as a form
+        # would otherwise be told it is not an object. The header is what is wrong: say so.
+        return error_response(
+            422,
+            f"Content-Type: {sent} sent, but the body must be JSON (Content-Type: "
+            "application/json)",
+            field="Content-Type",
+            value=sent,
+        )
     return _describe_validation(exc)
 
 
@@ -196,7 +226,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     return error_response(
         503,
         "the database is unavailable; nothing was written, retry later",
-        headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        headers=retry_after(),
     )
 
 
@@ -205,13 +235,21 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
+def _handle(
+    app: FastAPI, kind: type[E], handler: Callable[[Request, E], Awaitable[JSONResponse]]
+) -> None:
+    # Starlette calls a handler only with exceptions of the kind it was added for, but types
+    # every handler as taking any Exception: this is where the two meet.
+    app.add_exception_handler(kind, cast(Callable[[Request, Exception], Any], handler))
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Answer every error of ``app`` with the JSON error body."""
-    app.add_exception_handler(ApiError, _api_error)
-    for kind in SERVING_STATUS:
-        app.add_exception_handler(kind, _serving_error)
-    for kind in UNAVAILABLE:
-        app.add_exception_handler(kind, _database_unavailable)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    _handle(app, ApiError, _api_error)
+    for refusal in SERVING_STATUS:
+        _handle(app, refusal, _serving_error)
+    for outage in UNAVAILABLE:
+        _handle(app, outage, _database_unavailable)
+    _handle(app, RequestValidationError, _validation_error)
+    _handle(app, StarletteHTTPException, _http_error)
+    _handle(app, Exception, _unexpected)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from trafficcast.app.batching import MicroBatcher
-from trafficcast.app.db import UNAVAILABLE, Database, describe, migrate
+from trafficcast.app.db import UNAVAILABLE, Database, migrate, reason
 from trafficcast.app.forecaster import Forecaster
 from trafficcast.app.observations import ObservationStore
 from trafficcast.app.settings import Settings
@@ -28,16 +28,43 @@ log = logging.getLogger("trafficcast.service")
 
 
 # How long start-up waits for an unreachable database (a replica started with its database, say
-# by Compose or Kubernetes, may come up first) before it gives up and exits.
+# by Compose or Kubernetes, may come up first) before it gives up and exits, and how often it
+# tries meanwhile.
 DB_START_WAIT_S = 60.0
+DB_START_RETRY_S = 2.0
+
+
+def wait_for_database(db: Database) -> None:
+    """Return once ``db`` answers; meanwhile retry every :data:`DB_START_RETRY_S` seconds for up
+    to :data:`DB_START_WAIT_S`, then raise the last error. Logs one line per cause (the database
+    without its password, the driver's reason), not one per attempt."""
+    deadline = time.monotonic() + DB_START_WAIT_S
+    said = None
+    while True:
+        try:
+            db.ping()
+            return
+        except UNAVAILABLE as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if reason(exc) != said:
+                said = reason(exc)
+                log.warning(
+                    "database %s unreachable (%s); retrying for up to %g s",
+                    db.description,
+                    said,
+                    DB_START_WAIT_S,
+                )
+            time.sleep(DB_START_RETRY_S)
 
 
 def open_database(settings: Settings) -> Database:
     """The service's database (``database_url``, else the SQLite file), its schema migrated to
-    this version's head (or checked, with ``db_migrate_on_start`` off).
+    this version's head (or checked, with ``db_migrate_on_start`` off); one line logs the
+    revision.
 
-    An unreachable database is retried for :data:`DB_START_WAIT_S` seconds; raises the last
-    error after that, and ``trafficcast.app.db.migrate.SchemaOutOfDate`` for a schema nobody upgraded.
+    An unreachable database is waited for (:func:`wait_for_database`), then raises; a schema
+    nobody upgraded raises ``trafficcast.app.db.migrate.SchemaOutOfDate``.
     """
     s = settings
     db = Database.open(
@@ -46,22 +73,21 @@ def open_database(settings: Settings) -> Database:
         max_overflow=s.db_max_overflow,
         connect_timeout_s=s.db_connect_timeout_s,
     )
-    deadline = time.monotonic() + DB_START_WAIT_S
-    while True:
-        try:
-            if s.db_migrate_on_start:
-                before, after = migrate.upgrade(db)
-                if before != after:
-                    log.info("database %s: schema %s -> %s", db.description, before, after)
-            else:
-                migrate.check(db)
-            return db
-        except UNAVAILABLE as exc:
-            if time.monotonic() >= deadline:
-                db.dispose()
-                raise
-            log.warning("database %s unreachable (%s); retrying", describe(s.database), exc)
-            time.sleep(2.0)
+    try:
+        wait_for_database(db)
+        if s.db_migrate_on_start:
+            before, after = migrate.upgrade(db)
+        else:
+            migrate.check(db)
+            before = after = migrate.head()
+    except BaseException:
+        db.dispose()
+        raise
+    if before != after:
+        log.info("database %s: schema upgraded %s -> %s", db.description, before or "none", after)
+    else:
+        log.info("database %s: schema at %s", db.description, after)
+    return db
 
 
 @dataclass

@@ -10,10 +10,15 @@ import pytest
 import torch
 
 from trafficcast import data
-from trafficcast.app.calibration import interval_metrics, persistence, plot_bands, split_residuals
 from trafficcast.app.cli import main
 from trafficcast.app.forecaster import Forecaster
 from trafficcast.app.pipeline import load_run
+from trafficcast.app.pipeline.calibrate import (
+    interval_metrics,
+    persistence,
+    plot_bands,
+    split_residuals,
+)
 from trafficcast.models.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -223,7 +228,7 @@ def test_calibrate_stores_each_models_intervals_in_its_checkpoint(
 def test_calibrate_writes_nothing_when_a_checkpoint_changed_meanwhile(
     fc_lstm_run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trafficcast.app.calibration as calibration
+    import trafficcast.app.pipeline.calibrate as calibration
     from trafficcast.models.errors import CheckpointError
 
     run_dir = tmp_path / "run"

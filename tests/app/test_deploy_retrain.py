@@ -26,7 +26,7 @@ def parse_retrain(command: str):
     return args, " ".join(["trafficcast", *words[start + 1 :]])
 
 
-def check(args, observations: str = "/state/observations.sqlite3") -> None:
+def check(args, observations: str | None = "/state/observations.sqlite3") -> None:
     assert args.registry == "/registry"
     assert args.data == "/data/speeds.h5"
     assert args.observations == observations
@@ -57,11 +57,13 @@ def test_kubernetes_cronjob() -> None:
     assert pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
     assert container["command"] == ["/bin/sh", "-c"]
-    # In Kubernetes the job reads the replicas' PostgreSQL database (its URL from the Secret).
+    # In Kubernetes the job reads the replicas' PostgreSQL database, its URL from the Secret
+    # through the environment: never on the command line, where `ps` shows it.
     args, text = parse_retrain(container["args"][0])
-    check(args, observations="$TRAFFICCAST_DATABASE_URL")
+    check(args, observations=None)
+    assert args.observations_from_env is True and args.observations_url_file is None
     assert text.startswith(
-        EXPECTED.replace("/state/observations.sqlite3", "$TRAFFICCAST_DATABASE_URL")
+        EXPECTED.replace("--observations /state/observations.sqlite3", "--observations-from-env")
     )
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     claims = {

@@ -338,3 +338,35 @@ def test_openapi_declares_status_codes_and_model_limits(client: TestClient) -> N
     assert len(post["sensors"]["items"]["enum"]) == 207 and post["sensors"]["uniqueItems"]
     horizon = next(p for p in paths["/v1/forecast"]["get"]["parameters"] if p["name"] == "horizon")
     assert horizon["schema"]["maximum"] == 12
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain; charset=utf-8"]
+)
+def test_a_json_body_under_another_content_type_is_told_the_content_type(
+    client: TestClient, week, content_type: str
+) -> None:
+    text = json.dumps(window_request(week, sensors=week.sensor_ids[:2]))
+    sent = client.post("/v1/forecast", content=text, headers={"content-type": content_type})
+    body = assert_error(sent, 422, f"Content-Type: {content_type} sent", "application/json")
+    assert (body["field"], body["value"]) == ("Content-Type", content_type)
+    # The same body as JSON is answered: only the header was wrong.
+    assert _raw(client, text).status_code == 200
+    json_ld = {"content-type": "application/ld+json; charset=utf-8"}
+    assert client.post("/v1/forecast", content=text, headers=json_ld).status_code == 200
+
+
+def test_history_names_the_parameter_as_sent(client: TestClient) -> None:
+    body = assert_error(client.get("/v1/history?sensor=999"), 422, "sensor: unknown", "999")
+    assert body["field"] == "sensor"
+    assert not body["detail"].startswith("sensors")
+
+
+def test_favicon_is_served(client: TestClient) -> None:
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/vnd.microsoft.icon"
+    # An ICO file: reserved 0, type 1 (icon), then its image count (16 and 32 pixels).
+    assert icon.content[:6] == b"\x00\x00\x01\x00\x02\x00"
+    assert '<link rel="icon" href="/favicon.ico">' in client.get("/").text
+    assert "/favicon.ico" not in client.get("/openapi.json").json()["paths"]

@@ -146,7 +146,10 @@ def test_retrain_job_reads_the_database_url_from_its_environment() -> None:
     assert retrain["profiles"] == ["replicas"]
     script = interpolate_defaults(" ".join(retrain["command"]))
     assert retrain["command"][:2] == ["/bin/sh", "-c"]
-    assert '--observations "${TRAFFICCAST_DATABASE_URL}"' in script
+    # The job reads the URL itself: the password never reaches its command line.
+    assert "--observations-from-env" in script
+    assert "TRAFFICCAST_DATABASE_URL" not in script and "postgresql://" not in script
+    assert "--observations " not in script
     assert "trafficcast retrain --registry /registry" in script
     assert retrain["volumes"][0] == "registry:/registry"
     assert retrain["healthcheck"] == {"disable": True}

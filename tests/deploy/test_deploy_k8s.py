@@ -284,7 +284,10 @@ def test_migration_job_and_cronjob_run_the_database_commands() -> None:
     container = retrain_container()
     assert container["command"] == ["/bin/sh", "-c"]
     (script,) = container["args"]
-    assert '--observations "$TRAFFICCAST_DATABASE_URL"' in script
+    # The job reads the URL itself: the password never reaches its command line (`ps`).
+    assert "--observations-from-env" in script
+    assert "TRAFFICCAST_DATABASE_URL" not in script and "postgresql://" not in script
+    assert "--observations " not in script
     assert "/state" not in script and "sqlite" not in script
     # "Kept" (exit 3) is a normal outcome of a nightly run; every other failure fails the Job.
     assert script.endswith("|| [ $? -eq 3 ]")

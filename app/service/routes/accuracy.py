@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from trafficcast.app.accuracy import WINDOWS
 from trafficcast.app.schemas import AccuracyResponse, ErrorBody
-from trafficcast.app.service.deps import ReadyService
+from trafficcast.app.service.deps import ReadyService, ServingModel
 from trafficcast.app.service.errors import ApiError, responses
 
 router = APIRouter(tags=["accuracy"])
@@ -23,6 +23,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get("/v1/accuracy", response_model=AccuracyResponse, responses=_RESPONSES)
 async def accuracy(
     service: ReadyService,
+    m: ServingModel,
     version: Annotated[
         str | None,
         Query(
@@ -40,11 +41,9 @@ async def accuracy(
     observation store (one from each new latest step), against the readings that came later: over
     the last hour and the last day before the latest stored observation. Scored in the
     background, so the figures may lag the newest readings by ``pending`` steps."""
-    m = service.model
-    assert m is not None
     if service.recorder is None:
         raise ApiError(409, "live accuracy is off: set TRAFFICCAST_ACCURACY_ENABLED=true")
-    windows = list(WINDOWS) if window is None else [window]
+    windows: list[str] = list(WINDOWS) if window is None else [window]
     found = await service.live_accuracy(version, windows)
     if found is None:
         raise ApiError(

@@ -24,6 +24,12 @@ async def dashboard() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    """The icon browsers ask for on every page: without it, each visit logs a 404."""
+    return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/vnd.microsoft.icon")
+
+
 @router.get(
     "/metrics",
     tags=["probes"],

@@ -17,7 +17,7 @@ from trafficcast.app.schemas import (
     iso,
 )
 from trafficcast.app.service.checks import check_matrix, check_sensors, check_spacing
-from trafficcast.app.service.deps import ReadyService
+from trafficcast.app.service.deps import ReadyService, ServingModel
 from trafficcast.app.service.errors import ApiError, responses
 
 router = APIRouter(tags=["forecast"])
@@ -53,10 +53,10 @@ def _band_fields(
     response_model_exclude_none=True,
     responses=responses(413, 422, 503),
 )
-async def post_forecast(body: ForecastRequest, service: ReadyService) -> ForecastResponse:
+async def post_forecast(
+    body: ForecastRequest, service: ReadyService, m: ServingModel
+) -> ForecastResponse:
     """Forecast the horizon after the history the client sends."""
-    m = service.model  # this request's model, even if a swap happens while it runs
-    assert m is not None
     f = m.forecaster
     if len(body.timestamps) != f.seq_len:
         raise ApiError(
@@ -92,6 +92,7 @@ async def post_forecast(body: ForecastRequest, service: ReadyService) -> Forecas
 )
 async def get_forecast(
     service: ReadyService,
+    m: ServingModel,
     sensors: Annotated[
         str | None,
         Query(description="comma-separated sensor ids (default: all)", max_length=100_000),
@@ -105,8 +106,6 @@ async def get_forecast(
     ] = None,
 ) -> Response:
     """Forecast from the latest stored window; computed once per data state, then cached."""
-    m = service.model
-    assert m is not None
     f = m.forecaster
     if sensors is None:
         ids = list(f.sensor_ids)

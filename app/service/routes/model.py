@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from trafficcast.app.schemas import ModelInfo, RegistryInfo, SensorInfo, SensorList, SwapError
-from trafficcast.app.service.deps import ReadyService
+from trafficcast.app.service.deps import ReadyService, ServingModel
 from trafficcast.app.service.errors import responses
 from trafficcast.app.serving.swap import RegistryWatcher
 
@@ -13,11 +13,9 @@ router = APIRouter(tags=["model"], responses=responses(503))
 
 
 @router.get("/v1/model", response_model=ModelInfo)
-async def model_info(service: ReadyService) -> ModelInfo:
+async def model_info(service: ReadyService, m: ServingModel) -> ModelInfo:
     """The serving model: version, training time, size, its test metrics; with a registry,
     the registry version, and the last promoted version that could not be served."""
-    m = service.model
-    assert m is not None
     f = m.forecaster
     metrics = m.report.get("metrics") if m.report else None
     registry = None
@@ -57,10 +55,8 @@ def _swap_error(swap: RegistryWatcher | None) -> SwapError | None:
 
 
 @router.get("/v1/sensors", response_model=SensorList)
-async def sensors(service: ReadyService) -> SensorList:
+async def sensors(m: ServingModel) -> SensorList:
     """The model's sensors, in its order, with coordinates when known."""
-    m = service.model
-    assert m is not None
     out = []
     for sid in m.forecaster.sensor_ids:
         lat, lon = m.locations.get(sid, (None, None))

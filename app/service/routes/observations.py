@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from trafficcast.app.schemas import HistoryResponse, ObservationBatch, ObservationResult, iso
 from trafficcast.app.service.checks import check_grid, check_matrix, check_sensors
-from trafficcast.app.service.deps import ReadyService, WriterService
+from trafficcast.app.service.deps import ReadyService, ServingModel, WriterService
 from trafficcast.app.service.errors import ApiError, responses
 
 router = APIRouter(tags=["observations"])
@@ -21,10 +21,10 @@ router = APIRouter(tags=["observations"])
     response_model=ObservationResult,
     responses=responses(401, 403, 413, 422, 503),
 )
-async def post_observations(body: ObservationBatch, service: WriterService) -> ObservationResult:
+async def post_observations(
+    body: ObservationBatch, service: WriterService, m: ServingModel
+) -> ObservationResult:
     """Store readings (needs X-API-Key). A re-sent reading replaces itself: retries are safe."""
-    m = service.model
-    assert m is not None
     f = m.forecaster
     check_sensors(service, m, body.sensors)
     values = check_matrix(service, body)
@@ -44,13 +44,12 @@ async def post_observations(body: ObservationBatch, service: WriterService) -> O
 @router.get("/v1/history", response_model=HistoryResponse, responses=responses(409, 422, 503))
 async def history(
     service: ReadyService,
+    m: ServingModel,
     sensor: Annotated[str, Query(min_length=1, max_length=64, description="a sensor id")],
     steps: Annotated[int, Query(ge=1, description="steps back from the latest data")] = 36,
 ) -> HistoryResponse:
     """The stored readings of one sensor: the ``steps`` steps ending at the latest data."""
-    m = service.model
-    assert m is not None
-    check_sensors(service, m, [sensor])
+    check_sensors(service, m, [sensor], field="sensor")
     cap = service.settings.max_history_steps
     if steps > cap:
         raise ApiError(422, f"steps: {steps} asked, at most {cap}", field="steps", value=steps)
