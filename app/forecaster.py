@@ -15,15 +15,20 @@ import torch
 
 from trafficcast.data import StandardScaler, time_features
 from trafficcast.data.errors import DataInputError
-from trafficcast.data.io import observed_readings
+from trafficcast.data.speeds import (
+    MissingRule,
+    check_missing_rule,
+    check_quantity,
+    observed_readings,
+)
 from trafficcast.models.checkpoint import build_model, load_checkpoint
 from trafficcast.models.intervals import IntervalCalibrator
 
 
-def missing_rule(payload: dict[str, Any]) -> str:
+def missing_rule(payload: dict[str, Any]) -> MissingRule:
     """The missing-value rule a checkpoint was trained with: ``"zero"`` (a 0 is missing) or
     ``"nan"``; checkpoints that predate the rule forecast METR-LA-style speeds, so ``"zero"``."""
-    return str(payload.get("missing", "zero"))
+    return check_missing_rule(str(payload.get("missing", "zero")))
 
 
 def model_inputs(
@@ -74,7 +79,7 @@ class Forecaster:
         self.seq_len = int(payload["seq_len"])
         self.horizon = int(payload["horizon"])
         self.freq_minutes = int(payload["freq_minutes"])
-        self.quantity = str(payload.get("quantity", "speed"))
+        self.quantity = check_quantity(str(payload.get("quantity", "speed")))
         self.unit = str(payload.get("unit", "mph"))
         self.missing = missing_rule(payload)
         features = payload.get("features", {})

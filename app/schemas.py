@@ -8,10 +8,12 @@ Timestamps in responses are naive ISO 8601 strings in the same clock as the data
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from trafficcast.data.speeds import MissingRule, Quantity
 
 # Far above any road speed in mph or km/h, and small enough that float32 inputs stay finite.
 MAX_SPEED = 1000.0
@@ -171,11 +173,11 @@ class ModelInfo(_Strict):
         description="the last promoted version that could not be served, and why (the "
         "previous model kept serving)",
     )
-    quantity: Literal["speed", "flow", "occupancy"] = Field(
+    quantity: Quantity = Field(
         "speed", description="what the model forecasts (the field names say speeds for all)"
     )
     unit: str = Field("mph", description="the unit of the readings and forecasts")
-    missing: Literal["zero", "nan"] = Field(
+    missing: MissingRule = Field(
         "zero",
         description="what is a missing reading: zero (null or 0) or nan (only null; 0 is real)",
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -20,10 +20,25 @@ import pandas as pd
 
 from trafficcast.data.errors import DataInputError, listing
 
-__all__ = ["MISSING_RULES", "SpeedData", "check_missing_rule", "duplicates", "observed_readings"]
+__all__ = [
+    "MISSING_RULES",
+    "QUANTITIES",
+    "MissingRule",
+    "Quantity",
+    "SpeedData",
+    "check_missing_rule",
+    "check_quantity",
+    "duplicates",
+    "observed_readings",
+]
 
 # How a reading counts as missing: "zero" (0, NaN or empty) or "nan" (only NaN or empty).
-MISSING_RULES = ("zero", "nan")
+MissingRule = Literal["zero", "nan"]
+MISSING_RULES: tuple[MissingRule, ...] = get_args(MissingRule)
+# What the readings measure (models/config.py spells the same names for its own layer; a test
+# holds the two equal).
+Quantity = Literal["speed", "flow", "occupancy"]
+QUANTITIES: tuple[Quantity, ...] = get_args(Quantity)
 
 
 @dataclass
@@ -158,12 +173,20 @@ def observed_readings(values: np.ndarray, missing: str) -> npt.NDArray[np.bool_]
     return observed
 
 
-def check_missing_rule(rule: str) -> None:
-    """Refuse a missing-value rule that is not one of :data:`MISSING_RULES`."""
-    if rule not in MISSING_RULES:
-        raise DataInputError(
-            f"missing-value rule {rule!r} is not one of {', '.join(MISSING_RULES)}"
-        )
+def check_missing_rule(rule: str) -> MissingRule:
+    """``rule`` as a :data:`MissingRule`; refused when it is not one of :data:`MISSING_RULES`."""
+    for known in MISSING_RULES:
+        if rule == known:
+            return known
+    raise DataInputError(f"missing-value rule {rule!r} is not one of {', '.join(MISSING_RULES)}")
+
+
+def check_quantity(name: str) -> Quantity:
+    """``name`` as a :data:`Quantity`; refused when it is not one of :data:`QUANTITIES`."""
+    for known in QUANTITIES:
+        if name == known:
+            return known
+    raise DataInputError(f"quantity {name!r} is not one of {', '.join(QUANTITIES)}")
 
 
 def duplicates(items: Sequence[str]) -> list[str]:

@@ -23,6 +23,7 @@ from trafficcast.data.importers import (
     parse_start,
     write_import,
 )
+from trafficcast.data.speeds import QUANTITIES
 
 
 def register(subparsers) -> None:
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
     f.add_argument(
         "--meta", nargs="+", required=True, metavar="M", help="dNN_text_meta_YYYY_MM_DD.txt"
     )
-    f.add_argument("--quantity", choices=("speed", "flow", "occupancy"), default="speed")
+    f.add_argument("--quantity", choices=QUANTITIES, default="speed")
     f.add_argument(
         "--min-observed",
         type=float,

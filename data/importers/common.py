@@ -29,7 +29,7 @@ from tqdm import tqdm
 from trafficcast.data.errors import DataInputError, listing
 from trafficcast.data.grid import parse_freq_minutes, parse_start
 from trafficcast.data.io import write_speeds
-from trafficcast.data.speeds import SpeedData
+from trafficcast.data.speeds import QUANTITIES, SpeedData
 from trafficcast.graph.io import atomic_write, save_adjacency, write_distances
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "write_import",
 ]
 
-QUANTITIES = ("speed", "flow", "occupancy")
 _NS_PER_MINUTE = 60 * 1_000_000_000
 _T = TypeVar("_T")
 

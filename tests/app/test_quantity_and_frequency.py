@@ -200,3 +200,16 @@ def test_fifteen_minute_model_serves_15_minute_windows(quarter_hour, tmp_path):
         r = client.post("/v1/forecast", json=body)
         assert r.status_code == 422
         assert "15 minutes apart" in r.text
+
+
+def test_the_config_names_the_quantities_and_missing_rules_of_the_data_layer() -> None:
+    # models/ may not import data/, so its config spells the names out; they must stay equal.
+    from typing import get_args
+
+    from trafficcast.data.speeds import MISSING_RULES, QUANTITIES
+    from trafficcast.models.config import DataConfig
+
+    fields = DataConfig.model_fields
+    assert get_args(fields["quantity"].annotation) == QUANTITIES
+    assert get_args(fields["missing"].annotation)[0] is not None
+    assert get_args(get_args(fields["missing"].annotation)[0]) == MISSING_RULES
