@@ -29,6 +29,8 @@ ENV_SETTING = "TRAFFICCAST_ALLOCATOR"
 # Set by the restart itself: a process that carries it never restarts again, whatever happened.
 ENV_RESTARTED = "TRAFFICCAST_ALLOCATOR_RESTARTED"
 CHOICES = ("auto", "tcmalloc", "system")
+# The commands that train or run models: they restart under tcmalloc (the others stay light).
+ALLOCATOR_COMMANDS = frozenset({"train", "evaluate", "predict", "calibrate", "serve", "retrain"})
 
 _LIBRARY_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
 _LIBRARY_DIRS = (
@@ -113,6 +115,14 @@ def _plan_here(env: Mapping[str, str]) -> dict[str, str] | None:
     """:func:`restart_plan` with this machine's platform and tcmalloc library."""
     on_linux = sys.platform.startswith("linux")
     return restart_plan(env, library=find_tcmalloc() if on_linux else None)
+
+
+def restart_for_command(args: Sequence[str]) -> None:
+    """:func:`restart_with_preferred_allocator` when ``args`` (the command line after the
+    program's name) runs one of :data:`ALLOCATOR_COMMANDS`; the process entry point calls it
+    before importing the library."""
+    if args and args[0] in ALLOCATOR_COMMANDS:
+        restart_with_preferred_allocator()
 
 
 def restart_with_preferred_allocator() -> None:

@@ -11,7 +11,6 @@ import argparse
 import sys
 import warnings
 
-from trafficcast.app.allocator import restart_with_preferred_allocator
 from trafficcast.app.commands import (
     calibrate_cmd,
     data_cmd,
@@ -23,10 +22,8 @@ from trafficcast.app.commands import (
     retrain_cmd,
     serve_cmd,
 )
-from trafficcast.app.commands.common import EXIT_USER_ERROR, describe, user_error_types
-
-# Commands that train or run models restart once under tcmalloc (app/allocator.py).
-ALLOCATOR_COMMANDS = frozenset({"train", "evaluate", "predict", "calibrate", "serve", "retrain"})
+from trafficcast.app.commands.common import describe, user_error_types
+from trafficcast.app.exit_status import EXIT_USER_ERROR
 
 _COMMAND_MODULES = (
     graph_cmd,
@@ -62,9 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
     try:
-        if argv is None and args.command in ALLOCATOR_COMMANDS:
-            # Only as the process's own entry point: main([...]) from Python never restarts.
-            restart_with_preferred_allocator()
         result = args.handler(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -74,6 +68,3 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     return int(result or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -58,7 +58,7 @@ def main() -> None:
         f"train:\n  epochs: 1\n  threads: {args.threads}\n"
         "baselines:\n  fc_lstm: false\n"
     )
-    cmd = [sys.executable, "-m", "trafficcast.app.cli", "train", "--data", str(paths[0]),
+    cmd = [sys.executable, "-m", "trafficcast", "train", "--data", str(paths[0]),
            "--distances", str(paths[1]), "--config", str(config), "--no-progress",
            "--output", str(work / "run"), "--overwrite"]  # fmt: skip
     start = time.perf_counter()

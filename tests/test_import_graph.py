@@ -29,12 +29,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "trafficcast"
 LIBRARIES = ("app", "data", "models", "graph")
-# The REST layer and the CLI in front of the rest of app, and the web stack only they may import.
+# The REST layer and the CLI (with its entry point) in front of the rest of app, and the web
+# stack only they may import.
 REST_LAYER = (
     f"{PACKAGE}.app.service",
     f"{PACKAGE}.app.schemas",
     f"{PACKAGE}.app.commands",
     f"{PACKAGE}.app.cli",
+    f"{PACKAGE}.app.entry",
 )
 WEB_STACK = ("fastapi", "starlette", "uvicorn")
 # Which library may import which (besides itself).

@@ -50,7 +50,7 @@ def test_every_package_folder_is_listed_and_mapped() -> None:
 
 
 def test_the_console_script_is_the_package_entry_point() -> None:
-    assert _pyproject()["project"]["scripts"] == {"trafficcast": "trafficcast.app.cli:main"}
+    assert _pyproject()["project"]["scripts"] == {"trafficcast": "trafficcast.app.entry:main"}
     out = subprocess.run(
         [sys.executable, "-m", "trafficcast", "--help"],
         capture_output=True, text=True, timeout=120, cwd="/",
@@ -91,7 +91,7 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
         top_level = {n.split("/")[0] for n in names}
         entry_points = z.read(f"{dist_info}/entry_points.txt").decode()
     assert top_level == {"trafficcast", dist_info}
-    assert "trafficcast = trafficcast.app.cli:main" in entry_points
+    assert "trafficcast = trafficcast.app.entry:main" in entry_points
     for needed in (
         "trafficcast/__main__.py",
         "trafficcast/app/service/__init__.py",

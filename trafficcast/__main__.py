@@ -2,6 +2,6 @@
 
 import sys
 
-from trafficcast.app.cli import main
+from trafficcast.app.entry import main
 
 sys.exit(main())

@@ -20,8 +20,6 @@ from trafficcast.data.io import parse_freq_minutes
 from trafficcast.graph.errors import GraphInputError
 from trafficcast.models.errors import CheckpointError, ConfigError, TrainingError
 
-EXIT_USER_ERROR = 2
-
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean the user gave us something wrong, not that we have a bug."""

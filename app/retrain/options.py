@@ -6,11 +6,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from trafficcast.app.exit_status import EXIT_USER_ERROR
 from trafficcast.models.errors import ConfigError
 
 EXIT_PROMOTED = 0
 EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = EXIT_USER_ERROR
 EXIT_KEPT = 3
 EXIT_BUSY = 4
 EXIT_CODES = {

@@ -95,7 +95,7 @@ def test_a_bad_setting_is_a_one_line_cli_error(tmp_path):
     env.pop(ENV_RESTARTED, None)
     missing = tmp_path / "nothing.h5"
     proc = subprocess.run(
-        [sys.executable, "-m", "trafficcast.app.cli", "summary", "--data", str(missing)],
+        [sys.executable, "-m", "trafficcast", "summary", "--data", str(missing)],
         env=env,
         capture_output=True,
         text=True,
@@ -107,7 +107,7 @@ def test_a_bad_setting_is_a_one_line_cli_error(tmp_path):
         [
             sys.executable,
             "-m",
-            "trafficcast.app.cli",
+            "trafficcast",
             "predict",
             "--run",
             str(tmp_path),
@@ -136,7 +136,7 @@ def _serve_and_read_maps(env: dict[str, str], tmp_path: Path, run_dir: Path) -> 
     log = tmp_path / f"serve-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trafficcast.app.cli", "serve", "--run", str(run_dir), "--port", str(port)],
+            [sys.executable, "-m", "trafficcast", "serve", "--run", str(run_dir), "--port", str(port)],
             env={
                 **env,
                 "TRAFFICCAST_OBSERVATIONS_DB": str(tmp_path / f"obs-{port}.sqlite3"),

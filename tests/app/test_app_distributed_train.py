@@ -74,7 +74,7 @@ def torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc_per_node={nproc}", "-m", "trafficcast.app.cli", *argv]
+    cmd += [f"--nproc_per_node={nproc}", "-m", "trafficcast", *argv]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 

@@ -39,7 +39,7 @@ def _user_error(argv: list[str], capsys) -> str:
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest
     return subprocess.run(
-        [sys.executable, "-m", "trafficcast.app.cli", *args],
+        [sys.executable, "-m", "trafficcast", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

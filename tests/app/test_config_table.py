@@ -272,7 +272,7 @@ def real_processes(tmp_path_factory) -> dict[str, tuple[Path, subprocess.Complet
         config = folder / "cfg.yaml"
         config.write_text(yaml_text)
         process = subprocess.Popen(
-            [sys.executable, "-m", "trafficcast.app.cli", *_train_argv(config, folder / "run")],
+            [sys.executable, "-m", "trafficcast", *_train_argv(config, folder / "run")],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

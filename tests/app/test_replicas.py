@@ -307,7 +307,7 @@ def test_serve_with_an_unsupported_database_url_is_one_line_naming_the_setting(
         "TRAFFICCAST_RUN_DIR": str(tiny_run["run"]),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "trafficcast.app.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "trafficcast", "serve", "--port", "1"],
         env=env,
         capture_output=True,
         text=True,

@@ -28,7 +28,7 @@ def trafficcast(*argv: str, fault: str | None = None) -> subprocess.CompletedPro
     if fault is not None:
         env[FAULT_ENV] = fault
     return subprocess.run(
-        [sys.executable, "-m", "trafficcast.app.cli", *argv], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "trafficcast", *argv], env=env, capture_output=True, text=True
     )
 
 

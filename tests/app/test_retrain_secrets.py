@@ -89,7 +89,7 @@ def test_retrain_on_postgresql_keeps_the_password_off_its_command_line(
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_CONFIG + "  fc_lstm: false\n")
     summary = tmp_path / "summary.json"
-    argv = [sys.executable, "-m", "trafficcast.app.cli", "retrain"]
+    argv = [sys.executable, "-m", "trafficcast", "retrain"]
     argv += ["--registry", str(tmp_path / "registry"), "--data", str(tiny_run["data"])]
     argv += ["--distances", str(tiny_run["distances"]), "--config", str(config)]
     argv += ["--epochs", "1", "--no-progress", "--summary", str(summary)]

@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from trafficcast.app.commands import serve_cmd
-from trafficcast.app.commands.common import EXIT_USER_ERROR, user_error_types
+from trafficcast.app.commands.common import user_error_types
+from trafficcast.app.exit_status import EXIT_USER_ERROR
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -28,7 +28,7 @@ class Serve:
         self.err_path = tmp_path / f"serve-{self.port}.err"
         self.out_path = tmp_path / f"serve-{self.port}.out"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("TRAFFICCAST_")}
-        argv = [sys.executable, "-m", "trafficcast.app.cli", "serve", "--port", str(self.port)]
+        argv = [sys.executable, "-m", "trafficcast", "serve", "--port", str(self.port)]
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 [*argv, *args], env={**clean, **env}, cwd=ROOT, stdout=out, stderr=err

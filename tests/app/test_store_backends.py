@@ -167,7 +167,7 @@ def test_the_retraining_job_reads_without_writing(database):
 def test_migrations_are_idempotent_reversible_and_safe_to_race(database):
     # Two replicas starting at once: two processes upgrading one new database together.
     url = database if "://" in database else f"sqlite:///{database}"
-    cmd = [sys.executable, "-m", "trafficcast.app.cli", "db", "upgrade", "--database-url", url]
+    cmd = [sys.executable, "-m", "trafficcast", "db", "upgrade", "--database-url", url]
     runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=120)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0]

@@ -43,7 +43,7 @@ def test_synth_writes_the_four_files(tmp_path):
         [
             sys.executable,
             "-m",
-            "trafficcast.app.cli",
+            "trafficcast",
             "synth",
             "--sensors",
             "20",
@@ -126,7 +126,7 @@ def test_summary_subprocess_error_has_no_traceback(tmp_path):
     path = tmp_path / "speeds.csv"
     path.write_text("t,1\n2012-03-01 00:00,1\n2012-03-01 00:05,-3\n")
     result = subprocess.run(
-        [sys.executable, "-m", "trafficcast.app.cli", "summary", "--data", str(path)],
+        [sys.executable, "-m", "trafficcast", "summary", "--data", str(path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -273,7 +273,7 @@ def test_migration_job_and_cronjob_run_the_database_commands() -> None:
     assert migrate["command"] == ["trafficcast", "db", "upgrade"]
     assert one("Job")["spec"]["ttlSecondsAfterFinished"] > 0
     done = subprocess.run(
-        [sys.executable, "-m", "trafficcast.app.cli", *migrate["command"][1:], "--help"],
+        [sys.executable, "-m", "trafficcast", *migrate["command"][1:], "--help"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -55,7 +55,7 @@ def test_graph_command_builds_pems_bay_as_subprocess(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "trafficcast.app.cli",
+            "trafficcast",
             "graph",
             "--distances",
             str(BAY / "distances_bay_2017.csv"),
@@ -130,7 +130,7 @@ def test_graph_info_malicious_pickle_as_subprocess(tmp_path: Path) -> None:
     path = tmp_path / "adj_mx.pkl"
     path.write_bytes(pickle.dumps(_RunsShell(f"touch {marker}"), protocol=0))
     result = subprocess.run(
-        [sys.executable, "-m", "trafficcast.app.cli", "graph-info", str(path)],
+        [sys.executable, "-m", "trafficcast", "graph-info", str(path)],
         cwd=REPO,
         capture_output=True,
         text=True,
