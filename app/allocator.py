@@ -14,6 +14,10 @@ The setting is the environment variable ``TRAFFICCAST_ALLOCATOR``:
 - ``tcmalloc``: tcmalloc, and an error when no library is found;
 - ``system``: leave the process as it was started.
 
+This one variable is read here and not through the settings object (``app/settings.py``): the
+choice is made before the library is imported, and the settings module imports it (SQLAlchemy,
+torch through ``models``), which the restart would then import twice.
+
 A process that already preloads an allocator (``LD_PRELOAD`` naming tcmalloc or jemalloc, as the
 Docker image does) is left alone, and so is any platform other than Linux.
 """

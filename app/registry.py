@@ -35,9 +35,10 @@ import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from trafficcast.app.fsutil import atomic_write_json
+from trafficcast.app.settings import FaultPoint, load_settings
 from trafficcast.graph.io import atomic_write, fsync_directory
 
 POINTER = "current.json"
@@ -52,12 +53,12 @@ HISTORY_LIMIT = 50
 # themselves): TRAFFICCAST_FAULT_POINT=<name> makes the process SIGKILL itself when it reaches the
 # named point. SIGKILL, not an exception: no cleanup, no finally blocks, exactly a crash.
 FAULT_ENV = "TRAFFICCAST_FAULT_POINT"
-FAULT_POINTS = ("training", "checkpoint-write", "promotion", "after-promotion")
+FAULT_POINTS: tuple[FaultPoint, ...] = get_args(FaultPoint)
 
 
-def fault_point(name: str) -> None:
+def fault_point(name: FaultPoint) -> None:
     """SIGKILL this process if ``TRAFFICCAST_FAULT_POINT`` names ``name`` (a test hook)."""
-    if os.environ.get(FAULT_ENV) == name:
+    if load_settings().fault_point == name:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -81,7 +82,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _copy_synced(src: Path, dst: Path, fault: str | None = None) -> None:
+def _copy_synced(src: Path, dst: Path, fault: FaultPoint | None = None) -> None:
     """Copy ``src`` to ``dst`` and fsync it; ``fault`` names a fault point hit half way through."""
     data = src.read_bytes()
     with open(dst, "wb") as fh:

@@ -26,6 +26,9 @@ BUNDLED_CONFIG = BUNDLED_DIR / "metr-la-week.yaml"
 
 MIB = 1024 * 1024
 
+# Where a process may be told to crash itself (TRAFFICCAST_FAULT_POINT; app/registry.py).
+FaultPoint = Literal["training", "checkpoint-write", "promotion", "after-promotion"]
+
 
 class Settings(BaseSettings):
     """Everything the service can be told; defaults serve the bundled METR-LA week."""
@@ -42,6 +45,10 @@ class Settings(BaseSettings):
         description="run directory with model.pt (and report.json); the bundled run by default",
     )
     host: str = "127.0.0.1"
+    fault_point: FaultPoint | None = Field(
+        None,
+        description="crash-safety tests: the process SIGKILLs itself on reaching this point",
+    )
     port: int = Field(8000, ge=0, le=65535)
     # NoDecode: the environment gives "k1,k2" rather than a JSON list (split below).
     api_keys: Annotated[list[str], NoDecode] = Field(
