@@ -1,7 +1,9 @@
 """The sensor graph: road distances -> DCRNN adjacency -> diffusion supports.
 
 Pure functions, arrays in and arrays out. ``adj[i, j]`` is always the weight of the road from
-sensor i to sensor j, in the order of the sensor ids.
+sensor i to sensor j, in the order of the sensor ids. Two graphs are built from a link list:
+DCRNN's Gaussian kernel of the costs (:func:`build_adjacency`) and every listed link with
+weight 1 (:func:`link_adjacency`, what the papers on the PEMS0x releases use).
 
 The torch forms of the supports (:mod:`~trafficcast.graph.tensors`) and PyG's ``edge_index``
 (:mod:`~trafficcast.graph.pyg`) are imported from their modules, not from here: importing this
@@ -34,6 +36,12 @@ from trafficcast.graph.io import (
     save_adjacency,
     write_distances,
 )
+from trafficcast.graph.links import (
+    LinkCounts,
+    check_repeated_links,
+    count_links,
+    link_adjacency,
+)
 from trafficcast.graph.pickle_safe import (
     RestrictedUnpickler,
     load_dcrnn_adj_pkl,
@@ -51,14 +59,18 @@ __all__ = [
     "FILTER_TYPES",
     "GraphInputError",
     "GraphWarning",
+    "LinkCounts",
     "RestrictedUnpickler",
     "adjacency_from_distance_matrix",
     "atomic_write",
     "build_adjacency",
     "build_adjacency_with_sigma",
+    "check_repeated_links",
     "compute_supports",
+    "count_links",
     "distance_matrix",
     "haversine_m",
+    "link_adjacency",
     "load_adjacency",
     "load_dcrnn_adj_pkl",
     "load_pickle_restricted",

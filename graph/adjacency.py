@@ -60,7 +60,7 @@ def distance_matrix(distances: pd.DataFrame, sensor_ids: Sequence[str]) -> np.nd
     listed twice keeps its last row (what DCRNN's loop does).
 
     Shapes:
-        distances: rows ``from`` (str), ``to`` (str), ``cost`` (metres).
+        distances: rows ``from`` (str), ``to`` (str), ``cost`` (a distance, in any unit).
         returns ``(N, N)`` float64, ``d[i, j]`` = distance from sensor i to sensor j, ``+inf``
         where the file has no row.
 
@@ -168,7 +168,7 @@ def build_adjacency(
     dividing by zero every finite pair gets weight 1 (and absent pairs stay 0).
 
     Shapes:
-        distances: rows ``from`` (str), ``to`` (str), ``cost`` (metres).
+        distances: rows ``from`` (str), ``to`` (str), ``cost`` (a distance, in any unit).
         returns ``(N, N)`` float32 with ``N == len(sensor_ids)``, in the order of
         ``sensor_ids``; ``adj[i, j]`` = weight of the road from sensor i to sensor j.
 
@@ -186,7 +186,8 @@ def build_adjacency(
 def build_adjacency_with_sigma(
     distances: pd.DataFrame, sensor_ids: Sequence[str], threshold: float = 0.1
 ) -> tuple[np.ndarray, float]:
-    """:func:`build_adjacency`, also returning the kernel width sigma (metres) it used.
+    """:func:`build_adjacency`, also returning the kernel width sigma it used, in the unit of the
+    costs (the kernel depends on ``d / sigma`` only, so the unit need not be known).
 
     Shapes:
         returns ``(N, N)`` float32 and a float.
@@ -200,7 +201,7 @@ def adjacency_from_distance_matrix(
     """The DCRNN adjacency of a dense distance matrix, as :func:`build_adjacency` builds it from
     ``from,to,cost`` rows: ``W = exp(-(d / sigma)^2)`` over the finite distances, sigma their
     population standard deviation, weights below ``threshold`` set to 0; also returns sigma
-    (metres; NaN when there is no finite distance, and the matrix is then all zeros).
+    (in the distances' unit; NaN when there is no finite distance, and the matrix is then all zeros).
 
     Shapes:
         dist: ``(N, N)`` metres, ``+inf`` where there is no road, in the order of

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from trafficcast.graph.errors import GraphInputError
+from trafficcast.graph.links import check_repeated_links
 from trafficcast.graph.pickle_safe import load_dcrnn_adj_pkl
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 DISTANCE_COLUMNS = ("from", "to", "cost")
+# The names the public releases give the cost column, in the order they are looked for: DCRNN
+# and PEMS04/07/08 write ``cost``, PEMS03 (and LibCity's .rel) ``distance``.
+COST_COLUMNS = ("cost", "distance", "weight")
 
 
 def _first_duplicate(values: Sequence[str]) -> str | None:
@@ -76,18 +80,27 @@ def _is_number(text: str) -> bool:
 
 
 def read_distances(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read road distances: CSV rows ``from,to,cost`` with or without that header.
+    """Read road links: CSV rows ``from,to,cost`` with or without a header.
 
     The header is detected by the first row's third field not being a number. With a header the
-    columns are found by name (extra columns are ignored); without one the file must have exactly
-    three columns. ``cost`` is a distance in metres (DCRNN's unit), finite and ``>= 0``.
+    columns are found by name (extra columns are ignored): ``from``, ``to`` and the cost under
+    any of the names the public releases use (:data:`COST_COLUMNS`: ``cost`` as DCRNN and
+    PEMS04/07/08, ``distance`` as PEMS03 and LibCity, ``weight``; the first of them present),
+    or, when none of those is there, the third column of a header ``from,to,<anything>``.
+    Without a header the file must have exactly three columns. ``cost`` is finite and ``>= 0``,
+    in the file's own unit: metres in DCRNN's METR-LA and PEMS-BAY files, not stated by the
+    PEMS0x releases (PEMS07's run 0.03 to 20.5).
+
+    A link listed twice with the same cost is kept as two rows (the graph builders count and
+    drop the repeat); with different costs it is refused.
 
     Returns:
         DataFrame with columns ``from`` (str), ``to`` (str), ``cost`` (float64), one row per line.
 
     Raises:
-        GraphInputError: empty file, missing column, empty id, or a cost that is not a finite
-            non-negative number (the line number and value are named).
+        GraphInputError: empty file, missing column, empty id, a cost that is not a finite
+            non-negative number (the line number and value are named), or a link listed twice
+            with different costs (both lines named).
     """
     source = os.fspath(path)
     try:
@@ -123,9 +136,7 @@ def read_distances(path: str | os.PathLike[str]) -> pd.DataFrame:
     if bad.any():
         line = raw.index[bad][0]
         value = raw.at[line, "cost"]
-        raise GraphInputError(
-            f"{source}: line {line}: cost {value!r} is not a finite number >= 0 (metres)"
-        )
+        raise GraphInputError(f"{source}: line {line}: cost {value!r} is not a finite number >= 0")
     frame: pd.DataFrame = pd.DataFrame(
         {
             "from": raw["from"].astype(str).to_numpy(),
@@ -133,6 +144,7 @@ def read_distances(path: str | os.PathLike[str]) -> pd.DataFrame:
             "cost": cost.to_numpy(dtype=np.float64),
         }
     ).astype({"from": str, "to": str})
+    check_repeated_links(frame, source, raw.index.to_list())
     return frame
 
 
@@ -142,15 +154,21 @@ def _named_columns(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     has_header = len(first) >= 3 and not _is_number(first[2])
     if has_header:
         names = [str(name).strip().lower() for name in first]
-        for column in DISTANCE_COLUMNS:
+        found = ", ".join(name for name in names if name)
+        for column in ("from", "to"):
             if column not in names:
-                found = ", ".join(name for name in names if name)
                 raise GraphInputError(f"{source}: missing column '{column}' (found: {found})")
-        raw.columns = names
+        cost = _cost_column(names)
+        if cost is None:
+            raise GraphInputError(
+                f"{source}: missing column 'cost' (found: {found}; the cost is read as "
+                f"{', '.join(COST_COLUMNS)}, or as the third column of from,to,<cost>)"
+            )
         raw = raw.iloc[1:]
         if raw.empty:
             raise GraphInputError(f"{source}: header only, no distance rows")
-        raw = raw[list(DISTANCE_COLUMNS)]
+        raw = raw.iloc[:, [names.index("from"), names.index("to"), cost]]
+        raw.columns = list(DISTANCE_COLUMNS)
     else:
         if raw.shape[1] < 3:
             missing = DISTANCE_COLUMNS[raw.shape[1] :]
@@ -164,6 +182,17 @@ def _named_columns(raw: pd.DataFrame, source: str) -> pd.DataFrame:
             )
         raw.columns = list(DISTANCE_COLUMNS)
     return raw
+
+
+def _cost_column(names: list[str]) -> int | None:
+    """Where the cost is under a header: the first of :data:`COST_COLUMNS` present, else the
+    third column of ``from,to,<anything>``, else None."""
+    for name in COST_COLUMNS:
+        if name in names:
+            return names.index(name)
+    if len(names) >= 3 and names[:2] == ["from", "to"] and names[2]:
+        return 2
+    return None
 
 
 def read_dense_matrix(

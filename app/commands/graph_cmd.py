@@ -7,6 +7,7 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 
 from trafficcast.graph.adjacency import adjacency_from_distance_matrix, build_adjacency_with_sigma
 from trafficcast.graph.distances import (
@@ -25,6 +26,7 @@ from trafficcast.graph.io import (
     save_adjacency,
     write_distances,
 )
+from trafficcast.graph.links import count_links
 
 DEFAULT_THRESHOLD = 0.1
 DEFAULT_MAX_SNAP_M = 500.0
@@ -43,12 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--distances", metavar="D.csv", help="from,to,cost rows (metres)")
+    source.add_argument(
+        "--distances",
+        metavar="D.csv",
+        help="from,to,cost rows (the cost also as 'distance' or 'weight', or the third column "
+        "of from,to,<cost>)",
+    )
     source.add_argument(
         "--distance-matrix",
         metavar="D.csv",
-        help="dense N x N distances in metres (empty or inf: no road), optionally under a "
+        help="dense N x N distances (empty or inf: no road), optionally under a "
         "header row of sensor ids",
+    )
+    p.add_argument(
+        "--cost-unit",
+        metavar="UNIT",
+        help="the distances' unit, printed with sigma (e.g. m for DCRNN's METR-LA and PEMS-BAY "
+        "files); default: not stated, as in the PEMS0x releases",
     )
     p.add_argument(
         "--sensor-ids",
@@ -119,20 +132,33 @@ def run_graph(args: argparse.Namespace) -> int:
         if given_ids is None:
             raise GraphInputError("--distances needs --sensor-ids IDS.txt (the matrix order)")
         sensor_ids = given_ids
-        adj, sigma_m = build_adjacency_with_sigma(
-            read_distances(args.distances), sensor_ids, args.threshold
-        )
+        links = read_distances(args.distances)
+        adj, sigma = build_adjacency_with_sigma(links, sensor_ids, args.threshold)
     else:
         header_ids, dist = read_dense_matrix(args.distance_matrix, what="distances")
         sensor_ids = _matrix_ids(args.distance_matrix, header_ids, given_ids, len(dist))
-        adj, sigma_m = adjacency_from_distance_matrix(dist, sensor_ids, args.threshold)
+        adj, sigma = adjacency_from_distance_matrix(dist, sensor_ids, args.threshold)
+        links = _matrix_links(dist, sensor_ids)
     save_adjacency(args.output, sensor_ids, adj)
-    sigma = "no distances" if math.isnan(sigma_m) else f"sigma {sigma_m:.1f} m"
+    # The unit only where the user states it: the PEMS0x releases do not (PEMS07: 0.03-20.5).
+    unit = f" {args.cost_unit}" if args.cost_unit else " in the file's unit"
+    width = "no distances" if math.isnan(sigma) else f"sigma {sigma:.1f}{unit}"
     print(
         f"wrote {args.output}: {len(sensor_ids)} sensors, {int((adj != 0).sum())} nonzero "
-        f"weights (threshold {args.threshold:g}, {sigma})"
+        f"weights (threshold {args.threshold:g}, {width})"
     )
+    print(count_links(adj, sensor_ids, links).describe())
     return 0
+
+
+def _matrix_links(dist: np.ndarray, sensor_ids: list[str]) -> pd.DataFrame:
+    """The finite entries of a dense distance matrix as ``from,to,cost`` rows.
+
+    Shapes: ``dist (N, N)`` -> one row per finite entry.
+    """
+    i, j = np.nonzero(np.isfinite(dist))
+    ids = np.asarray(sensor_ids, dtype=object)
+    return pd.DataFrame({"from": ids[i], "to": ids[j], "cost": dist[i, j]})
 
 
 def _matrix_ids(
@@ -160,8 +186,8 @@ def run_graph_info(args: argparse.Namespace) -> int:
     num_nodes = len(sensor_ids)
     nonzero = adj != 0
     off_diagonal = nonzero & ~np.eye(num_nodes, dtype=bool)
-    connected = off_diagonal.any(axis=0) | off_diagonal.any(axis=1)
-    isolated = [sensor_ids[k] for k in np.flatnonzero(~connected)]
+    counts = count_links(adj, sensor_ids)
+    isolated = list(counts.isolated_ids)
     symmetric = bool(np.array_equal(adj, adj.T))
     print(f"{args.adjacency}: {num_nodes} sensors")
     print(
@@ -179,6 +205,7 @@ def run_graph_info(args: argparse.Namespace) -> int:
         ", ..." if len(isolated) > _NAMED_ISOLATED else ""
     )
     print(f"isolated nodes: {len(isolated)}" + (f" ({named})" if isolated else ""))
+    print(counts.describe())
     return 0
 
 

@@ -190,6 +190,8 @@ def _finish(result, output_dir: str) -> int:
     print("read: " + ", ".join(f"{count} {what}" for what, count in facts["read"].items()))
     dropped = [f"{count} {what}" for what, count in facts["dropped"].items() if count]
     print("dropped: " + ("; ".join(dropped) if dropped else "nothing"))
+    if result.graph is not None:
+        print(f"graph: {result.graph.describe()}")
     for note in facts["notes"]:
         print(f"note: {note}")
     if facts["config"]:

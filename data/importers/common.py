@@ -31,6 +31,7 @@ from trafficcast.data.grid import parse_freq_minutes, parse_start
 from trafficcast.data.io import write_speeds
 from trafficcast.data.speeds import QUANTITIES, SpeedData
 from trafficcast.graph.io import atomic_write, save_adjacency, write_distances
+from trafficcast.graph.links import LinkCounts, count_links, link_adjacency
 
 __all__ = [
     "QUANTITIES",
@@ -66,7 +67,9 @@ class ImportResult:
         distances: road distances ``from, to, cost`` between the sensors, when the layout gives
             distances.
         adjacency: edge weights ``adj[i, j]`` from sensor i to sensor j in ``data``'s sensor
-            order, when the layout gives weights rather than distances.
+            order, when the layout gives weights or links (both it and ``distances`` when the
+            layout gives links with their distances, as the ASTGCN releases do).
+        graph: the account of the graph's links (listed, repeated, kept, sensors isolated).
         inputs: the files read.
         read: counts of what was read (rows, sensors, ...).
         dropped: why sensors or readings were left out, and how many.
@@ -82,6 +85,7 @@ class ImportResult:
     locations: pd.DataFrame | None = None
     distances: pd.DataFrame | None = None
     adjacency: np.ndarray | None = None
+    graph: LinkCounts | None = None
     inputs: list[str] = field(default_factory=list)
     read: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
@@ -93,11 +97,19 @@ class ImportResult:
             return None
         return f"data: {{quantity: {self.quantity}, missing: nan}}"
 
-    def graph_kind(self) -> str | None:
-        """``adjacency`` or ``distances``: which graph file the import writes (None: neither)."""
-        if self.adjacency is not None:
-            return "adjacency"
-        return "distances" if self.distances is not None else None
+    def graph_files(self) -> list[str]:
+        """The graph files the import writes: ``adjacency.npz`` and/or ``distances.csv``."""
+        files = ["adjacency.npz"] if self.adjacency is not None else []
+        return files + (["distances.csv"] if self.distances is not None else [])
+
+    def graph_summary(self) -> dict[str, Any] | None:
+        """``import.json``'s ``graph``: the files written and the links' account (None: the
+        layout gives no graph)."""
+        files = self.graph_files()
+        if not files:
+            return None
+        counts = self.graph.summary() if self.graph is not None else {}
+        return {"files": files, **counts}
 
     def summary(self) -> dict[str, Any]:
         """What was read, dropped and found missing (JSON-serialisable)."""
@@ -115,7 +127,7 @@ class ImportResult:
             "freq_minutes": facts["freq_minutes"],
             "missing_pct": round(facts["missing_pct"], 4),
             "always_missing": facts["always_missing"],
-            "graph": self.graph_kind(),
+            "graph": self.graph_summary(),
             "config": self.config_advice(),
             "notes": list(self.notes),
         }
@@ -135,7 +147,7 @@ class Readings:
         index: the grid; sensor_ids: its columns; freq_minutes: its step; source: for messages.
         rows, cols, values, usable: the readings, as above; a reading not ``usable`` (missing
             by the layout's rules) becomes 0.0 with mask False, as do cells nothing lands on.
-        locations, distances, adjacency, inputs, read, dropped, notes: as in
+        locations, distances, adjacency, graph, inputs, read, dropped, notes: as in
             :class:`ImportResult`.
 
     Shapes:
@@ -154,6 +166,7 @@ class Readings:
     locations: pd.DataFrame | None = None
     distances: pd.DataFrame | None = None
     adjacency: np.ndarray | None = None
+    graph: LinkCounts | None = None
     inputs: list[str] = field(default_factory=list)
     read: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
@@ -162,6 +175,10 @@ class Readings:
 
 def finish_import(layout: str, readings: Readings) -> ImportResult:
     """The readings on their grid as a :class:`SpeedData`, and the import's result.
+
+    A graph given as distances loses its exact repeats (counted in ``graph.duplicates``); a
+    layout that gives no account of its graph gets one from :func:`graph.count_links` (weights)
+    or :func:`graph.link_adjacency` (distances: every listed link).
 
     Shapes:
         readings as in :class:`Readings` -> data values/mask (T, N).
@@ -180,13 +197,23 @@ def finish_import(layout: str, readings: Readings) -> ImportResult:
         freq_minutes=readings.freq_minutes,
         source=readings.source,
     )
+    graph = readings.graph
+    if graph is None and readings.adjacency is not None:
+        graph = count_links(readings.adjacency, readings.sensor_ids)
+    elif graph is None and readings.distances is not None:
+        graph = link_adjacency(readings.distances, readings.sensor_ids)[1]
+    distances = readings.distances
+    if distances is not None:
+        # An exact repeat says nothing new; a repeat with another cost was refused on reading.
+        distances = distances.drop_duplicates(["from", "to", "cost"]).reset_index(drop=True)
     return ImportResult(
         format=layout,
         quantity=readings.quantity,
         data=data,
         locations=readings.locations,
-        distances=readings.distances,
+        distances=distances,
         adjacency=readings.adjacency,
+        graph=graph,
         inputs=readings.inputs,
         read=readings.read,
         dropped=readings.dropped,
@@ -226,9 +253,9 @@ def write_import(result: ImportResult, output_dir: str | os.PathLike[str]) -> li
     Files: ``speeds.h5`` (key ``df``, the METR-LA layout, whatever the quantity; missing
     readings are empty (NaN), never 0, so that a real zero flow stays a reading),
     ``sensor_ids.txt`` (comma-separated, the table's column order), ``locations.csv``
-    (``sensor_id,latitude,longitude``) when any sensor has coordinates, ``distances.csv``
-    (``from,to,cost``) or ``adjacency.npz`` (``sensor_ids``, ``adj_mx``) when the layout gives
-    a graph, and ``import.json`` (:meth:`ImportResult.summary`).
+    (``sensor_id,latitude,longitude``) when any sensor has coordinates, ``adjacency.npz``
+    (``sensor_ids``, ``adj_mx``) and/or ``distances.csv`` (``from,to,cost``) as the layout gives
+    its graph, and ``import.json`` (:meth:`ImportResult.summary`).
 
     Returns:
         the paths written, in that order.
@@ -249,7 +276,7 @@ def write_import(result: ImportResult, output_dir: str | os.PathLike[str]) -> li
     if result.adjacency is not None:
         paths.append(out / "adjacency.npz")
         save_adjacency(paths[-1], data.sensor_ids, result.adjacency)
-    elif result.distances is not None:
+    if result.distances is not None:
         paths.append(out / "distances.csv")
         write_distances(paths[-1], result.distances)
     paths.append(out / "import.json")

@@ -40,6 +40,7 @@ from trafficcast.data.importers.common import (
     listing,
     progress_bar,
 )
+from trafficcast.graph.links import check_repeated_links, count_links
 
 __all__ = ["find_atomic_files", "import_libcity"]
 
@@ -152,10 +153,12 @@ def import_libcity(
         },
         notes=notes,
     )
+    links = edges.rename(columns={"origin_id": "from", "destination_id": "to"})
     if cost_kind == "distance":
-        readings.distances = edges.rename(columns={"origin_id": "from", "destination_id": "to"})
+        readings.distances = links
     else:
         readings.adjacency = _weights(edges, position)
+        readings.graph = count_links(readings.adjacency, geo_ids, links)
     return finish_import("libcity", readings)
 
 
@@ -349,6 +352,9 @@ def _read_rel(
         edges["cost"] = 1.0
         return edges, "weight"
     cost = _numbers(table[weight_col], src, weight_col)
+    # A link listed twice with two costs is refused, naming both lines (header is line 1).
+    named = edges.rename(columns={"origin_id": "from", "destination_id": "to"}).assign(cost=cost)
+    check_repeated_links(named, src, (edges.index + 2).to_list())
     bad = ~np.isfinite(cost) | (cost < 0)
     if bad.any():
         line = int(np.argmax(bad))

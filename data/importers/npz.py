@@ -2,10 +2,16 @@
 
 Each set is ``PEMS0x.npz`` with one array under the key ``data`` of shape
 ``(time, sensors, channels)``: PEMS04 and PEMS08 have three channels (flow, occupancy, speed),
-PEMS03 and PEMS07 one (flow). Beside it, ``distance.csv`` (header ``from,to,cost``) lists road
-distances between sensors named by their column number (0 .. N-1) or, for PEMS03, by the
-station ids that ``PEMS03.txt`` lists one per line in column order. The file holds no
-timestamps: the caller gives the first one and the step.
+PEMS03 and PEMS07 one (flow). Beside it, ``distance.csv`` (header ``from,to,cost``; PEMS03's
+``PEMS03.csv`` has ``from,to,distance``) lists road links with a cost between sensors named by
+their column number (0 .. N-1) or, for PEMS03, by the station ids that ``PEMS03.txt`` lists one
+per line in column order. The cost's unit is not stated (PEMS07's run 0.03 to 20.5). The file
+holds no timestamps: the caller gives the first one and the step.
+
+The graph is the one the papers that publish results on these releases use: every listed link,
+weight 1, direction as listed (ASTGCN's ``get_adjacency_matrix``), written as
+``adjacency.npz``; the costs are kept as ``distances.csv`` for DCRNN's Gaussian kernel, which
+on these files leaves many sensors without a neighbour (PEMS04: 67 of 307).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from trafficcast.data.importers.common import (
     listing,
 )
 from trafficcast.graph.io import read_distances, read_sensor_ids
+from trafficcast.graph.links import link_adjacency
 
 __all__ = ["CHANNEL_NAMES", "import_npz"]
 
@@ -56,18 +63,21 @@ def import_npz(
             ``0`` .. ``N-1``.
 
     Non-finite and negative readings become missing; zeros are kept as readings (the summary
-    counts them).
+    counts them). The graph is every listed link with weight 1, direction as listed
+    (:func:`graph.link_adjacency`); exact repeats are dropped and counted.
 
     Raises:
         DataInputError: no ``data`` array, an array that is not 2- or 3-dimensional, a channel
             the file does not have, ids that do not match the array, or a distance naming an
             unknown sensor.
+        GraphInputError: ``distances`` unreadable, or a link listed twice with different costs.
     """
     src = os.fspath(npz)
     values, k, quantity, num_channels = _read_channel(src, channel)  # (T, N)
     num_steps, num_sensors = values.shape
     ids = _sensor_ids(sensor_ids, num_sensors, src)
     table = _checked_distances(distances, ids, by_id=sensor_ids is not None)
+    adjacency, graph = link_adjacency(table, ids)
 
     usable, negative = finite_readings(values)
     zeros = int((usable & (values == 0)).sum())
@@ -75,6 +85,10 @@ def import_npz(
         f"channel {k} ({quantity}) of {num_channels}; timestamps from {start} every "
         f"{freq_minutes} min (the file has none)"
     ]
+    notes.append(
+        f"distance.csv costs run {table['cost'].min():g} to {table['cost'].max():g} (unit not "
+        "stated by the release); adjacency.npz: every listed link, weight 1, direction as listed"
+    )
     if zeros:
         notes.append(
             f"{zeros} readings are 0 ({100.0 * zeros / values.size:.2f}%): kept as readings here; "
@@ -91,6 +105,8 @@ def import_npz(
         values=values,
         usable=usable,
         distances=table,
+        adjacency=adjacency,
+        graph=graph,
         inputs=inputs,
         read={
             "steps": num_steps,

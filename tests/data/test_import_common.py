@@ -113,7 +113,7 @@ def test_write_import_writes_missing_as_empty_and_real_zeros_as_zeros(tmp_path):
     assert summary["quantity"] == "flow"
     assert summary["config"] == "data: {quantity: flow, missing: nan}"
     assert summary["missing_pct"] == pytest.approx(100 / 6, abs=1e-3)
-    assert summary["graph"] == "distances"
+    assert summary["graph"] == {"files": ["distances.csv"]}
 
 
 def test_write_import_prefers_given_weights_to_distances(tmp_path):

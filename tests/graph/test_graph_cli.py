@@ -61,6 +61,8 @@ def test_graph_command_builds_pems_bay_as_subprocess(tmp_path: Path) -> None:
             str(BAY / "distances_bay_2017.csv"),
             "--sensor-ids",
             str(_bay_ids(tmp_path)),
+            "--cost-unit",
+            "m",
             "--output",
             str(out),
         ],
@@ -70,7 +72,7 @@ def test_graph_command_builds_pems_bay_as_subprocess(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == (
+    assert result.stdout.splitlines()[0] == (
         f"wrote {out}: 325 sensors, 2694 nonzero weights (threshold 0.1, sigma 3620.3 m)"
     )
     assert result.stderr.strip() == (
@@ -88,6 +90,7 @@ def test_graph_command_threshold_changes_count(
     out = tmp_path / "adj.npz"
     argv = ["graph", "--distances", str(BAY / "distances_bay_2017.csv")]
     argv += ["--sensor-ids", str(_bay_ids(tmp_path)), "--threshold", "0.5", "--output", str(out)]
+    argv += ["--cost-unit", "m"]
     assert main(argv) == 0
     nonzero = int(np.count_nonzero(load_adjacency(out)[1]))
     assert 325 < nonzero < 2694

@@ -88,7 +88,7 @@ def test_distances_pems_bay_fixture() -> None:
         ("", r"d\.csv: empty file"),
         ("\n\n", r"d\.csv: empty file"),
         ("a,b\nc,d\n", r"d\.csv: missing column 'cost'"),
-        ("from,to,weight\na,b,1\n", r"d\.csv: missing column 'cost' \(found: from, to, weight\)"),
+        ("to,from,length\na,b,1\n", r"d\.csv: missing column 'cost' \(found: to, from, length;"),
         ("from,to,cost\n", r"d\.csv: header only"),
         ("a,b,1\nc,d,far\n", r"d\.csv: line 2: cost 'far' is not a finite number"),
         ("from,to,cost\na,b,1\nc,d,-3\n", r"d\.csv: line 3: cost '-3' is not a finite number"),
