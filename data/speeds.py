@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from trafficcast.data.calendar import parse_calendar
 from trafficcast.data.errors import DataInputError, listing
 
 __all__ = ["MISSING_RULES", "SpeedData", "check_missing_rule", "duplicates", "observed_readings"]
@@ -38,6 +39,9 @@ class SpeedData:
         freq_minutes: the time step in minutes.
         source: the file the data came from, or a label.
         missing: the rule the mask was made with (:data:`MISSING_RULES`); a writer follows it.
+        calendar: the days the data covers (:mod:`~trafficcast.data.calendar`: ``all``, or
+            ``weekdays`` for a weekdays-only release, whose left-out days are rows of missing
+            readings that no window spans).
 
     Shapes:
         index: (T,); values: (T, N) float32; mask: (T, N) bool.
@@ -50,9 +54,11 @@ class SpeedData:
     freq_minutes: int
     source: str = "<memory>"
     missing: str = "zero"
+    calendar: str = "all"
 
     def __post_init__(self) -> None:
         check_missing_rule(self.missing)
+        self.calendar = parse_calendar(self.calendar).spec
         self.sensor_ids = [str(s) for s in self.sensor_ids]
         self.values = np.asarray(self.values, dtype=np.float32)
         self.mask = np.asarray(self.mask, dtype=bool)
@@ -108,6 +114,7 @@ class SpeedData:
             freq_minutes=self.freq_minutes,
             source=self.source,
             missing=self.missing,
+            calendar=self.calendar,
         )
 
     def slice_steps(self, start: int | None, stop: int | None) -> SpeedData:
@@ -125,6 +132,7 @@ class SpeedData:
             freq_minutes=self.freq_minutes,
             source=self.source,
             missing=self.missing,
+            calendar=self.calendar,
         )
 
     def summary(self) -> dict[str, Any]:
