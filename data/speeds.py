@@ -136,10 +136,12 @@ class SpeedData:
         )
 
     def summary(self) -> dict[str, Any]:
-        """Plain-Python facts about the data (JSON-serialisable)."""
+        """Plain-Python facts about the data (JSON-serialisable). ``missing_pct`` counts the days
+        the calendar covers: a weekdays-only release's weekends are no missing readings."""
         observed = np.asarray(self.mask.any(axis=0), dtype=bool)
-        cells = self.mask.size
-        missing_pct = 100.0 * (1.0 - self.mask.sum() / cells) if cells else 0.0
+        covered = self.mask[parse_calendar(self.calendar).covers(self.index)]
+        cells = covered.size
+        missing_pct = 100.0 * (1.0 - covered.sum() / cells) if cells else 0.0
         return {
             "steps": self.num_steps,
             "sensors": self.num_sensors,

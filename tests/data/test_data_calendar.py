@@ -134,6 +134,8 @@ def test_summary_train_and_evaluate_under_the_weekdays_calendar(tmp_path, capsys
     printed = capsys.readouterr().out
     assert "period:          2012-05-07T00:00:00 to 2012-05-18T23:55:00" in printed
     assert "windows (12/12): 2834" in printed
+    # The weekend rows are off the calendar, not missing readings.
+    assert "missing:         0.00%" in printed
     assert "split:           train 1984, val 283, test 567" in printed
 
     adj = np.array([[1, 0.5, 0], [0.5, 1, 0.5], [0, 0.5, 1]])
