@@ -17,13 +17,21 @@ from trafficcast.data.bundled import (
     sample_sensor_ids_path,
     sample_speeds_path,
 )
+from trafficcast.data.calendar import off_calendar
 from trafficcast.data.errors import DataInputError, DataWarning
 from trafficcast.data.features import day_of_week, time_features, time_of_day
 from trafficcast.data.io import read_speeds, write_speeds
 from trafficcast.data.scaler import StandardScaler
 from trafficcast.data.speeds import MISSING_RULES, SpeedData
 from trafficcast.data.synthetic import SyntheticDataset, make_synthetic, write_synthetic
-from trafficcast.data.windows import WindowBatches, gather, num_windows, split_counts, split_windows
+from trafficcast.data.windows import (
+    WindowBatches,
+    gather,
+    num_windows,
+    split_counts,
+    split_windows,
+    window_starts,
+)
 
 __all__ = [
     "MISSING_RULES",
@@ -38,6 +46,7 @@ __all__ = [
     "gather",
     "make_synthetic",
     "num_windows",
+    "off_calendar",
     "read_sensor_locations",
     "read_speeds",
     "sample_adjacency_pkl_path",
@@ -48,6 +57,7 @@ __all__ = [
     "split_windows",
     "time_features",
     "time_of_day",
+    "window_starts",
     "write_speeds",
     "write_synthetic",
 ]

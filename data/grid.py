@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from trafficcast.data.calendar import Calendar, calendar_index, parse_calendar
 from trafficcast.data.errors import DataInputError, DataWarning, listing
 from trafficcast.data.speeds import SpeedData, duplicates, observed_readings
 
@@ -32,8 +33,13 @@ def to_speed_data(
     where: str,
     freq_minutes: int | None,
     missing: str,
+    calendar: str | Calendar | None = None,
 ) -> SpeedData:
     """A loader's raw index and columns, checked and put on the regular time grid.
+
+    Under a ``weekdays`` ``calendar`` the days it leaves out become rows of missing readings
+    like any gap, without a warning (they are expected), and the data records the calendar so
+    that no window spans them.
 
     ``where`` says where the timestamps came from (``index``, ``first column``, ``rows``), for
     messages. Warnings (rows sorted, gaps filled, sensors never observed) point at the caller of
@@ -61,11 +67,17 @@ def to_speed_data(
     full_mask = np.zeros((total, len(ids)), dtype=bool)
     full_values[positions] = np.where(observed, values, 0.0)
     full_mask[positions] = observed
-    if total > len(stamps):
-        gaps = int(np.count_nonzero(np.diff(positions) > 1))
+    cal = parse_calendar(calendar)
+    freq = int(step_ns // _NS_PER_MINUTE)
+    index = pd.date_range(start=stamps[0], periods=total, freq=f"{freq}min", unit="ns")
+    filled = np.ones(total, dtype=bool)
+    filled[positions] = False
+    filled &= cal.covers(index)  # a day the calendar leaves out is no gap
+    if filled.any():
+        runs = int(np.count_nonzero(np.diff(filled.astype(np.int8), prepend=0) == 1))
         _warn(
-            f"{src}: {total - len(stamps)} missing timestamps ({gaps} "
-            f"gap{'s' if gaps != 1 else ''}) filled as missing"
+            f"{src}: {int(filled.sum())} missing timestamps ({runs} "
+            f"gap{'s' if runs != 1 else ''}) filled as missing"
         )
 
     dead = [
@@ -79,8 +91,6 @@ def to_speed_data(
             f"(all missing): {listing(dead)}"
         )
 
-    freq = int(step_ns // _NS_PER_MINUTE)
-    index = pd.date_range(start=stamps[0], periods=total, freq=f"{freq}min", unit="ns")
     return SpeedData(
         index=index,
         sensor_ids=ids,
@@ -89,6 +99,7 @@ def to_speed_data(
         freq_minutes=freq,
         source=src,
         missing=missing,
+        calendar=cal.spec,
     )
 
 
@@ -295,12 +306,18 @@ def parse_freq_minutes(text: str) -> int:
 
 
 def made_index(
-    start: str | pd.Timestamp, rows: int, freq_minutes: int | None, src: str
+    start: str | pd.Timestamp,
+    rows: int,
+    freq_minutes: int | None,
+    src: str,
+    calendar: str | Calendar | None = None,
 ) -> pd.DatetimeIndex:
-    """``rows`` timestamps from ``start``, ``freq_minutes`` apart, for a file without any."""
+    """``rows`` timestamps from ``start``, ``freq_minutes`` apart, for a file without any; under
+    a ``weekdays`` calendar the rows skip the days it leaves out
+    (:func:`~trafficcast.data.calendar.calendar_index`)."""
     first = parse_start(start)
     step = _step_ns(pd.DatetimeIndex([]), src, freq_minutes)
-    return pd.date_range(first, periods=rows, freq=pd.Timedelta(step), unit="ns")
+    return calendar_index(first, rows, pd.Timedelta(step), parse_calendar(calendar), src)
 
 
 def _warn(message: str) -> None:

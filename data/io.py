@@ -15,9 +15,10 @@ Supported formats, chosen by extension:
 - ``.parquet``: a DatetimeIndex, or a first column of timestamps.
 
 A file without timestamps (the T-GCN / STGCN layout: one column per sensor, nothing else) is read
-with ``start`` and ``freq_minutes``: row ``k`` is ``start + k * freq``. Its CSV may have a header
-row of sensor ids or none (ids ``0 .. N-1``); see :func:`read_speeds` for how a header is told
-from a first row of readings.
+with ``start`` and ``freq_minutes``: row ``k`` is ``start + k * freq``, or, under a ``weekdays``
+``calendar`` (a weekdays-only release such as PeMSD7(M)), the k-th such time on a weekday. Its
+CSV may have a header row of sensor ids or none (ids ``0 .. N-1``); see :func:`read_speeds` for
+how a header is told from a first row of readings.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trafficcast.data.calendar import Calendar, parse_calendar
 from trafficcast.data.errors import DataInputError, reason
 from trafficcast.data.grid import made_index, parse_freq_minutes, parse_start, to_speed_data
 from trafficcast.data.speeds import (
@@ -60,6 +62,7 @@ def read_speeds(
     freq_minutes: int | None = None,
     start: str | pd.Timestamp | None = None,
     missing: str = "zero",
+    calendar: str | Calendar | None = None,
 ) -> SpeedData:
     """Read a speed table (``.h5``/``.hdf5`` key ``df``, ``.csv`` or ``.parquet``).
 
@@ -71,6 +74,11 @@ def read_speeds(
             sensor. Not given, the file must have timestamps (a file whose first column holds
             numbers is refused with a message naming ``--start`` and ``--freq``).
         missing: ``"zero"`` or ``"nan"`` (:data:`MISSING_RULES`), what counts as missing.
+        calendar: the days the data covers (:mod:`~trafficcast.data.calendar`): ``all`` (None)
+            or ``weekdays`` (``weekdays:DATE,...`` to leave out holidays). With ``start``, the
+            rows are dated on those days only, a weekdays-only file's rows after a Friday
+            landing on the Monday; the days left out become rows of missing readings (no
+            warning), recorded in the data's ``calendar`` so that no window spans them.
 
     A CSV read with ``start`` has a header row of sensor ids when its first row holds text, or
     distinct whole numbers that cannot be readings: all above every later value, or whole where
@@ -114,9 +122,10 @@ def read_speeds(
         raw_index, frame, where = _load_csv(path, src, timestamps)
     else:
         raw_index, frame, where = _load_parquet(path, src, timestamps)
+    cal = parse_calendar(calendar)
     if start is not None:
-        raw_index = made_index(start, len(frame), freq_minutes, src)
-    return to_speed_data(raw_index, frame, src, where, freq_minutes, missing)
+        raw_index = made_index(start, len(frame), freq_minutes, src, cal)
+    return to_speed_data(raw_index, frame, src, where, freq_minutes, missing, cal)
 
 
 def write_speeds(data: SpeedData, path: str | os.PathLike[str]) -> None:

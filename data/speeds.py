@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from trafficcast.data.calendar import parse_calendar
 from trafficcast.data.errors import DataInputError, listing
 
 __all__ = [
@@ -53,6 +54,9 @@ class SpeedData:
         freq_minutes: the time step in minutes.
         source: the file the data came from, or a label.
         missing: the rule the mask was made with (:data:`MISSING_RULES`); a writer follows it.
+        calendar: the days the data covers (:mod:`~trafficcast.data.calendar`: ``all``, or
+            ``weekdays`` for a weekdays-only release, whose left-out days are rows of missing
+            readings that no window spans).
 
     Shapes:
         index: (T,); values: (T, N) float32; mask: (T, N) bool.
@@ -65,9 +69,11 @@ class SpeedData:
     freq_minutes: int
     source: str = "<memory>"
     missing: str = "zero"
+    calendar: str = "all"
 
     def __post_init__(self) -> None:
         check_missing_rule(self.missing)
+        self.calendar = parse_calendar(self.calendar).spec
         self.sensor_ids = [str(s) for s in self.sensor_ids]
         self.values = np.asarray(self.values, dtype=np.float32)
         self.mask = np.asarray(self.mask, dtype=bool)
@@ -123,6 +129,7 @@ class SpeedData:
             freq_minutes=self.freq_minutes,
             source=self.source,
             missing=self.missing,
+            calendar=self.calendar,
         )
 
     def slice_steps(self, start: int | None, stop: int | None) -> SpeedData:
@@ -140,13 +147,16 @@ class SpeedData:
             freq_minutes=self.freq_minutes,
             source=self.source,
             missing=self.missing,
+            calendar=self.calendar,
         )
 
     def summary(self) -> dict[str, Any]:
-        """Plain-Python facts about the data (JSON-serialisable)."""
+        """Plain-Python facts about the data (JSON-serialisable). ``missing_pct`` counts the days
+        the calendar covers: a weekdays-only release's weekends are no missing readings."""
         observed = np.asarray(self.mask.any(axis=0), dtype=bool)
-        cells = self.mask.size
-        missing_pct = 100.0 * (1.0 - self.mask.sum() / cells) if cells else 0.0
+        covered = self.mask[parse_calendar(self.calendar).covers(self.index)]
+        cells = covered.size
+        missing_pct = 100.0 * (1.0 - covered.sum() / cells) if cells else 0.0
         return {
             "steps": self.num_steps,
             "sensors": self.num_sensors,

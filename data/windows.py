@@ -8,6 +8,11 @@ a window is its start index ``s`` (inputs rows ``s .. s+seq_len-1``, targets row
 ``s+seq_len .. s+seq_len+horizon-1``) and batches are gathered on the fly with :func:`gather`;
 and the last batch is never padded with repeated samples (DCRNN's loaders did that to val/test,
 which biased the reported metrics).
+
+A window's steps must be contiguous in time. The readers put every file on a regular grid, so a
+weekdays-only release has its weekends as rows of missing readings; those rows (``skip``, from
+:func:`~trafficcast.data.calendar.off_calendar`) are in no window: a window that would span one
+is not made, and the splits are taken over the windows that remain (:func:`window_starts`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import torch
 
 from trafficcast.data.errors import DataInputError
 
-__all__ = ["WindowBatches", "gather", "num_windows", "split_counts", "split_windows"]
+__all__ = [
+    "WindowBatches",
+    "gather",
+    "num_windows",
+    "split_counts",
+    "split_windows",
+    "window_starts",
+]
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
@@ -72,6 +84,42 @@ def split_counts(
     return counts
 
 
+def window_starts(
+    num_steps: int,
+    seq_len: int = 12,
+    horizon: int = 12,
+    skip: npt.NDArray[np.bool_] | None = None,
+    *,
+    source: str = "the data",
+) -> npt.NDArray[np.int64]:
+    """The start of every window whose ``seq_len + horizon`` rows are all kept: none of them a
+    ``skip`` row (a day off the data's calendar). Without ``skip``, ``0 .. num_windows - 1``.
+
+    Raises:
+        DataInputError: no window fits.
+
+    Shapes:
+        skip (T,) bool -> (W,) int64, increasing.
+    """
+    n = num_windows(num_steps, seq_len, horizon, source=source)
+    starts = np.arange(n, dtype=np.int64)
+    if skip is None:
+        return starts
+    skip = np.asarray(skip, dtype=bool)
+    if skip.shape != (num_steps,):
+        raise ValueError(f"skip has shape {skip.shape}, expected ({num_steps},)")
+    # Skipped rows before each row: a window is clear when none falls inside it.
+    before = np.concatenate(([0], np.cumsum(skip, dtype=np.int64)))  # (T + 1,)
+    clear = before[starts + seq_len + horizon] == before[starts]
+    if not clear.any():
+        raise DataInputError(
+            f"{source}: no window of {seq_len} inputs and {horizon} outputs fits between the "
+            "days its calendar leaves out"
+        )
+    kept: npt.NDArray[np.int64] = starts[clear]
+    return kept
+
+
 def split_windows(
     num_steps: int,
     seq_len: int = 12,
@@ -80,20 +128,22 @@ def split_windows(
     test_frac: float = 0.2,
     *,
     source: str = "the data",
+    skip: npt.NDArray[np.bool_] | None = None,
 ) -> dict[str, np.ndarray]:
     """Window start indices of the chronological train / val / test splits.
 
     The splits are contiguous and in time order; the last test window's target ends at the
-    last row.
+    last row (the last row not skipped). ``skip``: rows no window may span
+    (:func:`window_starts`); the splits divide the windows that remain.
 
     Shapes:
-        returns {"train": (n_train,), "val": (n_val,), "test": (n_test,)} int64.
+        skip (T,) bool; returns {"train": (n_train,), "val": (n_val,), "test": (n_test,)} int64.
     """
-    n = num_windows(num_steps, seq_len, horizon, source=source)
+    starts = window_starts(num_steps, seq_len, horizon, skip, source=source)
+    n = len(starts)
     n_train, n_val, _ = split_counts(
         n, train_frac, test_frac, seq_len=seq_len, horizon=horizon, source=source
     )
-    starts = np.arange(n, dtype=np.int64)
     return {
         "train": starts[:n_train],
         "val": starts[n_train : n_train + n_val],

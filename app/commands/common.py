@@ -71,7 +71,8 @@ def registry_dir(args: argparse.Namespace) -> Path:
 
 
 def data_arguments(p: argparse.ArgumentParser, help: str, required: bool = True) -> None:
-    """Add ``--data SPEEDS`` and, for a file without timestamps, ``--start`` and ``--freq``."""
+    """Add ``--data SPEEDS`` and, for a file without timestamps, ``--start`` and ``--freq``; and
+    ``--calendar``, the days the data covers."""
     p.add_argument("--data", required=required, metavar="SPEEDS", help=help)
     p.add_argument(
         "--start",
@@ -83,6 +84,13 @@ def data_arguments(p: argparse.ArgumentParser, help: str, required: bool = True)
         metavar="STEP",
         help="time step of the --data rows, e.g. 5min or 15min (inferred from timestamps if any)",
     )
+    p.add_argument(
+        "--calendar",
+        metavar="DAYS",
+        help="the days the --data rows cover: all (default) or weekdays (a weekdays-only release "
+        "such as PeMSD7(M): rows dated Monday to Friday, no window across a weekend); "
+        "weekdays:2012-05-28,... also leaves out those holidays",
+    )
 
 
 class DataTiming(TypedDict):
@@ -90,13 +98,14 @@ class DataTiming(TypedDict):
 
     start: str | None
     freq_minutes: int | None
+    calendar: str | None
 
 
 def data_timing(args: argparse.Namespace) -> DataTiming:
-    """``--start`` and ``--freq`` as the keyword arguments of the readers and pipeline jobs
-    (``start``, ``freq_minutes``); a ``--freq`` that is not a whole number of minutes is a user
-    error naming it."""
-    return DataTiming(start=args.start, freq_minutes=parse_freq(args.freq))
+    """``--start``, ``--freq`` and ``--calendar`` as the keyword arguments of the readers and
+    pipeline jobs (``start``, ``freq_minutes``, ``calendar``); a ``--freq`` that is not a whole
+    number of minutes is a user error naming it."""
+    return DataTiming(start=args.start, freq_minutes=parse_freq(args.freq), calendar=args.calendar)
 
 
 def parse_freq(text: str | None) -> int | None:

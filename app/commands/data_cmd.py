@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from trafficcast.app.commands.common import data_arguments, data_timing
+from trafficcast.data.calendar import off_calendar
 from trafficcast.data.errors import DataInputError
 from trafficcast.data.io import read_speeds
 from trafficcast.data.synthetic import make_synthetic, write_synthetic
-from trafficcast.data.windows import num_windows, split_counts
+from trafficcast.data.windows import split_counts, window_starts
 
 _SEQ_LEN = 12
 _HORIZON = 12
@@ -61,7 +62,8 @@ def run_summary(args: argparse.Namespace) -> int:
         f"always missing:  {len(dead)}" + (f" ({shown})" if dead else ""),
     ]
     try:
-        n = num_windows(speeds.num_steps, _SEQ_LEN, _HORIZON, source=speeds.source)
+        skip = off_calendar(speeds.index, speeds.calendar)
+        n = len(window_starts(speeds.num_steps, _SEQ_LEN, _HORIZON, skip, source=speeds.source))
         train, val, test = split_counts(n, seq_len=_SEQ_LEN, horizon=_HORIZON, source=speeds.source)
         lines.append(f"windows (12/12): {n}")
         lines.append(f"split:           train {train}, val {val}, test {test}")

@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 from trafficcast.app.forecaster import missing_rule, model_inputs
-from trafficcast.data import SpeedData, StandardScaler, gather, read_speeds, split_windows
+from trafficcast.data import (
+    SpeedData,
+    StandardScaler,
+    gather,
+    off_calendar,
+    read_speeds,
+    split_windows,
+)
 from trafficcast.data.errors import DataInputError
 from trafficcast.graph import (
     build_adjacency,
@@ -72,6 +79,7 @@ def prepare_data(
         horizon=m.horizon,
         train_frac=d.train_fraction,
         test_frac=d.test_fraction,
+        skip=off_calendar(speeds.index, speeds.calendar),
     )
     values = torch.from_numpy(np.ascontiguousarray(speeds.values, dtype=np.float32))
     mask = torch.from_numpy(np.ascontiguousarray(speeds.mask))
@@ -273,11 +281,13 @@ def checkpoint_speeds(
     speeds: SpeedData | None,
     start: str | None = None,
     freq_minutes: int | None = None,
+    calendar: str | None = None,
 ) -> SpeedData:
     """The speeds a checkpoint is applied to, in the model's sensor order: ``speeds``, else read
     from ``data`` (``start``/``freq_minutes`` for a file without timestamps), else from the file
     the model was trained on (with the start it was given, if it had no timestamps). Read with
-    the checkpoint's missing-value rule. Refused (one line) when the model's sensors are not all
+    the checkpoint's missing-value rule, and with ``calendar`` or else the calendar the model
+    was trained under (the days the data covers). Refused (one line) when the model's sensors are not all
     there or the data's frequency is another."""
     if speeds is None:
         if data is None:
@@ -291,7 +301,11 @@ def checkpoint_speeds(
         else:
             path = data
         speeds = read_speeds(
-            path, start=start, freq_minutes=freq_minutes, missing=missing_rule(payload)
+            path,
+            start=start,
+            freq_minutes=freq_minutes,
+            missing=missing_rule(payload),
+            calendar=calendar if calendar is not None else payload["data"].get("calendar"),
         )
     ids = payload["sensor_ids"]
     missing = [s for s in ids if s not in set(speeds.sensor_ids)]

@@ -147,11 +147,13 @@ def evaluate_run(
     plots: bool = True,
     start: str | None = None,
     freq_minutes: int | None = None,
+    calendar: str | None = None,
 ) -> dict[str, Any]:
     """Score the run's models and the baselines on the test split; write the report files.
-    ``start``/``freq_minutes``: the times of a ``data`` file without timestamps."""
+    ``start``/``freq_minutes``/``calendar``: the times of a ``data`` file without timestamps,
+    and the days it covers."""
     run_dir = Path(run_dir)
-    run = load_run(run_dir, data, speeds, device, start, freq_minutes)
+    run = load_run(run_dir, data, speeds, device, start, freq_minutes, calendar)
     scores = _score_test(run)
     report = _report(run, scores.metrics)
     out_path = Path(output) if output is not None else run_dir / "report.json"

@@ -83,6 +83,8 @@ def checkpoint_payload(
             "end": str(speeds.index[-1]),
             # False: the file had none, its times came from --start and --freq.
             "timestamps": timestamps,
+            # The days the data covers (trafficcast.data.calendar): no window spans the others.
+            "calendar": speeds.calendar,
             "steps": int(speeds.num_steps),
             "fingerprint": data_fingerprint(speeds),
             "graph": graph_source,

@@ -22,9 +22,11 @@ def predict_run(
     start: str | None = None,
     freq_minutes: int | None = None,
     interval: float | None = None,
+    calendar: str | None = None,
 ) -> pd.DataFrame:
     """Forecast the ``horizon`` steps after ``at`` from the ``seq_len`` steps ending at ``at``
-    (``start``/``freq_minutes``: the times of a ``data`` file without timestamps).
+    (``start``/``freq_minutes``/``calendar``: the times of a ``data`` file without timestamps,
+    and the days it covers).
 
     ``interval``: also the calibrated band at that central coverage, as columns
     ``<sensor>_lower`` and ``<sensor>_upper`` after the forecast's (which stay as without it).
@@ -33,7 +35,7 @@ def predict_run(
     forecaster = Forecaster.from_run(run_dir)
     if interval is not None:
         _check_interval(forecaster, interval)
-    speeds = checkpoint_speeds(forecaster.payload, data, None, start, freq_minutes)
+    speeds = checkpoint_speeds(forecaster.payload, data, None, start, freq_minutes, calendar)
     try:
         when = pd.Timestamp(at)
     except (ValueError, TypeError) as exc:

@@ -61,9 +61,10 @@ def load_run(
     device: torch.device | None = None,
     start: str | None = None,
     freq_minutes: int | None = None,
+    calendar: str | None = None,
 ) -> LoadedRun:
     """Load a run directory's checkpoints and the data they are scored on (see
-    :func:`trafficcast.app.pipeline.data.checkpoint_speeds`, which ``start``/``freq_minutes`` go to); one-line
+    :func:`trafficcast.app.pipeline.data.checkpoint_speeds`, which ``start``/``freq_minutes``/``calendar`` go to); one-line
     :class:`CheckpointError` when the run is not there."""
     run_dir = Path(run_dir)
     model_path = run_dir / CHECKPOINT_FILES[DCRNN_NAME]
@@ -76,7 +77,7 @@ def load_run(
     payload = load_checkpoint(model_path)
     config = _config_from_payload(payload)
     device = device or torch.device("cpu")
-    speeds = checkpoint_speeds(payload, data, speeds, start, freq_minutes)
+    speeds = checkpoint_speeds(payload, data, speeds, start, freq_minutes, calendar)
     scaler = StandardScaler.from_state_dict(payload["scaler"])
     prepared = prepare_data(speeds, config, scaler=scaler)
     source = WindowSource(

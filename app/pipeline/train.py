@@ -96,8 +96,8 @@ class TrainOptions:
     ``data``: the speeds file; ``output``: the run directory to write. The graph: ``distances``
     (thresholded at ``threshold``) or ``adjacency``; ``sensor_ids``: a sensor-id file giving the
     order of a dense ``.csv`` adjacency without a header (:func:`trafficcast.app.pipeline.read_graph`).
-    ``start``, ``freq_minutes``: the times of a data file without timestamps (see
-    :func:`trafficcast.data.read_speeds`); the data is read with ``config.data``'s missing-value
+    ``start``, ``freq_minutes``: the times of a data file without timestamps, ``calendar`` the
+    days the data covers (see :func:`trafficcast.data.read_speeds`); the data is read with ``config.data``'s missing-value
     rule. ``init_from``: a DCRNN checkpoint whose weights start the training (a warm start); a
     resumed run's own state takes precedence over it. ``callbacks``: progress hooks of every
     trainer (after the one that writes ``train_log.jsonl``). ``only``: baselines to add to the
@@ -124,6 +124,7 @@ class TrainOptions:
     callbacks: tuple[TrainerCallback, ...] = ()
     start: str | None = None
     freq_minutes: int | None = None
+    calendar: str | None = None
     sensor_ids: str | Path | None = None
     only: tuple[str, ...] | None = None
 
@@ -179,7 +180,11 @@ def _train(options: TrainOptions, device: torch.device, dist: DistContext | None
     o, config, log = options, options.config, options.log
     torch.manual_seed(config.train.seed)
     speeds = read_speeds(
-        o.data, start=o.start, freq_minutes=o.freq_minutes, missing=config.data.missing_rule
+        o.data,
+        start=o.start,
+        freq_minutes=o.freq_minutes,
+        missing=config.data.missing_rule,
+        calendar=o.calendar,
     )
     order = read_sensor_ids(o.sensor_ids) if o.sensor_ids is not None else None
     speeds, adj, graph_source = load_graph_for(speeds, o.distances, o.adjacency, o.threshold, order)

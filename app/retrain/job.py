@@ -206,6 +206,7 @@ def _start_or_resume(
         start=opts.start,
         freq_minutes=opts.freq_minutes,
         missing=config.data.missing_rule,
+        calendar=opts.calendar,
     )
     graph = _resolve_graph(opts, speeds, champion_dir)
     key = _options_key(opts, config, _graph_sha(graph[0], graph[1]), champion)

@@ -27,9 +27,10 @@ EXIT_CODES = {
 class RetrainOptions:
     registry: Path
     data: Path
-    # The times of a --data file without timestamps (--start, --freq).
+    # The times of a --data file without timestamps (--start, --freq), the days it covers.
     start: str | None = None
     freq_minutes: int | None = None
+    calendar: str | None = None
     # The service's database: its SQLite file or its URL.
     observations: str | Path | None = None
     config: Path | None = None

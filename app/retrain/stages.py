@@ -217,6 +217,7 @@ def train_challenger(job: JobContext) -> tuple[dict[str, Any], int | None]:
             log=job.log,
             init_from=init_from,
             callbacks=(progress,),
+            calendar=job.opts.calendar,
         )
     )
     return {"version": job.registry.next_version()}, progress.resumed_epoch
@@ -317,7 +318,9 @@ def _score_champion(job: JobContext, champion_dir: Path) -> tuple[str | None, di
         return why_not, {"version": job.champion, "holdout_mae": None}
     champion_report = evaluate_run(
         champion_dir,
-        speeds=read_speeds(job.data_path, missing=job.config.data.missing_rule),
+        speeds=read_speeds(
+            job.data_path, missing=job.config.data.missing_rule, calendar=job.opts.calendar
+        ),
         output=job.staging / "champion-report.json",
         plots=False,
     )

@@ -187,8 +187,11 @@ def finish_import(layout: str, readings: Readings) -> ImportResult:
     values = np.zeros(shape, dtype=np.float32)
     mask = np.zeros(shape, dtype=bool)
     cells = readings.rows if readings.cols is None else (readings.rows, readings.cols)
-    values[cells] = np.where(readings.usable, readings.values, 0.0)
+    # Assigned, then zeroed where missing, rather than through np.where: that would make a
+    # float64 copy of all the readings, as large again as what the import holds.
+    values[cells] = readings.values
     mask[cells] = readings.usable
+    values[~mask] = 0.0
     data = SpeedData(
         index=readings.index,
         sensor_ids=readings.sensor_ids,

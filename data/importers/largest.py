@@ -4,18 +4,25 @@
 column per sensor (the sensor id as the column name), traffic flow as the values, NaN where
 missing. ``ca_meta.csv`` has a header ``ID,Lat,Lng,District,County,Fwy,Lanes,Type,Direction,ID2``,
 one row per sensor. LargeST's subsets are districts of it: GBA is district 4, SD district 11,
-GLA districts 7, 8 and 12.
+GLA districts 7, 8 and 12. The table is read a block of rows at a time, keeping only the chosen
+sensors' columns, so a district of the 8,600 sensors never holds the whole year in memory.
+
+LargeST's processed files (``generate_data_for_training.py``'s output) fill missing readings
+with 0. Flow's missing-value rule keeps a 0 as a reading, so such zeros stay readings; a table
+with zeros and no empty reading is imported with a warning that says so.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from trafficcast.data.errors import DataInputError
+from trafficcast.data.errors import DataInputError, DataWarning
 from trafficcast.data.importers.common import (
     ImportResult,
     Readings,
@@ -30,6 +37,8 @@ from trafficcast.data.importers.common import (
 __all__ = ["import_largest", "read_largest_meta"]
 
 _META_COLUMNS = ("ID", "Lat", "Lng", "District")
+# The smallest block of rows read at once: fewer, larger reads for a small selection.
+_MIN_BLOCK_BYTES = 1 << 20
 
 
 def read_largest_meta(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -83,7 +92,9 @@ def import_largest(
 
     Sensors are taken in the metadata's order: those in ``districts`` (all when None), then the
     first ``num_sensors`` of them (all when None). Table columns without a metadata row are
-    dropped; NaN and negative flows are missing.
+    dropped; NaN and negative flows are missing, a 0 is a reading (flow's rule; a
+    :class:`~trafficcast.data.errors.DataWarning` when the table looks zero-filled). Only the
+    chosen columns are read: the import holds about twice their size as float64.
 
     Args:
         key: the table's HDF key; needed only when the file holds several.
@@ -93,28 +104,33 @@ def import_largest(
             not timestamps, or no sensor left.
     """
     src = os.fspath(hdf)
-    frame = _load_table(src, key)
-    table_ids = [_clean_id(c) for c in frame.columns]
-    if len(set(table_ids)) != len(table_ids):
-        repeated = pd.Series(table_ids)[pd.Series(table_ids).duplicated()].iloc[0]
-        raise DataInputError(f"{src}: sensor column {repeated} appears more than once")
-    info = read_largest_meta(meta)
-    chosen, absent = _choose_sensors(info, set(table_ids), districts, num_sensors)
-    if chosen.empty:
-        where = f" in district {', '.join(districts)}" if districts else ""
-        raise DataInputError(f"{os.fspath(meta)}: no sensor{where} is a column of {src}")
-
-    position = {sid: k for k, sid in enumerate(table_ids)}
-    cols = np.array([position[sid] for sid in chosen["ID"]], dtype=np.int64)
-    stamps = _timestamps(frame.index, src)
+    with _SensorTable(src, key) as table:
+        table_ids = table.sensor_ids
+        info = read_largest_meta(meta)
+        if len(set(table_ids)) != len(table_ids):
+            repeated = pd.Series(table_ids)[pd.Series(table_ids).duplicated()].iloc[0]
+            raise DataInputError(f"{src}: sensor column {repeated} appears more than once")
+        chosen, absent = _choose_sensors(info, set(table_ids), districts, num_sensors)
+        if chosen.empty:
+            where = f" in district {', '.join(districts)}" if districts else ""
+            raise DataInputError(f"{os.fspath(meta)}: no sensor{where} is a column of {src}")
+        position = {sid: k for k, sid in enumerate(table_ids)}
+        cols = np.array([position[sid] for sid in chosen["ID"]], dtype=np.int64)
+        raw_index, values = table.read_columns(cols)  # (rows,), (rows, N)
+    stamps = _timestamps(raw_index, src)
     order = np.argsort(stamps.asi8, kind="stable")
     repeated = stamps.duplicated()
     if repeated.any():
         raise DataInputError(f"{src}: timestamp {stamps[int(np.argmax(repeated))]} appears twice")
     index, positions, freq_minutes = grid_positions(stamps[order], src)
-    values = frame.iloc[:, cols].to_numpy(dtype=np.float64, na_value=np.nan)[order]  # (rows, N)
+    if not np.array_equal(order, np.arange(len(order))):
+        values = values[order]
     usable, negative = finite_readings(values)
     notes = [no_distances_note("LargeST")]
+    zero_filled = _zero_fill_warning(values, src)
+    if zero_filled:
+        warnings.warn(zero_filled, DataWarning, stacklevel=2)
+        notes.append(zero_filled)
     if len(index) > len(stamps):
         notes.append(f"{len(index) - len(stamps)} missing timestamps filled as missing")
     readings = Readings(
@@ -131,7 +147,7 @@ def import_largest(
         ),
         inputs=[src, os.fspath(meta)],
         read={
-            "rows": len(frame),
+            "rows": len(stamps),
             "sensors in the table": len(table_ids),
             "sensors in the metadata": len(info),
         },
@@ -168,14 +184,39 @@ def _choose_sensors(
     return chosen, absent
 
 
-def _load_table(src: str, key: str | None) -> pd.DataFrame:
-    if not os.path.exists(src):
-        raise FileNotFoundError(2, "No such file or directory", src)
-    try:
-        store = pd.HDFStore(src, mode="r")
-    except Exception as exc:  # PyTables raises several unrelated types for a non-HDF file
-        raise DataInputError(f"{src}: not a readable HDF5 file") from exc
-    try:
+class _SensorTable:
+    """A LargeST table in an HDF file, open for reading some of its sensor columns.
+
+    The yearly tables are large (8,600 sensors x 105,120 steps is 7 GB as float64), so only the
+    header is read on opening, and :meth:`read_columns` reads the rows in blocks, keeping of
+    each block only the columns asked for. This works for both layouts pandas writes, ``fixed``
+    (LargeST's own, ``to_hdf`` without ``format``) and ``table``, as both read row ranges.
+    """
+
+    def __init__(self, src: str, key: str | None) -> None:
+        if not os.path.exists(src):
+            raise FileNotFoundError(2, "No such file or directory", src)
+        try:
+            self.store = pd.HDFStore(src, mode="r")
+        except Exception as exc:  # PyTables raises several unrelated types for a non-HDF file
+            raise DataInputError(f"{src}: not a readable HDF5 file") from exc
+        self.src = src
+        try:
+            self.key, self.num_rows, header = self._header(key)
+        except BaseException:
+            self.store.close()
+            raise
+        self.sensor_ids = [_clean_id(c) for c in header.columns]
+
+    def __enter__(self) -> _SensorTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+
+    def _header(self, key: str | None) -> tuple[str, int, pd.DataFrame]:
+        """The key read, the number of rows, and the table with its columns but no rows."""
+        src, store = self.src, self.store
         keys = [k.lstrip("/") for k in store]
         if key is None:
             if len(keys) != 1:
@@ -185,19 +226,81 @@ def _load_table(src: str, key: str | None) -> pd.DataFrame:
         elif key.lstrip("/") not in keys:
             raise DataInputError(f"{src}: no key {key!r} (found: {', '.join(keys) or 'none'})")
         try:
-            obj = store[key]
+            # pandas-stubs omit get_storer (it resolves to HDFStore.__getattr__, a stored key).
+            storer: Any = store.get_storer(key)  # type: ignore[operator]
+            kind = str(storer.pandas_type)
+            if kind not in ("frame", "frame_table"):
+                raise DataInputError(f"{src}: key {key!r} holds a {kind}, not a table")
+            header = store.select(key, start=0, stop=0)
+            if not isinstance(header, pd.DataFrame):
+                raise DataInputError(f"{src}: key {key!r} holds a {kind}, not a table")
+            # A table knows its rows; a fixed frame's shape is (rows, columns).
+            num_rows = int(storer.nrows if kind == "frame_table" else storer.shape[0])
+        except DataInputError:
+            raise
         except Exception as exc:
             raise DataInputError(f"{src}: cannot read key {key!r} ({exc})") from exc
-    finally:
-        store.close()
-    if not isinstance(obj, pd.DataFrame):
-        raise DataInputError(f"{src}: key {key!r} holds a {type(obj).__name__}, not a table")
-    if obj.shape[0] == 0 or obj.shape[1] == 0:
-        raise DataInputError(f"{src}: the table is empty ({obj.shape[0]}x{obj.shape[1]})")
-    non_numeric = [c for c in obj.columns if not pd.api.types.is_numeric_dtype(obj[c].dtype)]
-    if non_numeric:
-        raise DataInputError(f"{src}: column {non_numeric[0]} holds {obj[non_numeric[0]].dtype}")
-    return obj
+        if num_rows == 0 or header.shape[1] == 0:
+            raise DataInputError(f"{src}: the table is empty ({num_rows}x{header.shape[1]})")
+        non_numeric = [
+            c for c in header.columns if not pd.api.types.is_numeric_dtype(header[c].dtype)
+        ]
+        if non_numeric:
+            bad = non_numeric[0]
+            raise DataInputError(f"{src}: column {bad} holds {header[bad].dtype}")
+        return key, num_rows, header
+
+    def read_columns(self, cols: np.ndarray) -> tuple[pd.Index, np.ndarray]:
+        """The index and the columns at positions ``cols``, as float64 (NaN where empty).
+
+        Rows are read in blocks of at most a quarter of the result's size (at least
+        :data:`_MIN_BLOCK_BYTES`), so the read holds little beyond the result.
+
+        Shapes:
+            cols (N,) -> index (T,), values (T, N).
+        """
+        num_columns = len(self.sensor_ids)
+        wanted = self.num_rows * len(cols) * 8
+        block_bytes = max(wanted // 4, _MIN_BLOCK_BYTES)
+        block_rows = max(1, block_bytes // (num_columns * 8))
+        values = np.empty((self.num_rows, len(cols)), dtype=np.float64)
+        pieces = []
+        for start in range(0, self.num_rows, block_rows):
+            stop = min(start + block_rows, self.num_rows)
+            try:
+                part = self.store.select(self.key, start=start, stop=stop)
+            except Exception as exc:
+                raise DataInputError(f"{self.src}: cannot read key {self.key!r} ({exc})") from exc
+            if not isinstance(part, pd.DataFrame):
+                raise DataInputError(f"{self.src}: key {self.key!r} is not a table")
+            values[start:stop] = part.iloc[:, cols].to_numpy(dtype=np.float64, na_value=np.nan)
+            pieces.append(part.index)
+            del part
+        index = pieces[0].append(pieces[1:]) if len(pieces) > 1 else pieces[0]
+        return index, values
+
+
+def _zero_fill_warning(values: np.ndarray, src: str) -> str | None:
+    """The warning for a table that looks zero-filled: no empty reading but some zeros.
+
+    LargeST's processed files (made by its ``generate_data_for_training.py``) fill missing
+    readings with 0; the raw ``ca_his_raw_YYYY.h5`` leave them empty. A flow of 0 is a reading
+    by the flow rule, so such zeros stay readings, and the user should know.
+
+    Shapes:
+        values (T, N).
+    """
+    if np.isnan(values).any():
+        return None
+    zeros = int(np.count_nonzero(values == 0))
+    if not zeros:
+        return None
+    return (
+        f"{src} has no empty reading but {zeros} zeros ({100 * zeros / values.size:.2f}%): "
+        "LargeST's processed files fill missing readings with 0; by the flow rule a 0 is a "
+        "reading, so they are kept as readings (import the raw ca_his_raw_YYYY.h5, which leaves "
+        "missing readings empty, to keep them missing)"
+    )
 
 
 def _timestamps(index: pd.Index, src: str) -> pd.DatetimeIndex:

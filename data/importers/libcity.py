@@ -40,6 +40,7 @@ from trafficcast.data.importers.common import (
     listing,
     progress_bar,
 )
+from trafficcast.data.speeds import observed_readings
 from trafficcast.graph.links import check_repeated_links, count_links
 
 __all__ = ["find_atomic_files", "import_libcity"]
@@ -92,13 +93,16 @@ def import_libcity(
     """LibCity atomic files -> the table of one ``.dyna`` column, locations and the graph.
 
     Args:
-        column: the ``.dyna`` column to import; default the config's first ``data_col``, else
+        column: the ``.dyna`` column to import; default the config's ``data_col`` (a string,
+            as LibCity's ``metr_la.py`` writes it, or the first of a list), else
             ``traffic_speed`` when present, else the first data column.
 
     The ``.rel`` costs become ``distances.csv`` when they are distances and ``adjacency.npz``
     when they are weights (see the module docstring); without ``config.json`` they are taken
     as distances. Sensors are the ``.geo`` points in file order; a reading that is empty,
-    non-finite or negative is missing.
+    non-finite or negative is missing, and so is a 0 when the column is a speed (the speed
+    rule of :data:`~trafficcast.data.speeds.MISSING_RULES`: LibCity's METR_LA and PEMS_BAY
+    write a missing speed as 0); a 0 flow or occupancy stays a reading.
 
     Raises:
         DataInputError: a missing column, a line with too many fields, an unreadable time,
@@ -126,7 +130,14 @@ def import_libcity(
     usable, negative = finite_readings(values)
     edges, cost_kind = _read_rel(rel, info, position)
     quantity = _quantity(name)
+    # The quantity's missing-value rule, the one training applies (speed: a 0 is no reading, as
+    # LibCity's METR_LA and PEMS_BAY write missing speeds; flow and occupancy: only empty).
+    rule = "zero" if (quantity or "speed") == "speed" else "nan"
+    zeros = usable & ~observed_readings(values, rule)
+    usable &= ~zeros
     notes = [f"column {name}; .rel cost read as {cost_kind}"]
+    meaning = "a 0 is missing" if rule == "zero" else "a 0 is a reading, only empty is missing"
+    notes.append(f"missing-value rule {rule} for {quantity or 'speed'}: {meaning}")
     if len(locations) < len(geo_ids):
         notes.append(f"{len(geo_ids) - len(locations)} sensors have no coordinates")
     if quantity is None:
@@ -149,6 +160,7 @@ def import_libcity(
         dropped={
             f"readings missing ({name} empty or not finite)": int((~np.isfinite(values)).sum()),
             f"readings with a negative {name}": negative,
+            f"readings of 0 {name} (missing under the {rule} rule)": int(zeros.sum()),
             "timestamps without any reading": len(index) - len(np.unique(positions)),
         },
         notes=notes,
@@ -373,7 +385,10 @@ def _data_column(header: list[str], column: str | None, info: dict[str, Any], sr
         raise DataInputError(f"{src}: no data column after {', '.join(_DYNA_FIXED)}")
     if column is None:
         configured = info.get("data_col")
-        if isinstance(configured, list) and configured:
+        # LibCity's own converters write it as a list or, as metr_la.py does, a bare string.
+        if isinstance(configured, str) and configured.strip():
+            column = configured.strip()
+        elif isinstance(configured, list) and configured:
             column = str(configured[0])
         elif "traffic_speed" in data_columns:
             column = "traffic_speed"

@@ -23,7 +23,8 @@ comma-separated without a header; each row is one station and one 5-minute inter
 
 Station metadata files (``dNN_text_meta_YYYY_MM_DD.txt``) are tab-separated with a header:
 ``ID Fwy Dir District County City State_PM Abs_PM Latitude Longitude Length Type Lanes Name
-User_ID_1 .. User_ID_4``.
+User_ID_1 .. User_ID_4``. Copies republished elsewhere are often comma-separated; the header line
+tells which.
 """
 
 from __future__ import annotations
@@ -74,18 +75,22 @@ def read_pems_meta(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     tables = []
     for path in paths:
         src = os.fspath(path)
+        sep = _meta_delimiter(path, src)
         try:
-            raw = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+            raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
         except pd.errors.EmptyDataError as exc:
             raise DataInputError(f"{src}: empty file, expected the station metadata") from exc
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise DataInputError(f"{src}: not a tab-separated metadata file ({exc})") from exc
+            what = "tab" if sep == "\t" else "comma"
+            raise DataInputError(
+                f"{src}: not a {what}-separated metadata file ({' '.join(str(exc).split())})"
+            ) from exc
         raw.columns = [str(c).strip() for c in raw.columns]
         missing = [c for c in _META_COLUMNS if c not in raw.columns]
         if missing:
             raise DataInputError(
-                f"{src}: missing column {missing[0]!r} (a PeMS metadata file is tab-separated "
-                f"with a header; found: {listing(list(raw.columns), 8)})"
+                f"{src}: missing column {missing[0]!r} (a PeMS metadata file has a header, "
+                f"tab- or comma-separated; found: {listing(list(raw.columns), 8)})"
             )
         table = pd.DataFrame({"ID": raw["ID"].str.strip(), "Type": raw["Type"].str.strip()})
         for column in ("Latitude", "Longitude"):
@@ -102,6 +107,21 @@ def read_pems_meta(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     meta = pd.concat(tables, ignore_index=True)
     unique: pd.DataFrame = meta.drop_duplicates("ID", keep="last").reset_index(drop=True)
     return unique
+
+
+def _meta_delimiter(path: str | os.PathLike[str], src: str) -> str:
+    """The metadata file's delimiter, told by its header line: a tab when the line holds one (the
+    Clearinghouse's files), else a comma (the copies other repositories republish).
+
+    The header alone decides: its names hold neither character, whereas a station's ``Name``
+    in a later line may hold commas.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            header = fh.readline()
+    except UnicodeDecodeError as exc:
+        raise DataInputError(f"{src}: not a text metadata file ({exc.reason})") from exc
+    return "\t" if "\t" in header or "," not in header else ","
 
 
 def import_pems(

@@ -132,3 +132,80 @@ def test_largest_index_that_is_not_timestamps_is_one_error_line(tmp_path, capsys
     files = write_largest(tmp_path / "largest", frame)
     line = user_error(_argv(files, tmp_path / "out"), capsys)
     assert line.startswith(f"error: {files['hdf']}: cannot read timestamp ")
+
+
+def test_largest_district_reads_only_its_columns_within_twice_their_size(tmp_path):
+    """Issue 24 item 7: a district of 40 sensors out of 1,000 is imported holding at most twice
+    the selected readings (float64) plus 2 MiB, where reading the whole table first would take
+    25 times them (measured with tracemalloc, which sees numpy's buffers)."""
+    import tracemalloc
+
+    import tables  # noqa: F401  (imported before measuring: its import is not the read)
+
+    from trafficcast.data.importers import import_largest
+
+    num_sensors, steps, every = 1000, 4032, 25
+    ids = np.arange(400000, 400000 + num_sensors)
+    rng = np.random.default_rng(11)
+    values = np.round(rng.random((steps, num_sensors)) * 400)
+    values[rng.random(values.shape) < 0.01] = np.nan
+    index = pd.date_range("2019-01-01", periods=steps, freq="5min")
+    pd.DataFrame(values, index=index, columns=ids).to_hdf(tmp_path / "big.h5", key="t")
+    district = np.where(np.arange(num_sensors) % every == 0, 4, 7)
+    rows = ["ID,Lat,Lng,District"] + [
+        f"{sid},37.0,-121.9,{d}" for sid, d in zip(ids, district, strict=True)
+    ]
+    (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
+    chosen = np.flatnonzero(district == 4)
+    selected_bytes = steps * len(chosen) * 8
+    del values
+    expected = pd.read_hdf(tmp_path / "big.h5", "t").to_numpy()[:, chosen]
+
+    tracemalloc.start()
+    try:
+        result = import_largest(tmp_path / "big.h5", tmp_path / "meta.csv", districts=["4"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.data.sensor_ids == [str(s) for s in ids[chosen]]
+    assert peak <= 2 * selected_bytes + (2 << 20), (peak, selected_bytes)
+    observed = np.isfinite(expected)
+    np.testing.assert_array_equal(result.data.mask, observed)
+    np.testing.assert_array_equal(result.data.values[observed], expected[observed])
+
+
+def test_largest_table_format_reads_as_the_fixed(tmp_path):
+    """The same flows written in pandas' ``table`` layout import identically."""
+    from trafficcast.data.importers import import_largest
+
+    files = write_largest(tmp_path / "fixed")
+    fixed = import_largest(files["hdf"], files["meta"], districts=["4", "11"])
+    table = tmp_path / "table.h5"
+    flows().to_hdf(table, key="t", format="table")
+    read = import_largest(table, files["meta"], districts=["4", "11"])
+    assert read.data.sensor_ids == fixed.data.sensor_ids == [str(s[0]) for s in SENSORS[:5]]
+    np.testing.assert_array_equal(read.data.values, fixed.data.values)
+    np.testing.assert_array_equal(read.data.mask, fixed.data.mask)
+
+
+def test_largest_zero_filled_table_keeps_zeros_as_flows_with_a_warning(tmp_path, capsys):
+    """LargeST's processed files fill missing readings with 0: by the flow rule they stay
+    readings, and the import warns (a DataWarning and a note in import.json)."""
+    from trafficcast.data.errors import DataWarning
+    from trafficcast.data.importers import import_largest
+
+    frame = flows()
+    frame.iloc[5, 1] = 0.0  # the one missing reading, zero-filled
+    files = write_largest(tmp_path / "largest", frame)
+    out = tmp_path / "out"
+    assert main(_argv(files, out, "--district", "4")) == 0
+    printed = capsys.readouterr()
+    assert "no empty reading but 2 zeros (0.12%)" in printed.out
+    assert printed.err.startswith(f"warning: {files['hdf']} has no empty reading but 2 zeros")
+    summary = json.loads((out / "import.json").read_text())
+    assert summary["missing_pct"] == 0.0
+    assert any("kept as readings" in note for note in summary["notes"])
+    written = pd.read_hdf(out / "speeds.h5", "df").to_numpy()
+    assert written[5, 1] == 0.0 and written[6, 0] == 0.0
+    with pytest.warns(DataWarning, match="LargeST's processed files fill missing readings"):
+        import_largest(files["hdf"], files["meta"], districts=["4"])

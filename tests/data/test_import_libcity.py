@@ -206,3 +206,73 @@ def test_libcity_bad_geo_rel_and_arguments_are_one_error_line(tmp_path, capsys):
     (root / "copy.dyna").write_text(files["dyna"].read_text())
     line = user_error(argv, capsys)
     assert line == f"error: {root}: 2 .dyna files; expected one (or give --geo, --rel and --dyna)"
+
+
+def _with_zeros_and_flow(files: dict) -> np.ndarray:
+    """Rewrite the ``.dyna`` with a ``traffic_flow`` column after the speed, speed 0 at three
+    readings (LibCity's METR_LA writes a missing speed so) and flow 0 at two.
+
+    Returns:
+        the flows written, (STEPS, len(POINTS)).
+    """
+    lines = files["dyna"].read_text().splitlines()
+    flows = np.arange(STEPS * len(POINTS), dtype=np.float64).reshape(len(POINTS), STEPS).T % 97
+    flows[[10, 11], [0, 1]] = 0.0
+    zero_speed = {(100, 0), (101, 0), (300, 3)}
+    out = [lines[0] + ",traffic_flow"]
+    for k, line in enumerate(lines[1:]):
+        j, t = divmod(k, STEPS)
+        fields = line.split(",")
+        if (t, j) in zero_speed:
+            fields[4] = "0.0"
+        out.append(",".join(fields) + f",{flows[t, j]:g}")
+    files["dyna"].write_text("\n".join(out) + "\n")
+    return flows
+
+
+def test_libcity_zero_speeds_are_missing_and_zero_flows_readings(tmp_path, capsys):
+    """Issue 24 item 5: a 0 speed is missing by the speed rule (not a reading, empty in the file
+    written, counted in missing_pct and in what was dropped); a 0 flow stays a reading."""
+    root = tmp_path / "METR_LA_TINY"
+    files = write_libcity(root)
+    flows = _with_zeros_and_flow(files)
+    out = tmp_path / "out"
+    assert main(["import", "libcity", "--dir", str(root), "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 readings of 0 traffic_speed (missing under the zero rule)" in printed
+    assert "note: missing-value rule zero for speed: a 0 is missing" in printed
+    frame = pd.read_hdf(out / "speeds.h5", "df")
+    written = frame.to_numpy()
+    for t, j in ((100, 0), (101, 0), (300, 3), (40, 2)):
+        assert np.isnan(written[t, j])
+    assert int(np.isnan(written).sum()) == 4 and not (written == 0).any()
+    summary = json.loads((out / "import.json").read_text())
+    assert summary["dropped"]["readings of 0 traffic_speed (missing under the zero rule)"] == 3
+    assert summary["missing_pct"] == round(100 * 4 / (STEPS * len(POINTS)), 4)
+
+    flow_out = tmp_path / "flow"
+    argv = ["import", "libcity", "--dir", str(root), "--column", "traffic_flow"]
+    assert main([*argv, "--output-dir", str(flow_out)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: missing-value rule nan for flow: a 0 is a reading" in printed
+    written = pd.read_hdf(flow_out / "speeds.h5", "df").to_numpy()
+    np.testing.assert_array_equal(written, flows)
+    summary = json.loads((flow_out / "import.json").read_text())
+    assert summary["missing_pct"] == 0.0
+    assert summary["dropped"]["readings of 0 traffic_flow (missing under the nan rule)"] == 0
+
+
+def test_libcity_data_col_given_as_a_string_is_the_column_read(tmp_path):
+    """Issue 24 item 6: ``"data_col": "traffic_flow"`` (a string, as LibCity's metr_la.py
+    writes it) picks that column, not the traffic_speed fallback."""
+    from trafficcast.data.importers import import_libcity
+
+    info = {"data_col": "traffic_flow", "set_weight_link_or_dist": "link", "time_intervals": 300}
+    files = write_libcity(tmp_path, info=info)
+    flows = _with_zeros_and_flow(files)
+    result = import_libcity(
+        files["geo"], files["rel"], files["dyna"], config=tmp_path / "config.json"
+    )
+    assert result.quantity == "flow"
+    assert result.notes[0] == "column traffic_flow; .rel cost read as weight"
+    np.testing.assert_array_equal(result.data.values, flows.astype(np.float32))

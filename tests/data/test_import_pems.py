@@ -179,3 +179,24 @@ def test_pems_bad_meta_and_repeated_day_are_one_error_line(pems, tmp_path, capsy
         f"error: {pems['files'][0]}: station 400001 at 2024-03-04 00:00:00 appears more than once "
         "(the same day given twice?)"
     )
+
+
+def test_pems_comma_separated_metadata_reads_as_the_tab_separated(pems):
+    """Issue 24 item 4: a comma-separated copy of the metadata (as other repositories republish
+    it, a station name with a comma quoted) gives the same stations and coordinates."""
+    from trafficcast.data.importers.pems import read_pems_meta
+
+    tab = read_pems_meta([pems["meta"]])
+    lines = pems["meta"].read_text().splitlines()
+    rows = [",".join(cell for cell in line.split("\t")) for line in lines]
+    # The Name column (14th) of the first station holds a comma, quoted as CSV writers do.
+    first = rows[1].split(",")
+    first[13] = '"N 1ST ST, SAN JOSE"'
+    rows[1] = ",".join(first)
+    comma = pems["meta"].with_name("d04_text_meta_comma.csv")
+    comma.write_text("\n".join(rows) + "\n")
+    read = read_pems_meta([comma])
+    assert read["ID"].tolist() == ["400001", "400002", "400003", "400004", "400005"]
+    pd.testing.assert_frame_equal(read, tab)
+    result = import_pems(pems["files"], [comma])
+    assert result.data.sensor_ids == ["400001", "400002", "400003", "400004"]
