@@ -29,6 +29,7 @@ __all__ = [
     "SpeedData",
     "check_missing_rule",
     "check_quantity",
+    "default_missing_rule",
     "duplicates",
     "observed_readings",
 ]
@@ -189,6 +190,12 @@ def check_missing_rule(rule: str) -> MissingRule:
         if rule == known:
             return known
     raise DataInputError(f"missing-value rule {rule!r} is not one of {', '.join(MISSING_RULES)}")
+
+
+def default_missing_rule(quantity: Quantity) -> MissingRule:
+    """The missing-value rule of a quantity when none is given: ``zero`` for speed (a stopped
+    detector reports 0; METR-LA's convention), ``nan`` for flow and occupancy (0 is real)."""
+    return "zero" if quantity == "speed" else "nan"
 
 
 def check_quantity(name: str) -> Quantity:

@@ -35,6 +35,17 @@ _NAMED_ISOLATED = 5
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``graph``, ``graph-info`` and ``distances`` to the ``trafficcast`` parser."""
+    _register_graph(subparsers)
+    p = subparsers.add_parser(
+        "graph-info",
+        help="summarise an adjacency (.npz from 'graph' or DCRNN's adj_mx.pkl)",
+    )
+    p.add_argument("adjacency", metavar="ADJ", help=".npz from 'trafficcast graph' or DCRNN .pkl")
+    p.set_defaults(handler=run_graph_info)
+    _register_distances(subparsers)
+
+
+def _register_graph(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "graph",
         help="build the DCRNN adjacency (Gaussian kernel of road distances) as .npz",
@@ -78,13 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="ADJ.npz", help="output adjacency (.npz)")
     p.set_defaults(handler=run_graph)
 
-    p = subparsers.add_parser(
-        "graph-info",
-        help="summarise an adjacency (.npz from 'graph' or DCRNN's adj_mx.pkl)",
-    )
-    p.add_argument("adjacency", metavar="ADJ", help=".npz from 'trafficcast graph' or DCRNN .pkl")
-    p.set_defaults(handler=run_graph_info)
 
+def _register_distances(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "distances",
         help="compute sensor-to-sensor road distances (from,to,cost) from a road network",

@@ -40,7 +40,12 @@ from trafficcast.data.importers.common import (
     listing,
     progress_bar,
 )
-from trafficcast.data.speeds import observed_readings
+from trafficcast.data.speeds import (
+    MissingRule,
+    Quantity,
+    default_missing_rule,
+    observed_readings,
+)
 from trafficcast.graph.links import check_repeated_links, count_links
 
 __all__ = ["find_atomic_files", "import_libcity"]
@@ -115,35 +120,24 @@ def import_libcity(
 
     src = os.fspath(dyna)
     name, stamps, cols, values = _read_dyna(dyna, geo, info, column, position, progress)
-    interval = info.get("time_intervals")
-    # A step the grid can hold (whole minutes); anything else is inferred from the times.
-    whole = isinstance(interval, int) and interval >= 60 and interval % 60 == 0
-    index, positions, freq_minutes = grid_positions(
-        stamps, src, interval // 60 if isinstance(interval, int) and whole else None
-    )
+    index, positions, freq_minutes = _grid(stamps, src, info)
     repeat = first_repeat(positions, cols, len(geo_ids))
     if repeat is not None:
+        line = repeat + 2
         raise DataInputError(
-            f"{src}: line {repeat + 2}: a second reading of {geo_ids[cols[repeat]]} at "
-            f"{stamps[repeat]}"
+            f"{src}: line {line}: a second reading of {geo_ids[cols[repeat]]} at {stamps[repeat]}"
         )
     usable, negative = finite_readings(values)
     edges, cost_kind = _read_rel(rel, info, position)
     quantity = _quantity(name)
     # The quantity's missing-value rule, the one training applies (speed: a 0 is no reading, as
     # LibCity's METR_LA and PEMS_BAY write missing speeds; flow and occupancy: only empty).
-    rule = "zero" if (quantity or "speed") == "speed" else "nan"
+    rule = default_missing_rule(quantity or "speed")
     zeros = usable & ~observed_readings(values, rule)
     usable &= ~zeros
-    notes = [f"column {name}; .rel cost read as {cost_kind}"]
-    meaning = "a 0 is missing" if rule == "zero" else "a 0 is a reading, only empty is missing"
-    notes.append(f"missing-value rule {rule} for {quantity or 'speed'}: {meaning}")
+    notes = [f"column {name}; .rel cost read as {cost_kind}", *_notes(name, rule, quantity)]
     if len(locations) < len(geo_ids):
         notes.append(f"{len(geo_ids) - len(locations)} sensors have no coordinates")
-    if quantity is None:
-        notes.append(
-            f"column {name} names no speed, flow or occupancy: imported as speed-like values"
-        )
     readings = Readings(
         quantity=quantity or "speed",
         index=index,
@@ -172,6 +166,30 @@ def import_libcity(
         readings.adjacency = _weights(edges, position)
         readings.graph = count_links(readings.adjacency, geo_ids, links)
     return finish_import("libcity", readings)
+
+
+def _grid(
+    stamps: pd.DatetimeIndex, src: str, info: dict[str, Any]
+) -> tuple[pd.DatetimeIndex, np.ndarray, int]:
+    """:func:`grid_positions` at the config's ``time_intervals`` when the grid can hold it
+    (whole minutes); anything else is inferred from the times."""
+    interval = info.get("time_intervals")
+    whole = isinstance(interval, int) and interval >= 60 and interval % 60 == 0
+    return grid_positions(
+        stamps, src, interval // 60 if isinstance(interval, int) and whole else None
+    )
+
+
+def _notes(name: str, rule: MissingRule, quantity: Quantity | None) -> list[str]:
+    """What the import says of its column: the missing-value rule applied, and a column that
+    names no known quantity."""
+    meaning = "a 0 is missing" if rule == "zero" else "a 0 is a reading, only empty is missing"
+    notes = [f"missing-value rule {rule} for {quantity or 'speed'}: {meaning}"]
+    if quantity is None:
+        notes.append(
+            f"column {name} names no speed, flow or occupancy: imported as speed-like values"
+        )
+    return notes
 
 
 def _weights(edges: pd.DataFrame, position: dict[str, int]) -> npt.NDArray[np.float32]:
@@ -428,7 +446,7 @@ def _numbers(values: pd.Series, src: str, name: str) -> np.ndarray:
     return numbers.to_numpy(dtype=np.float64)
 
 
-def _quantity(column: str) -> str | None:
+def _quantity(column: str) -> Quantity | None:
     """``speed``, ``flow`` or ``occupancy`` when the column's name says which, else None."""
     for quantity in QUANTITIES:
         if quantity in column.lower():
