@@ -5,6 +5,7 @@ the cause, then retries, with no traceback. Real processes, real databases."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -65,6 +66,14 @@ class Serve:
             self.proc.wait()
 
 
+def _accepts(host_port: str) -> bool:
+    """Whether something accepts TCP connections at ``host:port``."""
+    host, port = host_port.rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(2.0)
+        return s.connect_ex((host, int(port))) == 0
+
+
 def quiet_env() -> dict[str, str]:
     return {"TRAFFICCAST_SEED_OBSERVATIONS": "none", "TRAFFICCAST_TORCH_THREADS": "1"}
 
@@ -104,6 +113,8 @@ def test_unreachable_database_is_one_line_then_retried_without_traceback(
     # The test server trusts local connections: any password connects.
     url = f"{scheme}://{user}:{secret}@{where}"
     postgres.stop()
+    # The server must be gone before serve starts, or there is nothing to wait for.
+    assert not postgres.running() and not _accepts(where.split("/")[0]), "postgres still up"
     try:
         serve = Serve(
             tmp_path, "--run", str(service_run_dir), "--database-url", url, env=quiet_env()
