@@ -76,7 +76,7 @@ def test_train_writes_the_run_directory(tiny_run):
         assert report["training_s"][name] == training["wall_time_s"] > 0
         assert training["epochs_run"] == 1
     for by_horizon in report["metrics"].values():
-        assert list(by_horizon) == list(HORIZONS)
+        assert list(by_horizon) == [*HORIZONS, "average"]
         for metrics in by_horizon.values():
             assert set(metrics) == {"mae", "rmse", "mape_pct"}
             assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
