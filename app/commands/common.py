@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TypedDict
 
 EXIT_USER_ERROR = 2
 REGISTRY_ENV = "TRAFFICCAST_REGISTRY"
@@ -44,8 +43,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 def describe(exc: BaseException) -> str:
     """``exc`` as the one line that follows ``error:`` (a file error names the file)."""
     if isinstance(exc, OSError) and exc.filename is not None:
-        why = exc.strerror or str(exc)
-        return f"cannot open {exc.filename}: {why}"
+        reason = exc.strerror or str(exc)
+        return f"cannot open {exc.filename}: {reason}"
     if getattr(exc, "orig", None) is not None:  # a database error: the driver's message
         from trafficcast.app.db import reason
 
@@ -81,14 +80,7 @@ def data_arguments(p: argparse.ArgumentParser, help: str, required: bool = True)
     )
 
 
-class DataTiming(TypedDict):
-    """The times of a data file without timestamps, as keyword arguments."""
-
-    start: str | None
-    freq_minutes: int | None
-
-
-def data_timing(args: argparse.Namespace) -> DataTiming:
+def data_timing(args: argparse.Namespace) -> dict[str, object]:
     """``--start`` and ``--freq`` as the keyword arguments of the readers and pipeline jobs
     (``start``, ``freq_minutes``); a ``--freq`` that is not a whole number of minutes is a user
     error naming it."""
