@@ -81,15 +81,36 @@ class MaskedMetrics:
     def at(self, step: int) -> dict[str, float]:
         """Metrics at horizon ``step`` (1-based, e.g. 3 = 15 minutes of 5-minute data)."""
         i = step - 1
-        n = float(self.count[i])
-        if n == 0:
-            return {"mae": math.nan, "rmse": math.nan, "mape_pct": math.nan}
-        n_pct = float(self.pct_count[i])
-        return {
-            "mae": float(self.abs_sum[i]) / n,
-            "rmse": math.sqrt(float(self.sq_sum[i]) / n),
-            "mape_pct": 100.0 * float(self.pct_sum[i]) / n_pct if n_pct else math.nan,
-        }
+        sums = (self.abs_sum[i], self.sq_sum[i], self.pct_sum[i])
+        return _metrics(*sums, self.count[i], self.pct_count[i])
+
+    def average(self) -> dict[str, float]:
+        """Metrics over every horizon step at once: each target that counts, at whatever step,
+        weighs the same, so RMSE is the root of the mean square over all of them (not the mean
+        of the per-step RMSEs). This is the "average over the 12 horizons" of the PEMS0x tables
+        (STSGCN's and AGCRN's test code pool the whole ``(B, H, N)`` output this way)."""
+        sums = (self.abs_sum.sum(), self.sq_sum.sum(), self.pct_sum.sum())
+        return _metrics(*sums, self.count.sum(), self.pct_count.sum())
 
     def mae_by_step(self) -> list[float]:
         return [self.at(s)["mae"] for s in range(1, self.horizon + 1)]
+
+
+def _metrics(
+    abs_sum: torch.Tensor,
+    sq_sum: torch.Tensor,
+    pct_sum: torch.Tensor,
+    count: torch.Tensor,
+    pct_count: torch.Tensor,
+) -> dict[str, float]:
+    """MAE, RMSE and MAPE (in percent) from the sums of :class:`MaskedMetrics`; NaN where no
+    target counted."""
+    n = float(count)
+    if n == 0:
+        return {"mae": math.nan, "rmse": math.nan, "mape_pct": math.nan}
+    n_pct = float(pct_count)
+    return {
+        "mae": float(abs_sum) / n,
+        "rmse": math.sqrt(float(sq_sum) / n),
+        "mape_pct": 100.0 * float(pct_sum) / n_pct if n_pct else math.nan,
+    }

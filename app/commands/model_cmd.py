@@ -139,10 +139,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _print_table(report: dict) -> None:
-    print(f"{'model':<20} {'MAE 15m':>8} {'MAE 30m':>8} {'MAE 60m':>8}")
+    print(f"{'model':<20} {'MAE 15m':>8} {'MAE 30m':>8} {'MAE 60m':>8} {'MAE avg':>8}")
     for name, by_h in report["metrics"].items():
         cells = []
-        for key in ("15min", "30min", "60min"):
-            v = by_h[key]["mae"]
+        for key in ("15min", "30min", "60min", "average"):
+            v = by_h.get(key, {}).get("mae")
             cells.append("n/a" if v is None else f"{v:.3f}")
-        print(f"{name:<20} {cells[0]:>8} {cells[1]:>8} {cells[2]:>8}")
+        print(f"{name:<20} " + " ".join(f"{cell:>8}" for cell in cells))

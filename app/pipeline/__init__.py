@@ -38,6 +38,7 @@ from trafficcast.app.pipeline.evaluate import evaluate_run
 from trafficcast.app.pipeline.fitting import log_stderr
 from trafficcast.app.pipeline.predict import predict_run
 from trafficcast.app.pipeline.report import (
+    AVERAGE_KEY,
     REPORT_MINUTES,
     horizon_steps,
     report_markdown,
@@ -57,6 +58,7 @@ from trafficcast.app.pipeline.train import (
 from trafficcast.models.names import MODEL_ORDER
 
 __all__ = [
+    "AVERAGE_KEY",
     "CHECKPOINT_FILES",
     "MODEL_ORDER",
     "REPORT_MINUTES",

@@ -13,6 +13,7 @@ from trafficcast.app.fsutil import atomic_write_json, atomic_write_text
 from trafficcast.app.pipeline.calibrate import interval_report
 from trafficcast.app.pipeline.data import missing_rule
 from trafficcast.app.pipeline.report import (
+    AVERAGE_KEY,
     NO_METRICS,
     clean,
     clean_list,
@@ -126,6 +127,9 @@ def _report(run: LoadedRun, metrics: dict[str, MaskedMetrics]) -> dict[str, Any]
                 key: clean(metrics[name].at(step)) if step is not None else NO_METRICS
                 for key, step in horizon_steps(speeds.freq_minutes, prepared.horizon).items()
             }
+            # Over every step of the horizon, as the PEMS0x tables report (README, "Compare
+            # with the published tables").
+            report["metrics"][name][AVERAGE_KEY] = clean(metrics[name].average())
     # Seconds each trained model took to train (the baselines without training have none).
     report["training_s"] = {
         name: run.checkpoints[name].get("training", {}).get("wall_time_s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from trafficcast.data import SpeedData
 from trafficcast.models.names import DCRNN_NAME, GRU_NAME
 
 REPORT_MINUTES = {"15min": 15, "30min": 30, "60min": 60}
+# The key, beside the REPORT_MINUTES keys, of the metrics over every step of the horizon.
+AVERAGE_KEY = "average"
 NO_METRICS: dict[str, float | None] = {"mae": None, "rmse": None, "mape_pct": None}
 
 
@@ -104,6 +107,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         seconds = training_s.get(name)
         row.append("-" if seconds is None else f"{seconds:.0f}")
         lines.append("| " + " | ".join(row) + " |")
+    lines += _average_lines(report["metrics"], fmt)
     lines += _interval_lines(report.get("intervals"))
     training = (report.get("model") or {}).get("training")
     if training:
@@ -113,6 +117,26 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"of {training['epochs_run']}; training time {training['wall_time_s']:.0f} s.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _average_lines(metrics: dict[str, Any], fmt: Callable[[float | None], str]) -> list[str]:
+    """The metrics over every horizon step, the figure the PEMS0x tables print; nothing for a
+    report written before ``average`` existed."""
+    rows = [(name, by_h[AVERAGE_KEY]) for name, by_h in metrics.items() if AVERAGE_KEY in by_h]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Over every step of the horizon (each target that counts weighs the same), as the "
+        "PEMS0x tables report:",
+        "",
+        "| model | MAE average | RMSE average | MAPE % average |",
+        "|---|---|---|---|",
+    ]
+    for name, average in rows:
+        cells = [fmt(average[metric]) for metric in ("mae", "rmse", "mape_pct")]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return lines
 
 
 def _interval_lines(intervals: dict[str, Any] | None) -> list[str]:

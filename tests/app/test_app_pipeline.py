@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -17,6 +18,7 @@ from trafficcast.app.pipeline import (
     read_graph,
     train_run,
 )
+from trafficcast.app.settings import BUNDLED_RUN_DIR
 from trafficcast.data import (
     DataInputError,
     SpeedData,
@@ -142,6 +144,34 @@ def test_real_week_evaluation_is_plausible(week, tmp_path):
     dcrnn = report["metrics"]["dcrnn"]["60min"]
     assert math.isfinite(dcrnn["mae"]) and 0.5 < dcrnn["mae"] < 20.0
     assert any("windows train/val/test 1395/199/399" in line for line in lines)
+
+
+def test_bundled_report_has_the_average_of_every_model():
+    """The shipped report.json carries ``average`` beside 15/30/60 min for all six models: the
+    pooled MAE is a count-weighted mean of the 12 per-step MAEs (the steps count almost the same
+    targets in the week, so it is within 0.01 of their plain mean); report.md prints it."""
+    report = json.loads((BUNDLED_RUN_DIR / "report.json").read_text())
+    md = (BUNDLED_RUN_DIR / "report.md").read_text().splitlines()
+    assert list(report["metrics"]) == [
+        "dcrnn", "persistence", "historical_average", "fc_lstm", "gru", "tcn"
+    ]  # fmt: skip
+    for name, by_key in report["metrics"].items():
+        assert list(by_key) == ["15min", "30min", "60min", "average"]
+        average = by_key["average"]
+        by_step = report["mae_by_step"][name]
+        assert min(by_step) <= average["mae"] <= max(by_step), name
+        assert average["mae"] == pytest.approx(np.mean(by_step), abs=0.01), name
+        assert average["mae"] < average["rmse"] and 0 < average["mape_pct"] < 100
+        row = (
+            f"| {name} | {average['mae']:.2f} | {average['rmse']:.2f} | {average['mape_pct']:.2f} |"
+        )
+        assert row in md, name
+    # DCRNN's own figure, as evaluated when the bundled report was regenerated.
+    assert report["metrics"]["dcrnn"]["average"] == {
+        "mae": 3.5089,
+        "rmse": 6.977,
+        "mape_pct": 10.1076,
+    }
 
 
 # ---- Forecaster ------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_train_writes_the_run_directory(tiny_run):
         assert report["training_s"][name] == training["wall_time_s"] > 0
         assert training["epochs_run"] == 1
     for by_horizon in report["metrics"].values():
-        assert list(by_horizon) == list(HORIZONS)
+        assert list(by_horizon) == [*HORIZONS, "average"]
         for metrics in by_horizon.values():
             assert set(metrics) == {"mae", "rmse", "mape_pct"}
             assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
@@ -116,6 +116,9 @@ def test_evaluate_and_predict_through_the_console(tiny_run, tmp_path):
     trained = json.loads((tiny_run["run"] / "report.json").read_text())
     # Evaluation is deterministic: the same numbers as the report written after training.
     assert report["metrics"] == trained["metrics"] and report["split"] == trained["split"]
+    # The console table ends with the MAE over the whole horizon.
+    row = next(line for line in result.stdout.splitlines() if line.startswith("persistence "))
+    assert row.split()[-1] == f"{report['metrics']['persistence']['average']['mae']:.3f}"
     assert (out.parent / "report.md").read_text().startswith("# trafficcast evaluation")
     assert (out.parent / "mae_by_horizon.png").exists()
     assert (out.parent / "forecast_vs_actual.png").exists()

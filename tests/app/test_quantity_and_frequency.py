@@ -104,6 +104,35 @@ def test_flow_zeros_count_in_the_metrics(flow_run):
     assert report["metrics"]["dcrnn"]["15min"]["mae"] is not None
 
 
+def test_flow_average_pools_every_step_with_the_zeros(flow_run):
+    """``average``: persistence's errors at all 12 steps pooled, computed by hand, the real
+    zeros counted in MAE and RMSE and left out of MAPE; in report.md's table of averages too."""
+    report = json.loads((flow_run / "report.json").read_text())
+    flows = _flows()
+    observed = ~np.isnan(flows)
+    errors, pct = [], []
+    for s in split_windows(len(flows), seq_len=SEQ, horizon=HORIZON)["test"]:
+        for n in range(flows.shape[1]):
+            pred = flows[s + np.flatnonzero(observed[s : s + SEQ, n])[-1], n]
+            for t in range(s + SEQ, s + SEQ + HORIZON):
+                if observed[t, n]:
+                    errors.append(pred - flows[t, n])
+                    if flows[t, n] != 0:
+                        pct.append(abs(errors[-1]) / flows[t, n])
+    got = report["metrics"]["persistence"]["average"]
+    assert got["mae"] == pytest.approx(np.mean(np.abs(errors)), abs=1e-4)
+    assert got["rmse"] == pytest.approx(np.sqrt(np.mean(np.square(errors))), abs=1e-4)
+    assert got["mape_pct"] == pytest.approx(100 * np.mean(pct), abs=1e-4)
+    md = (flow_run / "report.md").read_text().splitlines()
+    header = md.index("| model | MAE average | RMSE average | MAPE % average |")
+    n_models = len(report["metrics"])
+    rows = {line.split(" | ")[0][2:]: line for line in md[header + 2 : header + 2 + n_models]}
+    assert list(rows) == list(report["metrics"])
+    assert rows["persistence"] == (
+        f"| persistence | {got['mae']:.2f} | {got['rmse']:.2f} | {got['mape_pct']:.2f} |"
+    )
+
+
 def test_flow_service_says_what_it_forecasts_and_keeps_zeros(flow_run, tmp_path):
     from trafficcast.app.service import create_app
 

@@ -53,6 +53,19 @@ def test_split_counts_rounding_and_other_fractions():
     assert split_counts(1000, train_frac=0.6, test_frac=0.2) == (600, 200, 200)
 
 
+def test_the_pems0x_split_cuts_windows_then_splits_them():
+    """6:2:2 of PEMS04's 16,992 steps (README, "Compare with the published tables"): the
+    windows are cut first, then split, so the test split has 3,394 windows; AGCRN splits the
+    steps first (its last int(0.2 * 16992) = 3,398 steps) and cuts 3,375 windows from them."""
+    n = num_windows(16_992)
+    assert n == 16_969
+    assert split_counts(n, train_frac=0.6, test_frac=0.2) == (10_181, 3_394, 3_394)
+    agcrn_test_steps = int(16_992 * 0.2)
+    assert num_windows(agcrn_test_steps) == 3_375
+    # METR-LA's 34,272 steps at DCRNN's 7:1:2, as its generate_training_data.py counts them.
+    assert split_counts(num_windows(34_272)) == (23_974, 3_425, 6_850)
+
+
 def test_too_few_steps_messages_name_the_source():
     with pytest.raises(DataInputError) as info:
         num_windows(10, source="speeds.csv")

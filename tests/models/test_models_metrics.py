@@ -121,3 +121,28 @@ def test_trainer_mae_counts_the_same_targets_as_loss_and_metrics() -> None:
     metrics = trainer.evaluate("test")
     assert float(metrics.abs_sum.sum() / metrics.count.sum()) == pytest.approx(expected, rel=1e-6)
     assert float(masked_mae_loss(pred, target, mask)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_average_pools_every_step_by_hand() -> None:
+    """Two steps of three sensors: step 1 errors 2, 3, 0 on targets 10, 20, 50; step 2 a real 0
+    target (error 1, no percentage), a target marked missing (error 59, counts nowhere) and an
+    error of 5 on 25. Pooled: MAE 11/5, RMSE sqrt(39/5), MAPE (0.2 + 0.15 + 0 + 0.2)/4. The mean
+    of the per-step figures would be MAE (5/3 + 6/2)/2 = 2.33 and RMSE 2.84: not these."""
+    target = torch.tensor([[[10.0, 20.0, 50.0], [0.0, 40.0, 25.0]]])
+    pred = torch.tensor([[[12.0, 17.0, 50.0], [1.0, 99.0, 20.0]]])
+    mask = torch.tensor([[[True, True, True], [True, False, True]]])
+    metrics = MaskedMetrics(2)
+    # Two updates, as evaluation goes batch by batch: the sums carry over.
+    metrics.update(pred[:, :, :2], target[:, :, :2], mask[:, :, :2])
+    metrics.update(pred[:, :, 2:], target[:, :, 2:], mask[:, :, 2:])
+    average = metrics.average()
+    assert average["mae"] == pytest.approx(2.2)
+    assert average["rmse"] == pytest.approx(math.sqrt(7.8))
+    assert average["mape_pct"] == pytest.approx(13.75)
+    assert metrics.at(1)["mae"] == pytest.approx(5 / 3) and metrics.at(2)["mae"] == 3.0
+
+
+def test_average_of_nothing_counted_is_nan() -> None:
+    metrics = MaskedMetrics(3)
+    metrics.update(torch.ones(1, 3, 2), torch.ones(1, 3, 2), torch.zeros(1, 3, 2, dtype=torch.bool))
+    assert all(math.isnan(v) for v in metrics.average().values())
