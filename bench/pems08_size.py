@@ -106,7 +106,7 @@ def write_stand_in(work: Path, seed: int = 0) -> tuple[Path, Path]:
 
 def run_stage(name: str, argv: list[str], cwd: Path, log: Path) -> dict[str, float]:
     """Run one command as a child process; its wall time and its own peak RSS."""
-    cmd = [sys.executable, "-m", "trafficcast.app.cli", *argv]
+    cmd = [sys.executable, "-m", "trafficcast", *argv]
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
